@@ -1,0 +1,1 @@
+//! dm-vmvault (work in progress).

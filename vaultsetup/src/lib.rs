@@ -1,0 +1,1 @@
+//! vaultsetup (work in progress).

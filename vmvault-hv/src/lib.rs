@@ -1,0 +1,1 @@
+//! vmvault-hv (work in progress).
