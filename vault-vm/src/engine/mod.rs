@@ -16,6 +16,13 @@
 
 use core::fmt;
 
+mod keys;
+mod ni;
+mod soft;
+mod vaes;
+
+use keys::{AesKey, RoundKeys};
+
 /// Block cipher mode of a [`CipherSpec`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
@@ -92,7 +99,393 @@ pub struct Geometry {
     pub iv_offset: u64,
 }
 
+impl Geometry {
+    /// Checks and builds a geometry. `iv_offset` must be aligned to the sector size
+    /// (dm-crypt rejects a misaligned one too).
+    pub fn new(
+        sector_size: u32,
+        iv_large_sectors: bool,
+        iv_offset: u64,
+    ) -> Result<Self, EngineError> {
+        let g = Geometry {
+            sector_size,
+            iv_large_sectors,
+            iv_offset,
+        };
+        g.check()?;
+        if iv_offset & (u64::from(sector_size / 512) - 1) != 0 {
+            return Err(EngineError::MisalignedSector(iv_offset));
+        }
+        Ok(g)
+    }
+
+    fn check(&self) -> Result<(), EngineError> {
+        match self.sector_size {
+            512 | 1024 | 2048 | 4096 => Ok(()),
+            n => Err(EngineError::BadSectorSize(n)),
+        }
+    }
+
+    /// `log2(sector_size / 512)`.
+    fn shift(&self) -> u32 {
+        (self.sector_size / 512).trailing_zeros()
+    }
+}
+
+impl CipherSpec {
+    /// Parses a dm-crypt cipher specification: `aes-xts-plain64`, `aes-xts-plain`,
+    /// `aes-cbc-essiv:sha256`, `aes-cbc-plain64`, `aes-cbc-plain`, `aes-ecb`, or the kernel
+    /// crypto API forms `capi:xts(aes)-plain64`, `capi:xts(aes)-plain`,
+    /// `capi:cbc(aes)-essiv:sha256`, `capi:cbc(aes)-plain64`, `capi:cbc(aes)-plain`,
+    /// `capi:ecb(aes)`. Anything else is [`EngineError::UnsupportedSpec`].
+    pub fn parse(s: &str) -> Result<CipherSpec, EngineError> {
+        let (mode, iv) = if let Some(rest) = s.strip_prefix("capi:") {
+            let (chain, iv) = match rest.split_once(")-") {
+                Some((c, iv)) => (c, Some(iv)),
+                None => (
+                    rest.strip_suffix(')').ok_or(EngineError::UnsupportedSpec)?,
+                    None,
+                ),
+            };
+            let mode = match chain {
+                "xts(aes" => Mode::Xts,
+                "cbc(aes" => Mode::Cbc,
+                "ecb(aes" => Mode::Ecb,
+                _ => return Err(EngineError::UnsupportedSpec),
+            };
+            (mode, iv)
+        } else {
+            let rest = s.strip_prefix("aes-").ok_or(EngineError::UnsupportedSpec)?;
+            let (mode, iv) = match rest.split_once('-') {
+                Some((m, iv)) => (m, Some(iv)),
+                None => (rest, None),
+            };
+            let mode = match mode {
+                "xts" => Mode::Xts,
+                "cbc" => Mode::Cbc,
+                "ecb" => Mode::Ecb,
+                _ => return Err(EngineError::UnsupportedSpec),
+            };
+            (mode, iv)
+        };
+        let iv = match (mode, iv) {
+            (Mode::Ecb, None | Some("null")) => IvMode::Null,
+            (Mode::Xts | Mode::Cbc, Some("plain64")) => IvMode::Plain64,
+            (Mode::Xts | Mode::Cbc, Some("plain")) => IvMode::Plain,
+            (Mode::Cbc, Some("essiv:sha256")) => IvMode::EssivSha256,
+            _ => return Err(EngineError::UnsupportedSpec),
+        };
+        Ok(CipherSpec { mode, iv })
+    }
+
+    /// Whether `key_len` bytes is a valid key for this spec.
+    pub fn key_len_ok(&self, key_len: usize) -> bool {
+        match self.mode {
+            Mode::Xts => matches!(key_len, 32 | 48 | 64),
+            Mode::Cbc | Mode::Ecb => matches!(key_len, 16 | 24 | 32),
+        }
+    }
+}
+
+impl fmt::Display for CipherSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.mode {
+            Mode::Xts => "xts",
+            Mode::Cbc => "cbc",
+            Mode::Ecb => "ecb",
+        };
+        match self.iv {
+            IvMode::Null => write!(f, "aes-{mode}"),
+            IvMode::Plain => write!(f, "aes-{mode}-plain"),
+            IvMode::Plain64 => write!(f, "aes-{mode}-plain64"),
+            IvMode::EssivSha256 => write!(f, "aes-{mode}-essiv:sha256"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for EngineError {}
+
+/// An implementation of the AES rounds the engine can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// The `aes` crate: constant-time fixslice software AES where AES-NI is missing
+    /// (the crate itself still uses AES-NI when the CPU has it).
+    Soft,
+    /// AES-NI on 128-bit registers, 8 blocks in flight.
+    AesNi,
+    /// VAES + VPCLMULQDQ + AVX-512F on 512-bit registers, 16 blocks in flight.
+    Vaes512,
+}
+
+cpufeatures::new!(cpu_aesni, "aes", "sse2");
+cpufeatures::new!(cpu_vaes512, "aes", "sse2", "avx512f", "vaes", "vpclmulqdq");
+
+impl Backend {
+    /// Whether this CPU (and its OS-enabled register state) can run the backend.
+    /// Detection runs `cpuid`/`xgetbv` once and caches the answer.
+    pub fn is_available(self) -> bool {
+        match self {
+            Backend::Soft => true,
+            Backend::AesNi => cpu_aesni::get(),
+            Backend::Vaes512 => cpu_vaes512::get(),
+        }
+    }
+
+    /// The fastest backend this CPU can run.
+    pub fn best() -> Backend {
+        if Backend::Vaes512.is_available() {
+            Backend::Vaes512
+        } else if Backend::AesNi.is_available() {
+            Backend::AesNi
+        } else {
+            Backend::Soft
+        }
+    }
+
+    /// A short name: `soft`, `aesni` or `vaes512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Soft => "soft",
+            Backend::AesNi => "aesni",
+            Backend::Vaes512 => "vaes512",
+        }
+    }
+}
+
+/// The CPU features the engine cares about, as detected on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuFeatures {
+    /// AES-NI (and SSE2).
+    pub aesni: bool,
+    /// VAES, VPCLMULQDQ and AVX-512F with the OS saving zmm state.
+    pub vaes512: bool,
+}
+
+/// Reports the CPU features the engine detected (cached after the first call).
+pub fn cpu_features() -> CpuFeatures {
+    CpuFeatures {
+        aesni: Backend::AesNi.is_available(),
+        vaes512: Backend::Vaes512.is_available(),
+    }
+}
+
+/// How the IV of each sector in a buffer is derived.
+#[derive(Clone, Copy, Debug)]
+struct IvGen {
+    /// IV sector of the first sector in the buffer.
+    first: u64,
+    /// IV sector increment per sector.
+    step: u64,
+    /// Truncate to 32 bits (`plain`).
+    plain32: bool,
+}
+
+impl IvGen {
+    #[inline(always)]
+    fn block(&self, i: usize) -> [u8; 16] {
+        let s = self.first.wrapping_add(self.step.wrapping_mul(i as u64));
+        let s = if self.plain32 { s & 0xffff_ffff } else { s };
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&s.to_le_bytes());
+        b
+    }
+}
+
 /// A keyed sector cipher. Key material is zeroized on drop and never shown by `Debug`.
 pub struct SectorCipher {
-    _private: (),
+    spec: CipherSpec,
+    key_len: usize,
+    backend: Backend,
+    /// Data key (XTS: first half of the key).
+    data: AesKey,
+    /// XTS tweak key (second half) or the ESSIV key (AES-256 keyed by SHA-256(key)).
+    aux: Option<AesKey>,
 }
+
+impl fmt::Debug for SectorCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SectorCipher")
+            .field("spec", &format_args!("{}", self.spec))
+            .field("key_bits", &(self.key_len * 8))
+            .field("backend", &self.backend.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SectorCipher {
+    /// Keys a cipher for `spec`. XTS takes 32, 48 or 64 bytes (two AES keys), CBC and ECB
+    /// take 16, 24 or 32. Picks the fastest backend the CPU has.
+    pub fn new(spec: CipherSpec, key: &[u8]) -> Result<SectorCipher, EngineError> {
+        Self::build(spec, key, Backend::best())
+    }
+
+    /// Like [`SectorCipher::new`] with a chosen backend; `Ok(None)` when this CPU cannot
+    /// run it. Meant for tests and benchmarks.
+    pub fn with_backend(
+        spec: CipherSpec,
+        key: &[u8],
+        backend: Backend,
+    ) -> Result<Option<SectorCipher>, EngineError> {
+        if !spec.key_len_ok(key.len()) {
+            return Err(EngineError::BadKeyLength(key.len()));
+        }
+        if !backend.is_available() {
+            return Ok(None);
+        }
+        Self::build(spec, key, backend).map(Some)
+    }
+
+    fn build(spec: CipherSpec, key: &[u8], backend: Backend) -> Result<SectorCipher, EngineError> {
+        if !spec.key_len_ok(key.len()) {
+            return Err(EngineError::BadKeyLength(key.len()));
+        }
+        let hw = backend != Backend::Soft;
+        let (data, aux) = match spec.mode {
+            Mode::Xts => {
+                let half = key.len() / 2;
+                (
+                    AesKey::new(&key[..half], hw),
+                    Some(AesKey::new(&key[half..], hw)),
+                )
+            }
+            Mode::Cbc if spec.iv == IvMode::EssivSha256 => {
+                use sha2::Digest;
+                let mut salt: [u8; 32] = sha2::Sha256::digest(key).into();
+                let essiv = AesKey::new(&salt, hw);
+                zeroize::Zeroize::zeroize(&mut salt);
+                (AesKey::new(key, hw), Some(essiv))
+            }
+            _ => (AesKey::new(key, hw), None),
+        };
+        Ok(SectorCipher {
+            spec,
+            key_len: key.len(),
+            backend,
+            data,
+            aux,
+        })
+    }
+
+    /// The cipher specification.
+    pub fn spec(&self) -> CipherSpec {
+        self.spec
+    }
+
+    /// Length of the key in bytes (for XTS both halves).
+    pub fn key_len(&self) -> usize {
+        self.key_len
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Name of the backend in use (`soft`, `aesni`, `vaes512`).
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Encrypts `buf` (whole sectors) in place; `sector` is in 512-byte units.
+    pub fn encrypt(&self, geom: &Geometry, sector: u64, buf: &mut [u8]) -> Result<(), EngineError> {
+        self.run(geom, sector, buf, true)
+    }
+
+    /// Decrypts `buf` (whole sectors) in place; `sector` is in 512-byte units.
+    pub fn decrypt(&self, geom: &Geometry, sector: u64, buf: &mut [u8]) -> Result<(), EngineError> {
+        self.run(geom, sector, buf, false)
+    }
+
+    fn run(
+        &self,
+        geom: &Geometry,
+        sector: u64,
+        buf: &mut [u8],
+        enc: bool,
+    ) -> Result<(), EngineError> {
+        geom.check()?;
+        let ss = geom.sector_size as usize;
+        if !buf.len().is_multiple_of(ss) {
+            return Err(EngineError::BadLength(buf.len()));
+        }
+        let shift = geom.shift();
+        if sector & ((1u64 << shift) - 1) != 0 {
+            return Err(EngineError::MisalignedSector(sector));
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let s = sector.wrapping_add(geom.iv_offset);
+        let iv = if geom.iv_large_sectors {
+            IvGen {
+                first: s >> shift,
+                step: 1,
+                plain32: self.spec.iv == IvMode::Plain,
+            }
+        } else {
+            IvGen {
+                first: s,
+                step: 1 << shift,
+                plain32: self.spec.iv == IvMode::Plain,
+            }
+        };
+        let job = Job {
+            spec: self.spec,
+            data: &self.data,
+            aux: self.aux.as_ref(),
+            ss,
+            iv,
+            enc,
+        };
+        match self.backend {
+            Backend::Soft => soft::run(&job, buf),
+            Backend::AesNi => {
+                // SAFETY: the AesNi backend is only chosen when cpufeatures reported
+                // AES-NI and SSE2 (see `with_backend`/`best`), and hardware backends
+                // always hold expanded round keys.
+                unsafe { ni::run(&job, buf) }
+            }
+            Backend::Vaes512 => {
+                // SAFETY: the Vaes512 backend is only chosen when cpufeatures reported
+                // AES-NI, AVX-512F, VAES and VPCLMULQDQ with OS zmm support.
+                unsafe { vaes::run(&job, buf) }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One call's work, shared by the backends.
+struct Job<'a> {
+    spec: CipherSpec,
+    data: &'a AesKey,
+    aux: Option<&'a AesKey>,
+    /// Sector size in bytes.
+    ss: usize,
+    iv: IvGen,
+    enc: bool,
+}
+
+impl Job<'_> {
+    /// The hardware round keys of the data key and the aux key (hardware backends only).
+    fn hw_keys(&self) -> (&RoundKeys, Option<&RoundKeys>) {
+        let data = match self.data {
+            AesKey::Hw(k) => k,
+            AesKey::Soft(_) => unreachable!("hardware backend with software keys"),
+        };
+        let aux = self.aux.map(|a| match a {
+            AesKey::Hw(k) => k,
+            AesKey::Soft(_) => unreachable!("hardware backend with software keys"),
+        });
+        (data, aux)
+    }
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<SectorCipher>();
+};
+
+#[cfg(test)]
+mod tests;

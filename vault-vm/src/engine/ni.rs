@@ -1,0 +1,283 @@
+//! The AES-NI backend: 128-bit registers, 8 independent blocks in flight per pass.
+//!
+//! Every function here is compiled with `aes,sse2` enabled and must only run after the
+//! caller checked those features (`Backend::AesNi.is_available()`).
+
+use core::arch::x86_64::*;
+
+use super::keys::RoundKeys;
+use super::{Job, Mode};
+
+/// Loads the round keys of a schedule into registers (or the stack; the compiler decides).
+#[inline(always)]
+pub(crate) unsafe fn load_keys(k: &[[u8; 16]; 15]) -> [__m128i; 15] {
+    let mut r = [_mm_setzero_si128(); 15];
+    for (d, s) in r.iter_mut().zip(k.iter()) {
+        // SAFETY: `s` is 16 readable bytes; unaligned load.
+        *d = unsafe { _mm_loadu_si128(s.as_ptr().cast()) };
+    }
+    r
+}
+
+/// Multiplies an XTS tweak by α (x) in GF(2^128), little-endian convention.
+#[inline(always)]
+pub(crate) fn xts_double(t: __m128i) -> __m128i {
+    // SAFETY (of the intrinsics): SSE2 is enabled in every caller.
+    unsafe {
+        let poly = _mm_set_epi32(0, 1, 0, 0x87);
+        let m = _mm_shuffle_epi32::<0x13>(_mm_srai_epi32::<31>(t));
+        _mm_xor_si128(_mm_add_epi64(t, t), _mm_and_si128(m, poly))
+    }
+}
+
+/// Encrypts up to 8 blocks with a schedule of run-time round count (IV/tweak encryption).
+#[inline(always)]
+unsafe fn encrypt_rt(k: &RoundKeys, b: &mut [__m128i; 8], n: usize) {
+    // SAFETY: AES-NI and SSE2 are enabled in every caller.
+    unsafe {
+        let rk = load_keys(&k.enc);
+        for x in b[..n].iter_mut() {
+            *x = _mm_xor_si128(*x, rk[0]);
+        }
+        for key in &rk[1..k.nr] {
+            for x in b[..n].iter_mut() {
+                *x = _mm_aesenc_si128(*x, *key);
+            }
+        }
+        for x in b[..n].iter_mut() {
+            *x = _mm_aesenclast_si128(*x, rk[k.nr]);
+        }
+    }
+}
+
+/// The IVs of sectors `first..first + n` (n ≤ 8) of the job: plain, or encrypted with the
+/// aux key (XTS tweak key, ESSIV key).
+#[inline(always)]
+pub(crate) unsafe fn ivs(
+    job: &Job<'_>,
+    aux: Option<&RoundKeys>,
+    first: usize,
+    n: usize,
+) -> [__m128i; 8] {
+    // SAFETY: SSE2 and AES-NI are enabled in every caller; loads read 16-byte arrays.
+    unsafe {
+        let mut b = [_mm_setzero_si128(); 8];
+        for (j, x) in b[..n].iter_mut().enumerate() {
+            let iv = job.iv.block(first + j);
+            *x = _mm_loadu_si128(iv.as_ptr().cast());
+        }
+        if let Some(k) = aux {
+            encrypt_rt(k, &mut b, n);
+        }
+        b
+    }
+}
+
+/// Runs a job on the AES-NI backend.
+///
+/// # Safety
+/// The CPU must support AES-NI and SSE2; the job's keys must be hardware round keys.
+#[target_feature(enable = "aes,sse2")]
+pub(crate) unsafe fn run(job: &Job<'_>, buf: &mut [u8]) {
+    // SAFETY: the features are enabled on this function, as the callees require.
+    unsafe {
+        match job.hw_keys().0.nr {
+            10 => run_nr::<10>(job, buf),
+            12 => run_nr::<12>(job, buf),
+            _ => run_nr::<14>(job, buf),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
+    let (k, aux) = job.hw_keys();
+    // SAFETY: AES-NI/SSE2 enabled by the caller (`run`); every pointer handed to the
+    // helpers comes from a chunk of `buf` of the length they access.
+    unsafe {
+        match job.spec.mode {
+            Mode::Ecb => {
+                let rk = load_keys(if job.enc { &k.enc } else { &k.dec });
+                for c in buf.chunks_exact_mut(128) {
+                    ecb8::<NR>(&rk, c.as_mut_ptr(), job.enc);
+                }
+            }
+            Mode::Xts => {
+                let rk = load_keys(if job.enc { &k.enc } else { &k.dec });
+                for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
+                    let n = group.len() / job.ss;
+                    let tw = ivs(job, aux, g * 8, n);
+                    for (s, sec) in group.chunks_exact_mut(job.ss).enumerate() {
+                        xts_sector::<NR>(&rk, tw[s], sec, job.enc);
+                    }
+                }
+            }
+            Mode::Cbc if job.enc => {
+                let rk = load_keys(&k.enc);
+                for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
+                    let n = group.len() / job.ss;
+                    let iv = ivs(job, aux, g * 8, n);
+                    if n == 8 {
+                        cbc_enc_lanes::<NR, 8>(&rk, group.as_mut_ptr(), job.ss, &iv);
+                    } else {
+                        for (s, sec) in group.chunks_exact_mut(job.ss).enumerate() {
+                            cbc_enc_lanes::<NR, 1>(&rk, sec.as_mut_ptr(), job.ss, &iv[s..s + 1]);
+                        }
+                    }
+                }
+            }
+            Mode::Cbc => {
+                let rk = load_keys(&k.dec);
+                for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
+                    let n = group.len() / job.ss;
+                    let iv = ivs(job, aux, g * 8, n);
+                    for (s, sec) in group.chunks_exact_mut(job.ss).enumerate() {
+                        cbc_dec_sector::<NR>(&rk, iv[s], sec);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Encrypts or decrypts 8 blocks in ECB at `p`.
+#[inline(always)]
+unsafe fn ecb8<const NR: usize>(rk: &[__m128i; 15], p: *mut u8, enc: bool) {
+    // SAFETY: `p` points to 128 writable bytes (caller); features enabled by the caller.
+    unsafe {
+        let mut b = [_mm_setzero_si128(); 8];
+        for (j, x) in b.iter_mut().enumerate() {
+            *x = _mm_xor_si128(_mm_loadu_si128(p.add(16 * j).cast()), rk[0]);
+        }
+        if enc {
+            for key in &rk[1..NR] {
+                for x in b.iter_mut() {
+                    *x = _mm_aesenc_si128(*x, *key);
+                }
+            }
+            for x in b.iter_mut() {
+                *x = _mm_aesenclast_si128(*x, rk[NR]);
+            }
+        } else {
+            for key in &rk[1..NR] {
+                for x in b.iter_mut() {
+                    *x = _mm_aesdec_si128(*x, *key);
+                }
+            }
+            for x in b.iter_mut() {
+                *x = _mm_aesdeclast_si128(*x, rk[NR]);
+            }
+        }
+        for (j, x) in b.iter().enumerate() {
+            _mm_storeu_si128(p.add(16 * j).cast(), *x);
+        }
+    }
+}
+
+/// XTS over one sector (a multiple of 8 blocks) with initial tweak `t`.
+#[inline(always)]
+unsafe fn xts_sector<const NR: usize>(
+    rk: &[__m128i; 15],
+    mut t: __m128i,
+    sec: &mut [u8],
+    enc: bool,
+) {
+    // SAFETY: each chunk is 128 bytes of `sec`; features enabled by the caller.
+    unsafe {
+        for c in sec.chunks_exact_mut(128) {
+            let p = c.as_mut_ptr();
+            let mut ts = [_mm_setzero_si128(); 8];
+            let mut b = [_mm_setzero_si128(); 8];
+            for j in 0..8 {
+                ts[j] = t;
+                t = xts_double(t);
+                b[j] = _mm_xor_si128(
+                    _mm_loadu_si128(p.add(16 * j).cast()),
+                    _mm_xor_si128(ts[j], rk[0]),
+                );
+            }
+            if enc {
+                for key in &rk[1..NR] {
+                    for x in b.iter_mut() {
+                        *x = _mm_aesenc_si128(*x, *key);
+                    }
+                }
+                for j in 0..8 {
+                    // aesenclast XORs its key last: fold the output tweak into it.
+                    b[j] = _mm_aesenclast_si128(b[j], _mm_xor_si128(rk[NR], ts[j]));
+                }
+            } else {
+                for key in &rk[1..NR] {
+                    for x in b.iter_mut() {
+                        *x = _mm_aesdec_si128(*x, *key);
+                    }
+                }
+                for j in 0..8 {
+                    b[j] = _mm_aesdeclast_si128(b[j], _mm_xor_si128(rk[NR], ts[j]));
+                }
+            }
+            for (j, x) in b.iter().enumerate() {
+                _mm_storeu_si128(p.add(16 * j).cast(), *x);
+            }
+        }
+    }
+}
+
+/// CBC-decrypts one sector (a multiple of 8 blocks) with IV `iv`, 8 blocks per pass.
+#[inline(always)]
+unsafe fn cbc_dec_sector<const NR: usize>(rk: &[__m128i; 15], iv: __m128i, sec: &mut [u8]) {
+    // SAFETY: each chunk is 128 bytes of `sec`; features enabled by the caller.
+    unsafe {
+        let mut prev = iv;
+        for c in sec.chunks_exact_mut(128) {
+            let p = c.as_mut_ptr();
+            let mut ct = [_mm_setzero_si128(); 8];
+            let mut b = [_mm_setzero_si128(); 8];
+            for j in 0..8 {
+                ct[j] = _mm_loadu_si128(p.add(16 * j).cast());
+                b[j] = _mm_xor_si128(ct[j], rk[0]);
+            }
+            for key in &rk[1..NR] {
+                for x in b.iter_mut() {
+                    *x = _mm_aesdec_si128(*x, *key);
+                }
+            }
+            for j in 0..8 {
+                let chain = if j == 0 { prev } else { ct[j - 1] };
+                b[j] = _mm_aesdeclast_si128(b[j], _mm_xor_si128(rk[NR], chain));
+                _mm_storeu_si128(p.add(16 * j).cast(), b[j]);
+            }
+            prev = ct[7];
+        }
+    }
+}
+
+/// CBC-encrypts `W` consecutive sectors of `ss` bytes at `p` as `W` interleaved chains.
+#[inline(always)]
+unsafe fn cbc_enc_lanes<const NR: usize, const W: usize>(
+    rk: &[__m128i; 15],
+    p: *mut u8,
+    ss: usize,
+    iv: &[__m128i],
+) {
+    // SAFETY: `p` points to `W * ss` writable bytes (caller); features enabled by the caller.
+    unsafe {
+        let mut x = [_mm_setzero_si128(); W];
+        x.copy_from_slice(&iv[..W]);
+        for off in (0..ss).step_by(16) {
+            for (l, v) in x.iter_mut().enumerate() {
+                let m = _mm_loadu_si128(p.add(l * ss + off).cast());
+                *v = _mm_xor_si128(*v, _mm_xor_si128(m, rk[0]));
+            }
+            for key in &rk[1..NR] {
+                for v in x.iter_mut() {
+                    *v = _mm_aesenc_si128(*v, *key);
+                }
+            }
+            for (l, v) in x.iter_mut().enumerate() {
+                *v = _mm_aesenclast_si128(*v, rk[NR]);
+                _mm_storeu_si128(p.add(l * ss + off).cast(), *v);
+            }
+        }
+    }
+}
