@@ -1,0 +1,245 @@
+//! The `vaultsetup` command line: cryptsetup's verbs, options and exit codes.
+//!
+//! Subcommands are clap subcommands so later issues can add `open DEVICE NAME`
+//! activation, `close` and `status` next to the ones here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::device::Device;
+use crate::exit::{ExitCode, HasExitCode};
+use crate::keyslot::{unlock, UnlockOptions};
+use crate::passphrase::{read_passphrase, KeyInput};
+use crate::volume::{Volume, VolumeError};
+
+/// vaultsetup: open LUKS1/LUKS2 volumes with the volume key kept in the vmvault vault VM.
+#[derive(Debug, Parser)]
+#[command(name = "vaultsetup", version, about, disable_help_subcommand = true)]
+pub struct Cli {
+    /// Show more detailed messages.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Do not ask for confirmation.
+    #[arg(short = 'q', long = "batch-mode", global = true)]
+    pub batch_mode: bool,
+    /// The action.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Actions, named as cryptsetup names them.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open a LUKS device (only `--test-passphrase` is available yet).
+    #[command(name = "open", visible_alias = "luksOpen")]
+    Open(OpenArgs),
+    /// Dump the LUKS header.
+    #[command(name = "luksDump")]
+    LuksDump(DumpArgs),
+    /// Exit 0 if DEVICE is a LUKS device, 1 otherwise.
+    #[command(name = "isLuks")]
+    IsLuks(IsLuksArgs),
+}
+
+/// Device type (`--type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceType {
+    /// Any LUKS version.
+    Luks,
+    /// LUKS1 only.
+    Luks1,
+    /// LUKS2 only.
+    Luks2,
+}
+
+impl DeviceType {
+    fn accepts(self, v: u32) -> bool {
+        match self {
+            Self::Luks => true,
+            Self::Luks1 => v == 1,
+            Self::Luks2 => v == 2,
+        }
+    }
+}
+
+/// Passphrase options shared by commands that unlock.
+#[derive(Debug, Args, Clone)]
+pub struct KeyArgs {
+    /// Read the key from a file (`-` = stdin, read whole, binary).
+    #[arg(short = 'd', long = "key-file", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Number of bytes to skip in the key file.
+    #[arg(long = "keyfile-offset", value_name = "BYTES", default_value_t = 0)]
+    pub keyfile_offset: u64,
+    /// Number of bytes to read from the key file (0 = whole file).
+    #[arg(short = 'l', long = "keyfile-size", value_name = "BYTES")]
+    pub keyfile_size: Option<u64>,
+    /// Use only this keyslot.
+    #[arg(short = 'S', long = "key-slot", value_name = "NUM")]
+    pub key_slot: Option<u32>,
+}
+
+/// `open` arguments.
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    /// Only check the passphrase; do not activate.
+    #[arg(long = "test-passphrase")]
+    pub test_passphrase: bool,
+    /// Device type.
+    #[arg(short = 'M', long = "type", value_enum, default_value = "luks")]
+    pub device_type: DeviceType,
+    /// Key options.
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The LUKS device or image.
+    pub device: PathBuf,
+    /// Mapping name (activation; not available yet).
+    pub name: Option<String>,
+}
+
+/// `luksDump` arguments.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Print the LUKS2 JSON metadata.
+    #[arg(long = "dump-json-metadata")]
+    pub dump_json_metadata: bool,
+    /// The LUKS device or image.
+    pub device: PathBuf,
+}
+
+/// `isLuks` arguments.
+#[derive(Debug, Args)]
+pub struct IsLuksArgs {
+    /// Device type.
+    #[arg(short = 'M', long = "type", value_enum, default_value = "luks")]
+    pub device_type: DeviceType,
+    /// The device or image.
+    pub device: PathBuf,
+}
+
+/// A failure with its exit code and message.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit code.
+    pub code: ExitCode,
+    /// Message for stderr (may be empty).
+    pub message: String,
+}
+
+impl<E: HasExitCode + std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn fail(code: ExitCode, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Output of a successful command.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Text for stdout.
+    pub stdout: String,
+    /// Notes for stderr.
+    pub stderr: Vec<String>,
+}
+
+fn read_volume(path: &PathBuf, out: &mut Output) -> Result<(Device, Volume), Failure> {
+    let dev = Device::open(path)?;
+    let vol = Volume::read(&dev)?;
+    out.stderr.extend(vol.notes().iter().cloned());
+    Ok((dev, vol))
+}
+
+/// Runs a parsed command line. Notes produced before a failure are printed by the caller
+/// from `notes`.
+pub fn run(cli: &Cli, notes: &mut Vec<String>) -> Result<Output, Failure> {
+    let mut out = Output::default();
+    let r = run_inner(cli, &mut out);
+    notes.append(&mut out.stderr);
+    r.map(|()| out)
+}
+
+fn run_inner(cli: &Cli, out: &mut Output) -> Result<(), Failure> {
+    match &cli.command {
+        Command::IsLuks(a) => {
+            let dev = Device::open(&a.device)?;
+            match Volume::read(&dev) {
+                Ok(v) if a.device_type.accepts(v.version()) => {
+                    out.stderr.extend(v.notes().iter().cloned());
+                    Ok(())
+                }
+                Ok(_) | Err(VolumeError::NotLuks(_)) => Err(fail(
+                    ExitCode::WrongParameters,
+                    format!("Device {} is not a valid LUKS device.", a.device.display()),
+                )),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::LuksDump(a) => {
+            let (_, vol) = read_volume(&a.device, out)?;
+            if a.dump_json_metadata {
+                match &vol {
+                    Volume::Luks2(h) => {
+                        out.stdout = crate::dump::json(h);
+                        out.stdout.push('\n');
+                    }
+                    Volume::Luks1(_) => {
+                        return Err(fail(
+                            ExitCode::WrongParameters,
+                            "Dump operation is not supported for this device type.",
+                        ))
+                    }
+                }
+            } else {
+                out.stdout = crate::dump::human(&vol, &a.device.display().to_string());
+            }
+            Ok(())
+        }
+        Command::Open(a) => {
+            if !a.test_passphrase {
+                if a.name.is_none() {
+                    return Err(fail(
+                        ExitCode::WrongParameters,
+                        "Command requires device and mapped name as arguments.",
+                    ));
+                }
+                return Err(fail(
+                    ExitCode::WrongParameters,
+                    "Activation through the vault is not available yet; use --test-passphrase to check a passphrase.",
+                ));
+            }
+            let (dev, vol) = read_volume(&a.device, out)?;
+            if !a.device_type.accepts(vol.version()) {
+                return Err(fail(
+                    ExitCode::WrongParameters,
+                    format!("Device {} is not a valid LUKS device.", a.device.display()),
+                ));
+            }
+            let input = KeyInput {
+                key_file: a.key.key_file.clone(),
+                keyfile_offset: a.key.keyfile_offset,
+                keyfile_size: a.key.keyfile_size,
+            };
+            let prompt = format!("Enter passphrase for {}: ", a.device.display());
+            let pass = read_passphrase(&input, &prompt)?;
+            let opts = UnlockOptions {
+                keyslot: a.key.key_slot,
+                ..Default::default()
+            };
+            let unlocked = unlock(&dev, &vol, &pass, &opts)?;
+            if cli.verbose {
+                out.stdout = format!("Key slot {} unlocked.\n", unlocked.keyslot);
+            }
+            Ok(())
+        }
+    }
+}

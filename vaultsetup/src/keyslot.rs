@@ -1,0 +1,466 @@
+//! Keyslot unlock: KDF → keyslot-area decryption (through `vault_vm::engine`) → AF merge
+//! → digest check, for LUKS1 and LUKS2.
+
+use vault_vm::engine::{CipherSpec, Geometry, SectorCipher};
+
+use crate::af::{self, AfError};
+use crate::device::{Device, DeviceError};
+use crate::exit::{ExitCode, HasExitCode};
+use crate::kdf::{Argon2Variant, Hash, Kdf, KdfError, KdfLimits};
+use crate::luks1::Luks1Header;
+use crate::luks2::json::{parse_id, KdfJson};
+use crate::luks2::Luks2Header;
+use crate::secret::{Passphrase, SecretBuf, VolumeKey};
+use crate::util::base64_decode;
+use crate::volume::Volume;
+
+/// Errors of unlocking.
+#[derive(Debug, thiserror::Error)]
+pub enum UnlockError {
+    /// No keyslot opened with this passphrase.
+    #[error("No key available with this passphrase.")]
+    NoKey,
+    /// The requested keyslot is not active.
+    #[error("Keyslot {0} is not active.")]
+    SlotInactive(u32),
+    /// The requested keyslot number does not exist in this format.
+    #[error("Key slot {slot} is invalid (this LUKS version has slots 0..={max}).")]
+    SlotOutOfRange {
+        /// Requested.
+        slot: u32,
+        /// Highest slot.
+        max: u32,
+    },
+    /// The volume has no active keyslots at all.
+    #[error("Device has no active keyslots.")]
+    NoActiveSlots,
+    /// The keyslot's area is not fully on the device.
+    #[error("Keyslot {slot} area [{offset}, +{len}) is cut short: the device has only {size} bytes (truncated image?).")]
+    AreaCutShort {
+        /// Slot.
+        slot: u32,
+        /// Area offset.
+        offset: u64,
+        /// Needed length.
+        len: u64,
+        /// Device size.
+        size: u64,
+    },
+    /// KDF refused or failed.
+    #[error("Keyslot {slot}: {source}")]
+    Kdf {
+        /// Slot.
+        slot: u32,
+        /// Details.
+        #[source]
+        source: KdfError,
+    },
+    /// The keyslot cipher is not supported by the engine.
+    #[error("Keyslot {slot}: cipher {spec:?} with a {key_bits}-bit key is not usable: {why}")]
+    Cipher {
+        /// Slot.
+        slot: u32,
+        /// Cipher spec.
+        spec: String,
+        /// Key size in bits.
+        key_bits: usize,
+        /// Engine message.
+        why: String,
+    },
+    /// AF merge failed.
+    #[error("Keyslot {slot}: {source}")]
+    Af {
+        /// Slot.
+        slot: u32,
+        /// Details.
+        #[source]
+        source: AfError,
+    },
+    /// Something about the slot/digest is unsupported or malformed.
+    #[error("Keyslot {slot}: {why}")]
+    Unsupported {
+        /// Slot.
+        slot: u32,
+        /// Details.
+        why: String,
+    },
+    /// A LUKS2 requirement we do not implement.
+    #[error(
+        "LUKS2 requirement {0:?} is not supported by vaultsetup (finish it with cryptsetup first)."
+    )]
+    Requirement(String),
+    /// Reading failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+impl HasExitCode for UnlockError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::NoKey => ExitCode::NoPermission,
+            Self::Kdf { source, .. } => source.exit_code(),
+            Self::Device(e) => e.exit_code(),
+            _ => ExitCode::WrongParameters,
+        }
+    }
+}
+
+/// Options of an unlock.
+#[derive(Clone, Debug, Default)]
+pub struct UnlockOptions {
+    /// Try only this keyslot.
+    pub keyslot: Option<u32>,
+    /// KDF cost limits.
+    pub limits: KdfLimits,
+}
+
+/// A successfully unlocked volume key.
+#[derive(Debug)]
+pub struct Unlocked {
+    /// The keyslot that opened.
+    pub keyslot: u32,
+    /// The volume key.
+    pub key: VolumeKey,
+}
+
+/// Everything needed to open one keyslot, format independent.
+struct SlotPlan {
+    slot: u32,
+    kdf: Kdf,
+    area_offset: u64,
+    area_cipher: String,
+    area_key_len: usize,
+    key_len: usize,
+    stripes: u32,
+    af_hash: Hash,
+}
+
+/// Result of trying one slot: Ok(Some) opened, Ok(None) wrong passphrase.
+fn try_slot(
+    dev: &Device,
+    plan: &SlotPlan,
+    pass: &[u8],
+    limits: &KdfLimits,
+    check: &dyn Fn(&[u8]) -> Result<bool, UnlockError>,
+) -> Result<Option<VolumeKey>, UnlockError> {
+    let slot = plan.slot;
+    let material_len =
+        plan.key_len
+            .checked_mul(plan.stripes as usize)
+            .ok_or(UnlockError::Unsupported {
+                slot,
+                why: "key size x stripes overflows".into(),
+            })?;
+    let read_len = material_len.div_ceil(512) * 512;
+    match plan.area_offset.checked_add(read_len as u64) {
+        Some(end) if end <= dev.size() => {}
+        _ => {
+            return Err(UnlockError::AreaCutShort {
+                slot,
+                offset: plan.area_offset,
+                len: read_len as u64,
+                size: dev.size(),
+            })
+        }
+    }
+    // Validate the cipher before spending KDF time.
+    let spec = CipherSpec::parse(&plan.area_cipher).map_err(|e| UnlockError::Cipher {
+        slot,
+        spec: plan.area_cipher.clone(),
+        key_bits: plan.area_key_len * 8,
+        why: e.to_string(),
+    })?;
+    plan.kdf
+        .check(limits)
+        .map_err(|source| UnlockError::Kdf { slot, source })?;
+    let mut area = SecretBuf::zeroed(read_len);
+    dev.read_exact_at(plan.area_offset, area.as_mut_slice())?;
+    let derived = plan
+        .kdf
+        .derive(pass, plan.area_key_len, limits)
+        .map_err(|source| UnlockError::Kdf { slot, source })?;
+    let cipher_err = |e: vault_vm::engine::EngineError| UnlockError::Cipher {
+        slot,
+        spec: plan.area_cipher.clone(),
+        key_bits: plan.area_key_len * 8,
+        why: e.to_string(),
+    };
+    let cipher = SectorCipher::new(spec, derived.as_slice()).map_err(cipher_err)?;
+    drop(derived);
+    let geom = Geometry::new(512, false, 0).map_err(cipher_err)?;
+    cipher
+        .decrypt(&geom, 0, area.as_mut_slice())
+        .map_err(cipher_err)?;
+    drop(cipher);
+    let key = af::merge(
+        &area.as_slice()[..material_len],
+        plan.key_len,
+        plan.stripes,
+        plan.af_hash,
+    )
+    .map_err(|source| UnlockError::Af { slot, source })?;
+    drop(area);
+    if check(key.as_slice())? {
+        Ok(Some(VolumeKey::new(key)))
+    } else {
+        Ok(None)
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Tries the plans in order; the first that opens wins. When none opens and some slot
+/// failed for a reason other than a wrong passphrase, that (first) error is returned.
+fn run_plans(
+    dev: &Device,
+    plans: Vec<Result<SlotPlan, UnlockError>>,
+    pass: &[u8],
+    limits: &KdfLimits,
+    check: &dyn Fn(u32, &[u8]) -> Result<bool, UnlockError>,
+) -> Result<Unlocked, UnlockError> {
+    if plans.is_empty() {
+        return Err(UnlockError::NoActiveSlots);
+    }
+    let mut first_err = None;
+    for plan in plans {
+        let r = plan.and_then(|p| {
+            try_slot(dev, &p, pass, limits, &|k| check(p.slot, k)).map(|o| (p.slot, o))
+        });
+        match r {
+            Ok((slot, Some(key))) => return Ok(Unlocked { keyslot: slot, key }),
+            Ok((_, None)) => {}
+            Err(e) => {
+                if first_err.is_none() {
+                    first_err = Some(e);
+                }
+            }
+        }
+    }
+    Err(first_err.unwrap_or(UnlockError::NoKey))
+}
+
+fn luks1_plans(
+    h: &Luks1Header,
+    keyslot: Option<u32>,
+) -> Result<Vec<Result<SlotPlan, UnlockError>>, UnlockError> {
+    let slots: Vec<usize> = match keyslot {
+        Some(s) if s as usize >= crate::luks1::NUM_KEYSLOTS => {
+            return Err(UnlockError::SlotOutOfRange { slot: s, max: 7 })
+        }
+        Some(s) if !h.keyslots[s as usize].active => return Err(UnlockError::SlotInactive(s)),
+        Some(s) => vec![s as usize],
+        None => (0..crate::luks1::NUM_KEYSLOTS)
+            .filter(|&i| h.keyslots[i].active)
+            .collect(),
+    };
+    Ok(slots
+        .into_iter()
+        .map(|i| {
+            let (off, _) = h.area(i);
+            Ok(SlotPlan {
+                slot: i as u32,
+                kdf: h.kdf(i),
+                area_offset: off,
+                area_cipher: h.cipher_spec(),
+                area_key_len: h.key_bytes as usize,
+                key_len: h.key_bytes as usize,
+                stripes: h.keyslots[i].stripes,
+                af_hash: h.hash,
+            })
+        })
+        .collect())
+}
+
+fn b64(slot: u32, what: &str, s: &str) -> Result<Vec<u8>, UnlockError> {
+    base64_decode(s).ok_or_else(|| UnlockError::Unsupported {
+        slot,
+        why: format!("{what} is not valid base64"),
+    })
+}
+
+fn luks2_plan(h: &Luks2Header, id: &str) -> Result<SlotPlan, UnlockError> {
+    let slot = parse_id(id).unwrap_or(u32::MAX);
+    let ks = &h.meta.keyslots[id];
+    let unsupported = |why: String| UnlockError::Unsupported { slot, why };
+    if ks.kind != "luks2" {
+        return Err(unsupported(format!(
+            "keyslot type {:?} cannot be opened",
+            ks.kind
+        )));
+    }
+    let af = ks.af.as_ref().ok_or_else(|| unsupported("no af".into()))?;
+    if af.kind != "luks1" {
+        return Err(unsupported(format!(
+            "AF type {:?} is not supported",
+            af.kind
+        )));
+    }
+    let af_hash = Hash::from_name(&af.hash).map_err(|source| UnlockError::Kdf { slot, source })?;
+    let kdf = match ks
+        .kdf
+        .as_ref()
+        .ok_or_else(|| unsupported("no kdf".into()))?
+    {
+        KdfJson::Pbkdf2 {
+            hash,
+            iterations,
+            salt,
+        } => Kdf::Pbkdf2 {
+            hash: Hash::from_name(hash).map_err(|source| UnlockError::Kdf { slot, source })?,
+            iterations: *iterations,
+            salt: b64(slot, "kdf salt", salt)?,
+        },
+        KdfJson::Argon2i {
+            time,
+            memory,
+            cpus,
+            salt,
+        }
+        | KdfJson::Argon2id {
+            time,
+            memory,
+            cpus,
+            salt,
+        } => Kdf::Argon2 {
+            variant: if matches!(ks.kdf, Some(KdfJson::Argon2i { .. })) {
+                Argon2Variant::Argon2i
+            } else {
+                Argon2Variant::Argon2id
+            },
+            time: *time,
+            memory_kib: *memory,
+            lanes: *cpus,
+            salt: b64(slot, "kdf salt", salt)?,
+        },
+        KdfJson::Other => return Err(unsupported("unknown KDF type".into())),
+    };
+    Ok(SlotPlan {
+        slot,
+        kdf,
+        area_offset: ks.area.offset.0,
+        area_cipher: ks.area.encryption.clone().unwrap_or_default(),
+        area_key_len: ks.area.key_size.unwrap_or(0) as usize,
+        key_len: ks.key_size as usize,
+        stripes: af.stripes,
+        af_hash,
+    })
+}
+
+fn luks2_plans(
+    h: &Luks2Header,
+    keyslot: Option<u32>,
+) -> Result<Vec<Result<SlotPlan, UnlockError>>, UnlockError> {
+    if let Some(r) = h.meta.mandatory_requirements().first() {
+        return Err(UnlockError::Requirement(r.clone()));
+    }
+    let mut ids: Vec<(u32, u8, &String)> = h
+        .meta
+        .keyslots
+        .iter()
+        .filter_map(|(id, ks)| parse_id(id).map(|n| (n, ks.priority.unwrap_or(1), id)))
+        .collect();
+    match keyslot {
+        Some(s) if s > crate::luks2::json::MAX_ID => {
+            return Err(UnlockError::SlotOutOfRange {
+                slot: s,
+                max: crate::luks2::json::MAX_ID,
+            })
+        }
+        Some(s) => {
+            ids.retain(|&(n, _, _)| n == s);
+            if ids.is_empty() {
+                return Err(UnlockError::SlotInactive(s));
+            }
+        }
+        None => {
+            ids.retain(|&(_, p, _)| p != 0);
+            // High priority first, then normal; by id within a priority.
+            ids.sort_by_key(|&(n, p, _)| (core::cmp::Reverse(p), n));
+        }
+    }
+    Ok(ids
+        .into_iter()
+        .map(|(_, _, id)| luks2_plan(h, id))
+        .collect())
+}
+
+fn luks2_check(
+    h: &Luks2Header,
+    slot: u32,
+    key: &[u8],
+    limits: &KdfLimits,
+) -> Result<bool, UnlockError> {
+    let id = slot.to_string();
+    let unsupported = |why: String| UnlockError::Unsupported { slot, why };
+    let Some(d) = h.meta.digests.values().find(|d| d.keyslots.contains(&id)) else {
+        return Err(unsupported("no digest is assigned to this keyslot".into()));
+    };
+    if d.kind != "pbkdf2" {
+        return Err(unsupported(format!(
+            "digest type {:?} is not supported",
+            d.kind
+        )));
+    }
+    let (Some(hash), Some(iterations), Some(salt), Some(digest)) =
+        (&d.hash, d.iterations, &d.salt, &d.digest)
+    else {
+        return Err(unsupported(
+            "digest is missing hash, iterations, salt or digest".into(),
+        ));
+    };
+    let digest = b64(slot, "digest", digest)?;
+    if digest.is_empty() || digest.len() > 64 {
+        return Err(unsupported(format!(
+            "digest length {} outside 1..=64",
+            digest.len()
+        )));
+    }
+    let kdf = Kdf::Pbkdf2 {
+        hash: Hash::from_name(hash).map_err(|source| UnlockError::Kdf { slot, source })?,
+        iterations,
+        salt: b64(slot, "digest salt", salt)?,
+    };
+    let calc = kdf
+        .derive(key, digest.len(), limits)
+        .map_err(|source| UnlockError::Kdf { slot, source })?;
+    Ok(ct_eq(calc.as_slice(), &digest))
+}
+
+/// Recovers the volume key of `vol` (read from `dev`) with `passphrase`.
+pub fn unlock(
+    dev: &Device,
+    vol: &Volume,
+    passphrase: &Passphrase,
+    opts: &UnlockOptions,
+) -> Result<Unlocked, UnlockError> {
+    let pass = passphrase.as_bytes();
+    let limits = opts.limits;
+    match vol {
+        Volume::Luks1(h) => {
+            let plans = luks1_plans(h, opts.keyslot)?;
+            // The digest iteration count is checked before any keyslot work.
+            let digest_kdf = Kdf::Pbkdf2 {
+                hash: h.hash,
+                iterations: h.mk_digest_iter,
+                salt: h.mk_digest_salt.to_vec(),
+            };
+            digest_kdf
+                .check(&limits)
+                .map_err(|source| UnlockError::Kdf { slot: 0, source })?;
+            run_plans(dev, plans, pass, &limits, &|slot, key| {
+                let calc = digest_kdf
+                    .derive(key, 20, &limits)
+                    .map_err(|source| UnlockError::Kdf { slot, source })?;
+                Ok(ct_eq(calc.as_slice(), &h.mk_digest))
+            })
+        }
+        Volume::Luks2(h) => {
+            let plans = luks2_plans(h, opts.keyslot)?;
+            run_plans(dev, plans, pass, &limits, &|slot, key| {
+                luks2_check(h, slot, key, &limits)
+            })
+        }
+    }
+}
