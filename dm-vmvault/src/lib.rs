@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod crypt;
+pub mod frontend;
 pub mod io;
 pub mod locks;
 pub mod table;
