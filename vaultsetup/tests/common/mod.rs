@@ -1,0 +1,188 @@
+//! Shared helpers of the integration tests: peers (cryptsetup, qemu-img), images in a
+//! temp dir, checksums, running the `vaultsetup` binary.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sha2::{Digest, Sha256};
+
+/// True if `tool` is runnable. Missing: panics under `CI`, else prints SKIPPED and returns false.
+pub fn need(tool: &str, test: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if ok {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: `{tool}` is required but not installed (run .ci/setup: cryptsetup-bin, qemu-utils)");
+    }
+    eprintln!("SKIPPED: {test}: `{tool}` is not installed");
+    false
+}
+
+/// Runs a command with optional stdin; returns its output.
+pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    if let Some(data) = stdin {
+        let mut si = child.stdin.take().unwrap();
+        let _ = si.write_all(data);
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs and asserts success.
+pub fn run_ok(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
+    let dbg = format!("{cmd:?}");
+    let o = run(cmd, stdin);
+    assert!(
+        o.status.success(),
+        "{dbg} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// A sparse file of `mib` MiB.
+pub fn sparse(path: &Path, mib: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(mib << 20).unwrap();
+}
+
+/// `cryptsetup luksFormat --batch-mode` with the passphrase from a key file.
+pub fn luks_format(dir: &Path, name: &str, pass: &[u8], args: &[&str]) -> PathBuf {
+    let img = dir.join(name);
+    sparse(&img, 20);
+    let kf = dir.join(format!("{name}.pass"));
+    std::fs::write(&kf, pass).unwrap();
+    run_ok(
+        Command::new("cryptsetup")
+            .args(["luksFormat", "--batch-mode", "--key-file"])
+            .arg(&kf)
+            .args(args)
+            .arg(&img),
+        None,
+    );
+    img
+}
+
+/// Fast PBKDF arguments for LUKS2 argon2 variants.
+pub fn argon(kind: &str) -> Vec<String> {
+    [
+        "--pbkdf",
+        kind,
+        "--pbkdf-memory",
+        "32768",
+        "--pbkdf-parallel",
+        "1",
+        "--pbkdf-force-iterations",
+        "4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `luksAddKey --key-slot N`: adds `new` with `old`.
+pub fn add_key(dir: &Path, img: &Path, old: &[u8], new: &[u8], slot: u32, extra: &[&str]) {
+    let ko = dir.join("old.key");
+    let kn = dir.join("new.key");
+    std::fs::write(&ko, old).unwrap();
+    std::fs::write(&kn, new).unwrap();
+    run_ok(
+        Command::new("cryptsetup")
+            .args(["luksAddKey", "--batch-mode", "--key-slot"])
+            .arg(slot.to_string())
+            .arg("--key-file")
+            .arg(&ko)
+            .args(extra)
+            .arg(img)
+            .arg(&kn),
+        None,
+    );
+}
+
+/// The volume key as cryptsetup reports it (`luksDump --dump-volume-key`), lowercase hex.
+pub fn cryptsetup_volume_key(dir: &Path, img: &Path, pass: &[u8]) -> String {
+    let kf = dir.join("dump.key");
+    std::fs::write(&kf, pass).unwrap();
+    let o = run_ok(
+        Command::new("cryptsetup")
+            .args([
+                "luksDump",
+                "--dump-volume-key",
+                "--batch-mode",
+                "--key-file",
+            ])
+            .arg(&kf)
+            .arg(img),
+        None,
+    );
+    let text = String::from_utf8(o.stdout).unwrap();
+    let mut hex = String::new();
+    let mut on = false;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("MK dump:") {
+            on = true;
+            hex.push_str(rest);
+        } else if on && line.starts_with('\t') {
+            hex.push_str(line);
+        } else if on {
+            break;
+        }
+    }
+    let hex: String = hex.split_whitespace().collect();
+    assert!(!hex.is_empty(), "no MK dump in cryptsetup output:\n{text}");
+    hex
+}
+
+/// Our volume key for `img` as hex, through the library API.
+pub fn our_volume_key(img: &Path, pass: &[u8], slot: Option<u32>) -> (u32, String) {
+    let opts = vaultsetup::UnlockOptions {
+        keyslot: slot,
+        ..Default::default()
+    };
+    let u = vaultsetup::recover_volume_key(img, pass, &opts)
+        .unwrap_or_else(|e| panic!("unlock {}: {e}", img.display()));
+    let hex = String::from_utf8(u.key.to_hex().as_slice().to_vec()).unwrap();
+    (u.keyslot, hex)
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(p: &Path) -> String {
+    let d = Sha256::digest(std::fs::read(p).unwrap());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `vaultsetup` binary.
+pub fn vaultsetup() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vaultsetup"))
+}
+
+/// Runs `vaultsetup args` with stdin; returns (exit code, stdout, stderr).
+pub fn vs(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+    let o = run(vaultsetup().args(args), stdin);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A fresh temp dir.
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
