@@ -1,12 +1,244 @@
-//! The VAES + AVX-512 backend (filled in below).
+//! The VAES + AVX-512 backend: 512-bit registers of 4 AES blocks, `W` registers in flight
+//! (XTS, ECB, CBC decryption). XTS tweaks are advanced 4 lanes at a time with
+//! VPCLMULQDQ. CBC encryption is serial per sector and uses the AES-NI backend's
+//! 8-sector interleave.
+//!
+//! Every function here is compiled with `aes,sse2,avx512f,vaes,vpclmulqdq` and must only
+//! run after the caller checked those features (`Backend::Vaes512.is_available()`).
 
-use super::Job;
+use core::arch::x86_64::*;
+
+use super::{ni, Job, Mode};
+
+/// zmm registers (of 4 blocks) in flight per pass: 8 × 4 × 16 = 512 bytes, the smallest
+/// sector size, so every sector is a whole number of passes.
+const W: usize = 8;
+/// Bytes per pass.
+const PASS: usize = W * 64;
+
+/// Broadcasts each round key to the 4 lanes of a zmm register.
+#[inline(always)]
+unsafe fn load_keys(k: &[[u8; 16]; 15]) -> [__m512i; 15] {
+    // SAFETY: AVX-512F enabled by every caller; `s` is 16 readable bytes.
+    unsafe {
+        let mut r = [_mm512_setzero_si512(); 15];
+        for (d, s) in r.iter_mut().zip(k.iter()) {
+            *d = _mm512_broadcast_i32x4(_mm_loadu_si128(s.as_ptr().cast()));
+        }
+        r
+    }
+}
+
+/// `a ^ b ^ c` in one instruction.
+#[inline(always)]
+fn xor3(a: __m512i, b: __m512i, c: __m512i) -> __m512i {
+    // SAFETY (of the intrinsic): AVX-512F is enabled in every caller.
+    unsafe { _mm512_ternarylogic_epi64::<0x96>(a, b, c) }
+}
+
+/// Multiplies each of the 4 tweaks in `t` by x^K in GF(2^128) (XTS convention), K ≤ 32:
+/// per lane `(lo, hi) -> (lo << K ^ clmul(hi >> (64 - K), 0x87), hi << K ^ lo >> (64 - K))`.
+macro_rules! mul_xk {
+    ($name:ident, $k:literal) => {
+        #[inline(always)]
+        fn $name(t: __m512i) -> __m512i {
+            // SAFETY (of the intrinsics): AVX-512F and VPCLMULQDQ are enabled in every caller.
+            unsafe {
+                let poly = _mm512_broadcast_i32x4(_mm_set_epi64x(0, 0x87));
+                let carry = _mm512_srli_epi64::<{ 64 - $k }>(t);
+                let red = _mm512_clmulepi64_epi128::<0x01>(carry, poly);
+                let cross = _mm512_unpacklo_epi64(_mm512_setzero_si512(), carry);
+                xor3(_mm512_slli_epi64::<$k>(t), red, cross)
+            }
+        }
+    };
+}
+mul_xk!(mul_x32, 32);
+
+/// The tweaks of blocks `4j..4j + 4` of a sector whose first tweak is `t`:
+/// lane `i` gets `t · x^(4j + i)`, computed from `t` directly (no serial chain).
+#[inline(always)]
+fn first_tweaks(t: __m128i, j: i64) -> __m512i {
+    // SAFETY (of the intrinsics): AVX-512F and VPCLMULQDQ are enabled in every caller.
+    // Variable shifts by 64 give 0, which makes lane 0 of j = 0 (k = 0) come out as `t`.
+    unsafe {
+        let k = 4 * j;
+        let t = _mm512_broadcast_i32x4(t);
+        let left = _mm512_set_epi64(k + 3, k + 3, k + 2, k + 2, k + 1, k + 1, k, k);
+        let right = _mm512_sub_epi64(_mm512_set1_epi64(64), left);
+        let poly = _mm512_broadcast_i32x4(_mm_set_epi64x(0, 0x87));
+        let carry = _mm512_srlv_epi64(t, right);
+        let red = _mm512_clmulepi64_epi128::<0x01>(carry, poly);
+        let cross = _mm512_unpacklo_epi64(_mm512_setzero_si512(), carry);
+        xor3(_mm512_sllv_epi64(t, left), red, cross)
+    }
+}
 
 /// Runs a job on the VAES backend.
 ///
 /// # Safety
-/// The CPU must support AES-NI, AVX-512F, VAES and VPCLMULQDQ.
+/// The CPU must support AES-NI, SSE2, AVX-512F, VAES and VPCLMULQDQ (with OS zmm state);
+/// the job's keys must be hardware round keys.
+#[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
 pub(crate) unsafe fn run(job: &Job<'_>, buf: &mut [u8]) {
-    // SAFETY: VAES implies the AES-NI path's requirements.
-    unsafe { super::ni::run(job, buf) }
+    // SAFETY: the features are enabled on this function, as the callees require.
+    unsafe {
+        match job.hw_keys().0.nr {
+            10 => run_nr::<10>(job, buf),
+            12 => run_nr::<12>(job, buf),
+            _ => run_nr::<14>(job, buf),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
+    let (k, aux) = job.hw_keys();
+    // SAFETY: features enabled by the caller (`run`); every pointer handed to the helpers
+    // comes from a chunk of `buf` of the length they access.
+    unsafe {
+        match job.spec.mode {
+            Mode::Ecb => {
+                let rk = load_keys(if job.enc { &k.enc } else { &k.dec });
+                for c in buf.chunks_exact_mut(PASS) {
+                    ecb_pass::<NR>(&rk, c.as_mut_ptr(), job.enc);
+                }
+            }
+            Mode::Xts => {
+                let rk = load_keys(if job.enc { &k.enc } else { &k.dec });
+                for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
+                    let n = group.len() / job.ss;
+                    let tw = ni::ivs(job, aux, g * 8, n);
+                    for (s, sec) in group.chunks_exact_mut(job.ss).enumerate() {
+                        if job.enc {
+                            xts_sector::<NR, true>(&rk, tw[s], sec);
+                        } else {
+                            xts_sector::<NR, false>(&rk, tw[s], sec);
+                        }
+                    }
+                }
+            }
+            Mode::Cbc if job.enc => ni::run(job, buf),
+            Mode::Cbc => {
+                let rk = load_keys(&k.dec);
+                for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
+                    let n = group.len() / job.ss;
+                    let iv = ni::ivs(job, aux, g * 8, n);
+                    for (s, sec) in group.chunks_exact_mut(job.ss).enumerate() {
+                        cbc_dec_sector::<NR>(&rk, iv[s], sec);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One ECB pass of `PASS` bytes at `p`.
+#[inline(always)]
+unsafe fn ecb_pass<const NR: usize>(rk: &[__m512i; 15], p: *mut u8, enc: bool) {
+    // SAFETY: `p` points to `PASS` writable bytes (caller); features enabled by the caller.
+    unsafe {
+        let mut b = [_mm512_setzero_si512(); W];
+        for (j, x) in b.iter_mut().enumerate() {
+            *x = _mm512_xor_si512(_mm512_loadu_si512(p.add(64 * j).cast()), rk[0]);
+        }
+        if enc {
+            for key in &rk[1..NR] {
+                for x in b.iter_mut() {
+                    *x = _mm512_aesenc_epi128(*x, *key);
+                }
+            }
+            for x in b.iter_mut() {
+                *x = _mm512_aesenclast_epi128(*x, rk[NR]);
+            }
+        } else {
+            for key in &rk[1..NR] {
+                for x in b.iter_mut() {
+                    *x = _mm512_aesdec_epi128(*x, *key);
+                }
+            }
+            for x in b.iter_mut() {
+                *x = _mm512_aesdeclast_epi128(*x, rk[NR]);
+            }
+        }
+        for (j, x) in b.iter().enumerate() {
+            _mm512_storeu_si512(p.add(64 * j).cast(), *x);
+        }
+    }
+}
+
+/// XTS over one sector (a multiple of `PASS` bytes) with initial tweak `t`.
+#[inline(always)]
+unsafe fn xts_sector<const NR: usize, const ENC: bool>(
+    rk: &[__m512i; 15],
+    t: __m128i,
+    sec: &mut [u8],
+) {
+    // SAFETY: each chunk is `PASS` bytes of `sec`; features enabled by the caller.
+    unsafe {
+        // Register j of a pass holds the tweaks of blocks 4j..4j + 4 (t · x^(4j + lane)).
+        let mut tw = [_mm512_setzero_si512(); W];
+        for (j, x) in tw.iter_mut().enumerate() {
+            *x = first_tweaks(t, j as i64);
+        }
+        for c in sec.chunks_exact_mut(PASS) {
+            let p = c.as_mut_ptr();
+            let mut b = [_mm512_setzero_si512(); W];
+            for j in 0..W {
+                b[j] = xor3(_mm512_loadu_si512(p.add(64 * j).cast()), tw[j], rk[0]);
+            }
+            for key in &rk[1..NR] {
+                for x in b.iter_mut() {
+                    *x = if ENC {
+                        _mm512_aesenc_epi128(*x, *key)
+                    } else {
+                        _mm512_aesdec_epi128(*x, *key)
+                    };
+                }
+            }
+            for j in 0..W {
+                // The last round XORs its key last: fold the output tweak into it.
+                let last = _mm512_xor_si512(rk[NR], tw[j]);
+                b[j] = if ENC {
+                    _mm512_aesenclast_epi128(b[j], last)
+                } else {
+                    _mm512_aesdeclast_epi128(b[j], last)
+                };
+                _mm512_storeu_si512(p.add(64 * j).cast(), b[j]);
+                tw[j] = mul_x32(tw[j]);
+            }
+        }
+    }
+}
+
+/// CBC-decrypts one sector (a multiple of `PASS` bytes) with IV `iv`.
+#[inline(always)]
+unsafe fn cbc_dec_sector<const NR: usize>(rk: &[__m512i; 15], iv: __m128i, sec: &mut [u8]) {
+    // SAFETY: each chunk is `PASS` bytes of `sec`; features enabled by the caller.
+    unsafe {
+        // Lane 3 of `prev` is the ciphertext block before the pass (the IV at first).
+        let mut prev = _mm512_inserti32x4::<3>(_mm512_setzero_si512(), iv);
+        for c in sec.chunks_exact_mut(PASS) {
+            let p = c.as_mut_ptr();
+            let mut ct = [_mm512_setzero_si512(); W];
+            let mut b = [_mm512_setzero_si512(); W];
+            for j in 0..W {
+                ct[j] = _mm512_loadu_si512(p.add(64 * j).cast());
+                b[j] = _mm512_xor_si512(ct[j], rk[0]);
+            }
+            for key in &rk[1..NR] {
+                for x in b.iter_mut() {
+                    *x = _mm512_aesdec_epi128(*x, *key);
+                }
+            }
+            for j in 0..W {
+                // Chain blocks: lane 3 of the register before, then lanes 0..2 of this one.
+                let before = if j == 0 { prev } else { ct[j - 1] };
+                let chain = _mm512_alignr_epi64::<6>(ct[j], before);
+                b[j] = _mm512_aesdeclast_epi128(b[j], _mm512_xor_si512(rk[NR], chain));
+                _mm512_storeu_si512(p.add(64 * j).cast(), b[j]);
+            }
+            prev = ct[W - 1];
+        }
+    }
 }
