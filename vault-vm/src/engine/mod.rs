@@ -282,6 +282,14 @@ struct IvGen {
 }
 
 impl IvGen {
+    /// The generator for the buffer that starts `n` sectors later.
+    fn skip(&self, n: usize) -> IvGen {
+        IvGen {
+            first: self.first.wrapping_add(self.step.wrapping_mul(n as u64)),
+            ..*self
+        }
+    }
+
     #[inline(always)]
     fn block(&self, i: usize) -> [u8; 16] {
         let s = self.first.wrapping_add(self.step.wrapping_mul(i as u64));
@@ -457,6 +465,7 @@ impl SectorCipher {
 }
 
 /// One call's work, shared by the backends.
+#[derive(Clone, Copy)]
 struct Job<'a> {
     spec: CipherSpec,
     data: &'a AesKey,

@@ -202,7 +202,7 @@ fn backends_agree() {
                         .iter()
                         .map(|b| SectorCipher::with_backend(spec, &key, *b).unwrap().unwrap())
                         .collect();
-                    for nsec in [1usize, 2, 7, 8, 9, 17] {
+                    for nsec in [1usize, 2, 7, 8, 9, 12, 17, 40] {
                         let data = pseudo_random(seed * 31 + nsec as u64, nsec * ss as usize);
                         let sector = (seed * 1000) & !7;
                         let mut want_e = data.clone();
