@@ -8,4 +8,6 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod abi;
 pub mod engine;
+pub mod service;

@@ -1,0 +1,229 @@
+//! The vault guest: a `no_std`, `no_main` image that runs at CPL3 in the vault VM.
+//!
+//! Every vCPU enters [`_start`] with its index, the vCPU count, the data window length
+//! and the idle spin count in `rdi`, `rsi`, `rdx`, `rcx`. It polls its own ring in
+//! shared memory, serves requests through [`vault_vm::service::Service`] and exits to
+//! the host (an MMIO write to the doorbell) only to sleep. Key slots live in this
+//! image's `.bss`, which is private to the vault. There is no IDT: a fault would end the
+//! VM, so every request is validated on a private copy before anything is touched.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use core::ptr;
+use core::sync::atomic::Ordering;
+
+use vault_vm::abi::{
+    self, op, Request, Ring, ENTRY_BUSY, ENTRY_DONE, ENTRY_SUBMITTED, RING_ENTRIES,
+};
+use vault_vm::service::{Counters, Service, SlotCell};
+
+/// The key slots. `.bss` of the image: vault-private memory.
+static SLOTS: [SlotCell; abi::MAX_SLOTS] = [SlotCell::EMPTY; abi::MAX_SLOTS];
+
+/// Exits to the host with `code` (the vCPU index in bits 8..16).
+#[inline(always)]
+fn doorbell(vcpu: usize, code: u32) {
+    // SAFETY: DOORBELL_GPA is mapped by the host's page tables but has no memslot: the
+    // write exits to the host and never faults.
+    unsafe { ptr::write_volatile(abi::DOORBELL_GPA as *mut u32, code | ((vcpu as u32) << 8)) };
+}
+
+/// Zeroes this vCPU's stack below the current frame (key copies left by an import or
+/// a drop).
+#[inline(never)]
+fn wipe_stack(vcpu: usize) {
+    let rsp: u64;
+    // SAFETY: reads the stack pointer only.
+    unsafe { asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
+    let bottom = abi::stack_bottom(vcpu);
+    let end = rsp.saturating_sub(512);
+    if end > bottom {
+        // SAFETY: [bottom, rsp - 512) is this vCPU's mapped stack below every live frame
+        // (512 bytes of slack cover the red zone); nothing live is stored there.
+        unsafe {
+            asm!("rep stosb", inout("rdi") bottom => _, inout("rcx") end - bottom => _,
+                 in("al") 0u8, options(nostack, preserves_flags));
+        }
+    }
+}
+
+fn any_submitted(ring: &Ring) -> bool {
+    ring.header.stop.load(Ordering::SeqCst) != 0
+        || ring
+            .entries
+            .iter()
+            .any(|e| e.state.load(Ordering::SeqCst) == ENTRY_SUBMITTED)
+}
+
+/// Entry point of every vCPU.
+///
+/// # Safety
+/// Only the host calls this, with the registers described in the module docs and `rsp`
+/// at the top of this vCPU's stack.
+#[no_mangle]
+#[link_section = ".text.entry"]
+pub unsafe extern "C" fn _start(vcpu: u64, nvcpus: u64, window_len: u64, idle_spins: u64) -> ! {
+    let vcpu = vcpu as usize;
+    if vcpu >= abi::MAX_VCPUS || nvcpus as usize > abi::MAX_VCPUS || window_len > abi::WINDOW_MAX {
+        loop {
+            doorbell(0, abi::EXIT_PANIC);
+        }
+    }
+    // CPU detection runs cpuid (an exit each): do it once, now.
+    let _ = vault_vm::engine::cpu_features();
+    // SAFETY: the window and transfer page are mapped by the host at these addresses
+    // with these sizes (checked above) and do not overlap the image.
+    let svc = unsafe {
+        Service::new(
+            &SLOTS,
+            abi::WINDOW_GPA as *mut u8,
+            window_len,
+            abi::TRANSFER_GPA as *mut u8,
+        )
+    };
+    // SAFETY: ring `vcpu` is mapped shared memory laid out as `Ring`; all fields the host
+    // may change concurrently are atomics or read with volatile copies.
+    let ring = unsafe { &*(abi::ring_gpa(vcpu) as *const Ring) };
+    doorbell(vcpu, abi::EXIT_READY);
+    serve(vcpu, &svc, ring, idle_spins.max(1))
+}
+
+fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
+    let mut counters = Counters::default();
+    let mut next = 0usize;
+    let mut idle = 0u64;
+    loop {
+        if ring.header.stop.load(Ordering::Relaxed) != 0 {
+            wipe_stack(vcpu);
+            loop {
+                doorbell(vcpu, abi::EXIT_STOPPED);
+            }
+        }
+        let mut served = false;
+        for k in 0..RING_ENTRIES {
+            let i = (next + k) % RING_ENTRIES;
+            let e = &ring.entries[i];
+            if e.state.load(Ordering::Acquire) != ENTRY_SUBMITTED {
+                continue;
+            }
+            e.state.store(ENTRY_BUSY, Ordering::Relaxed);
+            // Copy first, then validate the copy (the host may still be writing).
+            // SAFETY: `e.req` is in mapped shared memory; a volatile copy of plain data.
+            let req: Request = unsafe { ptr::read_volatile(&e.req) };
+            let resp = svc.handle(&req, &mut counters);
+            // SAFETY: as above; the response area belongs to the vault while BUSY.
+            unsafe { ptr::write_volatile(ptr::addr_of!(e.resp).cast_mut(), resp) };
+            e.state.store(ENTRY_DONE, Ordering::Release);
+            ring.header.tail.fetch_add(1, Ordering::Relaxed);
+            if matches!(req.op, op::IMPORT_KEY | op::DROP_KEY) {
+                wipe_stack(vcpu);
+            }
+            next = (i + 1) % RING_ENTRIES;
+            served = true;
+            break;
+        }
+        if served {
+            idle = 0;
+            continue;
+        }
+        core::hint::spin_loop();
+        idle += 1;
+        if idle >= idle_spins {
+            idle = 0;
+            ring.header.sleeping.store(1, Ordering::SeqCst);
+            if any_submitted(ring) {
+                ring.header.sleeping.store(0, Ordering::SeqCst);
+                continue;
+            }
+            counters.sleeps += 1;
+            doorbell(vcpu, abi::EXIT_SLEEP);
+            ring.header.sleeping.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    loop {
+        doorbell(0, abi::EXIT_PANIC);
+    }
+}
+
+// The freestanding image has no libc: the memory primitives the compiler calls.
+
+/// `memcpy`.
+///
+/// # Safety
+/// C semantics.
+#[no_mangle]
+pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: C contract of memcpy.
+    unsafe {
+        asm!("rep movsb", inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n => _,
+             options(nostack, preserves_flags));
+    }
+    dst
+}
+
+/// `memmove`.
+///
+/// # Safety
+/// C semantics.
+#[no_mangle]
+pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dst as usize).wrapping_sub(src as usize) >= n {
+        // SAFETY: no harmful overlap for a forward copy.
+        unsafe { memcpy(dst, src, n) }
+    } else {
+        // SAFETY: backward copy with the direction flag set, then cleared.
+        unsafe {
+            asm!("std", "rep movsb", "cld",
+                 inout("rdi") dst.add(n - 1) => _, inout("rsi") src.add(n - 1) => _,
+                 inout("rcx") n => _, options(nostack));
+        }
+        dst
+    }
+}
+
+/// `memset`.
+///
+/// # Safety
+/// C semantics.
+#[no_mangle]
+pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: C contract of memset.
+    unsafe {
+        asm!("rep stosb", inout("rdi") dst => _, inout("rcx") n => _, in("al") c as u8,
+             options(nostack, preserves_flags));
+    }
+    dst
+}
+
+/// `memcmp`.
+///
+/// # Safety
+/// C semantics.
+#[no_mangle]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: i < n, within both buffers (C contract).
+        let (x, y) = unsafe { (ptr::read_volatile(a.add(i)), ptr::read_volatile(b.add(i))) };
+        if x != y {
+            return i32::from(x) - i32::from(y);
+        }
+        i += 1;
+    }
+    0
+}
+
+/// `bcmp`.
+///
+/// # Safety
+/// C semantics.
+#[no_mangle]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract.
+    unsafe { memcmp(a, b, n) }
+}

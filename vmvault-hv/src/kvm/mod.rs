@@ -1,0 +1,302 @@
+//! The `kvm` backend: the vault guest runs in its own VM (kvm-ioctls), one thread per
+//! vCPU, with guest RAM in a memfd named `vmvault-guest`.
+
+mod vcpu;
+
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VmFd};
+use vault_vm::abi::{self, Request, Response};
+
+use crate::backend::Backend;
+use crate::error::{HvError, Result};
+use crate::layout;
+use crate::memory::SharedMem;
+use crate::ring::{Racer, RingClient};
+use crate::window::Window;
+use crate::BackendKind;
+
+/// Name of the guest RAM memfd (scanners look for `/memfd:vmvault-guest`).
+pub const GUEST_MEMFD_NAME: &CStr = c"vmvault-guest";
+/// Name of the data window memfd.
+pub const WINDOW_MEMFD_NAME: &CStr = c"vmvault-window";
+
+/// Idle spins of a vCPU before it sleeps (each spin scans the ring once and pauses).
+pub const DEFAULT_IDLE_SPINS: u64 = 20_000;
+
+/// State shared by the front end and the vCPU threads.
+pub(crate) struct Shared {
+    pub guest: SharedMem,
+    pub rings: Vec<RingClient>,
+    pub failed: AtomicBool,
+    pub failure: Mutex<Option<String>>,
+    pub ready: Mutex<usize>,
+    pub ready_cv: Condvar,
+}
+
+impl Shared {
+    pub fn fail(&self, why: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(why);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+        self.ready_cv.notify_all();
+    }
+}
+
+/// The kvm backend.
+pub(crate) struct KvmBackend {
+    // Declared first so the VM goes away before the memory behind its memslots.
+    _vm: VmFd,
+    _kvm: Kvm,
+    shared: Arc<Shared>,
+    window: Arc<Window>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    vcpus: usize,
+    stopped: AtomicBool,
+}
+
+impl KvmBackend {
+    /// Whether `/dev/kvm` can be opened.
+    pub fn available() -> bool {
+        Kvm::new().is_ok()
+    }
+
+    pub fn open(image: &[u8], vcpus: usize, window_len: u64, idle_spins: u64) -> Result<Self> {
+        let header = layout::parse_image(image)?;
+        let kvm = Kvm::new().map_err(|e| HvError::KvmUnavailable(format!("/dev/kvm: {e}")))?;
+        let vm = kvm.create_vm().map_err(|err| HvError::Kvm {
+            what: "KVM_CREATE_VM",
+            err,
+        })?;
+
+        let guest = SharedMem::memfd(GUEST_MEMFD_NAME, abi::GUEST_RAM_SIZE as usize)?;
+        guest.lock();
+        guest.touch();
+        {
+            // SAFETY: the mapping is GUEST_RAM_SIZE bytes, exclusively ours until the vCPUs
+            // start.
+            let mem = unsafe { std::slice::from_raw_parts_mut(guest.ptr(), guest.len()) };
+            layout::build(mem, image, &header, vcpus, window_len)?;
+        }
+        let wmem = SharedMem::memfd(WINDOW_MEMFD_NAME, window_len as usize)?;
+        wmem.touch();
+        let window = Window::new(wmem);
+
+        for (slot, gpa, len, host) in [
+            (0u32, 0u64, abi::GUEST_RAM_SIZE, guest.ptr()),
+            (1, abi::WINDOW_GPA, window_len, window.base_ptr()),
+        ] {
+            let region = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: gpa,
+                memory_size: len,
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the host range is a live mapping of `len` bytes that outlives the VM
+            // (the backend owns both and drops the VM first... see field order notes).
+            unsafe { vm.set_user_memory_region(region) }.map_err(|err| HvError::Kvm {
+                what: "KVM_SET_USER_MEMORY_REGION",
+                err,
+            })?;
+        }
+
+        let rings = (0..vcpus)
+            // SAFETY: ring i lies inside guest RAM, which `Shared` owns for as long as
+            // the clients live.
+            .map(|i| unsafe { RingClient::new(guest.ptr().add(abi::ring_gpa(i) as usize).cast()) })
+            .collect();
+        let shared = Arc::new(Shared {
+            guest,
+            rings,
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            ready: Mutex::new(0),
+            ready_cv: Condvar::new(),
+        });
+
+        let mut threads = Vec::new();
+        let boot = vcpu::Boot {
+            entry: header.entry,
+            vcpus,
+            window_len,
+            idle_spins,
+        };
+        let mut err = None;
+        for i in 0..vcpus {
+            match vcpu::setup(&kvm, &vm, i, &boot) {
+                Ok(fd) => {
+                    let sh = Arc::clone(&shared);
+                    let t = std::thread::Builder::new()
+                        .name(format!("vault-vcpu{i}"))
+                        .spawn(move || vcpu::run(fd, i, sh))
+                        .map_err(|err| HvError::Os {
+                            what: "spawning a vCPU thread",
+                            err,
+                        });
+                    match t {
+                        Ok(t) => threads.push(t),
+                        Err(e) => {
+                            err = Some(e);
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        let backend = KvmBackend {
+            _vm: vm,
+            _kvm: kvm,
+            shared,
+            window,
+            threads: Mutex::new(threads),
+            vcpus,
+            stopped: AtomicBool::new(false),
+        };
+        if let Some(e) = err {
+            let _ = backend.shutdown();
+            return Err(e);
+        }
+        // Wait for every vCPU to report READY.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut ready = backend
+            .shared
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while *ready < vcpus && !backend.shared.failed.load(Ordering::SeqCst) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                backend
+                    .shared
+                    .fail("the vault guest did not start within 20 s".into());
+                break;
+            }
+            ready = backend
+                .shared
+                .ready_cv
+                .wait_timeout(ready, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(ready);
+        if backend.shared.failed.load(Ordering::SeqCst) {
+            let why = backend.failure();
+            let _ = backend.shutdown();
+            return Err(HvError::VaultFailed(why));
+        }
+        Ok(backend)
+    }
+
+    fn failure(&self) -> String {
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    /// Host address of guest RAM (for tests that scan it).
+    #[allow(dead_code)]
+    pub fn guest_ram(&self) -> (*const u8, usize) {
+        (self.shared.guest.ptr(), self.shared.guest.len())
+    }
+}
+
+impl Backend for KvmBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Kvm
+    }
+
+    fn protection(&self) -> &'static str {
+        "kvm: the volume keys live only in the memory of the vault VM (memfd \"vmvault-guest\"), \
+         never in the kernel crypto layer, the keyring or a process heap; this guards against \
+         key-schedule scans of kernel slab, keyring and heaps, crash dumps that skip guest \
+         memory and leaks through dm tables or /proc/keys, but not against root or the host \
+         kernel reading guest RAM (no SEV-SNP/TDX memory encryption)"
+    }
+
+    fn vcpus(&self) -> usize {
+        self.vcpus
+    }
+
+    fn window(&self) -> &Arc<Window> {
+        &self.window
+    }
+
+    fn transfer(&self) -> *mut u8 {
+        // SAFETY: TRANSFER_GPA is inside guest RAM.
+        unsafe { self.shared.guest.ptr().add(abi::TRANSFER_GPA as usize) }
+    }
+
+    fn call(&self, lane: usize, req: &Request, racer: Option<Racer<'_>>) -> Result<Response> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(HvError::ShutDown);
+        }
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return Err(HvError::VaultFailed(self.failure()));
+        }
+        let r = self.shared.rings[lane % self.vcpus].call(req, &self.shared.failed, racer);
+        r.map_err(|e| match e {
+            HvError::VaultFailed(_) => HvError::VaultFailed(self.failure()),
+            e => e,
+        })
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        for r in &self.shared.rings {
+            r.ring().header.stop.store(1, Ordering::SeqCst);
+            r.wake.notify();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let start = Instant::now();
+        let mut stuck = 0;
+        for t in threads {
+            // A polling or sleeping vCPU sees `stop` and exits cleanly within
+            // microseconds; a stuck one is kicked out of KVM_RUN with a signal.
+            while !t.is_finished() && start.elapsed() < Duration::from_secs(5) {
+                if start.elapsed() > Duration::from_millis(500) {
+                    vcpu::kick(&t);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                stuck += 1;
+            }
+        }
+        // The guest wiped its slots and stack on the way out; wipe all of guest RAM and
+        // the window anyway (no vCPU runs any more).
+        self.shared.fail("the vault has been shut down".into());
+        self.shared.guest.wipe();
+        self.window.wipe();
+        if stuck > 0 {
+            return Err(HvError::VaultFailed(format!(
+                "{stuck} vCPU thread(s) did not stop"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KvmBackend {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}

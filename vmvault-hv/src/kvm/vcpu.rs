@@ -1,0 +1,210 @@
+//! vCPU set-up (CPL3 long mode, no GDT/IDT) and the per-vCPU `KVM_RUN` loop.
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+
+use kvm_bindings::{kvm_regs, kvm_segment, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vault_vm::abi;
+
+use super::Shared;
+use crate::error::{HvError, Result};
+
+/// Boot parameters shared by all vCPUs.
+pub(super) struct Boot {
+    pub entry: u64,
+    pub vcpus: usize,
+    pub window_len: u64,
+    pub idle_spins: u64,
+}
+
+const CR0_PE_MP_ET_NE_PG: u64 = 0x8000_0033;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const CR4_OSXSAVE: u64 = 1 << 18;
+const EFER_LME_LMA: u64 = 0x500;
+
+/// Signal used to kick a stuck vCPU thread out of `KVM_RUN` at shutdown.
+fn kick_signal() -> i32 {
+    libc::SIGRTMIN() + 3
+}
+
+extern "C" fn on_kick(_: i32) {}
+
+/// Interrupts `KVM_RUN` in a vCPU thread (it returns `EINTR`).
+pub(super) fn kick(t: &JoinHandle<()>) {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // SAFETY: installs an async-signal-safe no-op handler without SA_RESTART.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_kick as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
+        }
+    });
+    // SAFETY: the thread has not been joined (we hold its handle), so its pthread_t is valid.
+    unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+}
+
+/// The CPUID the vault sees: what KVM supports, plus the host's AES/AVX/AVX-512/VAES
+/// bits (PVM's KVM_GET_SUPPORTED_CPUID hides them although the vCPU runs them natively),
+/// so the engine's detection picks the fast paths.
+fn guest_cpuid(kvm: &Kvm) -> Result<CpuId> {
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|err| HvError::Kvm {
+            what: "KVM_GET_SUPPORTED_CPUID",
+            err,
+        })?;
+    use std::arch::x86_64::__cpuid_count;
+    let l1 = __cpuid_count(1, 0);
+    let l7 = __cpuid_count(7, 0);
+    // leaf 1 ecx: PCLMULQDQ, SSSE3, SSE4.1, SSE4.2, AES, XSAVE, AVX.
+    let l1_ecx = (1 << 1) | (1 << 9) | (1 << 19) | (1 << 20) | (1 << 25) | (1 << 26) | (1 << 28);
+    // leaf 7 ebx: AVX2, AVX512F, AVX512DQ, AVX512BW, AVX512VL; ecx: VAES, VPCLMULQDQ.
+    let l7_ebx = (1 << 5) | (1 << 16) | (1 << 17) | (1 << 30) | (1 << 31);
+    let l7_ecx = (1 << 9) | (1 << 10);
+    for e in cpuid.as_mut_slice() {
+        match (e.function, e.index) {
+            (1, _) => e.ecx |= l1.ecx & l1_ecx,
+            (7, 0) => {
+                e.ebx |= l7.ebx & l7_ebx;
+                e.ecx |= l7.ecx & l7_ecx;
+            }
+            _ => {}
+        }
+    }
+    Ok(cpuid)
+}
+
+fn segment(selector: u16, type_: u8, l: u8, db: u8) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 3,
+        db,
+        s: 1,
+        l,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Creates vCPU `i` in 64-bit mode at CPL3, ready to enter the guest's `_start`.
+pub(super) fn setup(kvm: &Kvm, vm: &VmFd, i: usize, boot: &Boot) -> Result<VcpuFd> {
+    let fd = vm.create_vcpu(i as u64).map_err(|err| HvError::Kvm {
+        what: "KVM_CREATE_VCPU",
+        err,
+    })?;
+    fd.set_cpuid2(&guest_cpuid(kvm)?)
+        .map_err(|err| HvError::Kvm {
+            what: "KVM_SET_CPUID2",
+            err,
+        })?;
+    let mut s = fd.get_sregs().map_err(|err| HvError::Kvm {
+        what: "KVM_GET_SREGS",
+        err,
+    })?;
+    s.cs = segment(0x33, 11, 1, 0);
+    let data = segment(0x2b, 3, 0, 1);
+    (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
+    s.cr0 = CR0_PE_MP_ET_NE_PG;
+    s.cr3 = abi::PAGE_TABLES_GPA;
+    s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_OSXSAVE;
+    s.efer = EFER_LME_LMA;
+    if fd.set_sregs(&s).is_err() {
+        // Without XSAVE in the vCPU model, run without OSXSAVE: the engine then sees no
+        // AVX and uses AES-NI on xmm registers.
+        s.cr4 &= !CR4_OSXSAVE;
+        fd.set_sregs(&s).map_err(|err| HvError::Kvm {
+            what: "KVM_SET_SREGS",
+            err,
+        })?;
+    }
+    // Enable x87/SSE/AVX/AVX-512 state in XCR0 as the host has it (best effort: PVM
+    // already runs the guest with the host's XCR0).
+    if let Ok(mut xcrs) = fd.get_xcrs() {
+        // SAFETY: xgetbv(0) is valid when the OS enabled XSAVE, which x86_64 Linux does.
+        let host_xcr0 = unsafe { std::arch::x86_64::_xgetbv(0) };
+        xcrs.nr_xcrs = 1;
+        xcrs.xcrs[0].xcr = 0;
+        xcrs.xcrs[0].value = host_xcr0 & 0xe7;
+        let _ = fd.set_xcrs(&xcrs);
+    }
+    let regs = kvm_regs {
+        rip: boot.entry,
+        rsp: abi::stack_top(i) - 8,
+        rflags: 0x202,
+        rdi: i as u64,
+        rsi: boot.vcpus as u64,
+        rdx: boot.window_len,
+        rcx: boot.idle_spins,
+        ..Default::default()
+    };
+    fd.set_regs(&regs).map_err(|err| HvError::Kvm {
+        what: "KVM_SET_REGS",
+        err,
+    })?;
+    Ok(fd)
+}
+
+/// The `KVM_RUN` loop of vCPU `i`.
+pub(super) fn run(mut fd: VcpuFd, i: usize, sh: Arc<Shared>) {
+    let ring = &sh.rings[i];
+    loop {
+        let exit = match fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                if ring.ring().header.stop.load(Ordering::SeqCst) != 0 {
+                    return; // kicked at shutdown: the guest did not stop by itself
+                }
+                continue;
+            }
+            Err(e) => return sh.fail(format!("KVM_RUN on vCPU {i} failed: {e}")),
+        };
+        match exit {
+            VcpuExit::MmioWrite(addr, data) if addr == abi::DOORBELL_GPA => {
+                let code = u32::from(data.first().copied().unwrap_or(0));
+                match code {
+                    abi::EXIT_SLEEP => {
+                        ring.wake.wait_until(|| ring.has_work());
+                        ring.ring().header.sleeping.store(0, Ordering::SeqCst);
+                    }
+                    abi::EXIT_READY => {
+                        *sh.ready.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                        sh.ready_cv.notify_all();
+                    }
+                    abi::EXIT_STOPPED => return,
+                    abi::EXIT_PANIC => {
+                        return sh.fail(format!("the vault guest panicked on vCPU {i}"))
+                    }
+                    c => return sh.fail(format!("unknown doorbell code {c} from vCPU {i}")),
+                }
+            }
+            VcpuExit::MmioWrite(addr, _) | VcpuExit::MmioRead(addr, _) => {
+                return sh.fail(format!(
+                    "vCPU {i} accessed unbacked guest address {addr:#x}"
+                ));
+            }
+            VcpuExit::Intr => {}
+            VcpuExit::Shutdown => {
+                return sh.fail(format!(
+                    "vCPU {i} faulted (shutdown exit: an exception with no IDT)"
+                ));
+            }
+            VcpuExit::InternalError => {
+                return sh.fail(format!("vCPU {i}: KVM internal error (emulation failure)"));
+            }
+            other => return sh.fail(format!("vCPU {i}: unexpected exit {other:?}")),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The guest address space: image checks and loading, page tables.
+
+use vault_vm::abi::{self, ImageHeader, IMAGE_MAGIC};
+
+use crate::error::{HvError, Result};
+
+const P: u64 = 1;
+const RW: u64 = 2;
+const US: u64 = 4;
+const ACCESSED: u64 = 0x20;
+const DIRTY: u64 = 0x40;
+const PS: u64 = 0x80;
+
+/// First PT page (maps guest RAM with 4 KiB pages).
+const PT_GPA: u64 = 0x4000;
+/// PD page of the first GiB.
+const PD0_GPA: u64 = 0x3000;
+/// PDPT.
+const PDPT_GPA: u64 = 0x2000;
+/// First PD page of the window.
+const WINDOW_PD_GPA: u64 = 0x8000;
+
+/// Checks the image header and returns it.
+pub fn parse_image(image: &[u8]) -> Result<ImageHeader> {
+    if image.len() < size_of::<ImageHeader>() {
+        return Err(HvError::BadImage("shorter than its header"));
+    }
+    let word = |i: usize| u64::from_le_bytes(image[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    let h = ImageHeader {
+        magic: word(0),
+        entry: word(1),
+        end: word(2),
+        abi_version: word(3),
+        text_end: word(4),
+    };
+    if h.magic != IMAGE_MAGIC {
+        return Err(HvError::BadImage("bad magic"));
+    }
+    if h.abi_version != abi::ABI_VERSION {
+        return Err(HvError::BadImage("built for another ABI version"));
+    }
+    let img_end = abi::IMAGE_GPA + image.len() as u64;
+    if h.end > abi::IMAGE_GPA + abi::IMAGE_MAX || h.end < img_end || h.end % abi::PAGE_SIZE != 0 {
+        return Err(HvError::BadImage("image end out of range"));
+    }
+    if h.text_end > h.end
+        || h.text_end % abi::PAGE_SIZE != 0
+        || h.entry < abi::IMAGE_GPA
+        || h.entry >= h.text_end
+    {
+        return Err(HvError::BadImage("entry or text end out of range"));
+    }
+    Ok(h)
+}
+
+fn put(mem: &mut [u8], gpa: u64, val: u64) {
+    let i = gpa as usize;
+    mem[i..i + 8].copy_from_slice(&val.to_le_bytes());
+}
+
+/// Loads the image and writes the page tables into guest RAM (`mem` is the whole
+/// `GUEST_RAM_SIZE` memslot, zeroed).
+///
+/// Mapped (all with U/S=1): image code and read-only data read-only, image data and
+/// `.bss` read-write, the stacks of the first `vcpus` vCPUs (guard page below each),
+/// the transfer page, the rings of the first `vcpus` vCPUs, the doorbell (a 2 MiB page
+/// without memslot) and the data window (2 MiB pages). Everything else, the page
+/// tables included, is not mapped.
+pub fn build(
+    mem: &mut [u8],
+    image: &[u8],
+    h: &ImageHeader,
+    vcpus: usize,
+    window_len: u64,
+) -> Result<()> {
+    assert_eq!(mem.len() as u64, abi::GUEST_RAM_SIZE);
+    if window_len == 0 || window_len > abi::WINDOW_MAX || window_len % abi::WINDOW_ALIGN != 0 {
+        return Err(HvError::Config(format!(
+            "window size {window_len} out of range"
+        )));
+    }
+    let base = abi::IMAGE_GPA as usize;
+    mem[base..base + image.len()].copy_from_slice(image);
+
+    put(mem, abi::PAGE_TABLES_GPA, PDPT_GPA | P | RW | US);
+    put(mem, PDPT_GPA, PD0_GPA | P | RW | US);
+    let pt_pages = abi::GUEST_RAM_SIZE / (512 * abi::PAGE_SIZE);
+    for i in 0..pt_pages {
+        put(
+            mem,
+            PD0_GPA + i * 8,
+            (PT_GPA + i * abi::PAGE_SIZE) | P | RW | US,
+        );
+    }
+    let in_rings = |gpa: u64| {
+        (0..vcpus).any(|i| gpa >= abi::ring_gpa(i) && gpa < abi::ring_gpa(i) + abi::RING_STRIDE)
+    };
+    let in_stacks =
+        |gpa: u64| (0..vcpus).any(|i| gpa >= abi::stack_bottom(i) && gpa < abi::stack_top(i));
+    for page in 0..abi::GUEST_RAM_SIZE / abi::PAGE_SIZE {
+        let gpa = page * abi::PAGE_SIZE;
+        let flags = if gpa >= abi::IMAGE_GPA && gpa < h.text_end {
+            P | US | ACCESSED
+        } else if (gpa >= h.text_end && gpa < h.end)
+            || in_stacks(gpa)
+            || (gpa >= abi::TRANSFER_GPA && gpa < abi::TRANSFER_GPA + abi::TRANSFER_SIZE)
+            || in_rings(gpa)
+        {
+            P | RW | US | ACCESSED | DIRTY
+        } else {
+            0
+        };
+        if flags != 0 {
+            put(mem, PT_GPA + page * 8, gpa | flags);
+        }
+    }
+    // Doorbell: mapped, but no memslot behind it, so a write exits to the host.
+    put(
+        mem,
+        PD0_GPA + (abi::DOORBELL_GPA >> 21) * 8,
+        abi::DOORBELL_GPA | P | RW | US | PS,
+    );
+    // Window: PDPT entries from 4 GiB, 2 MiB pages.
+    let pages_2m = window_len / abi::WINDOW_ALIGN;
+    for j in 0..pages_2m.div_ceil(512) {
+        let pd = WINDOW_PD_GPA + j * abi::PAGE_SIZE;
+        assert!(pd < abi::PAGE_TABLES_END);
+        put(
+            mem,
+            PDPT_GPA + ((abi::WINDOW_GPA >> 30) + j) * 8,
+            pd | P | RW | US,
+        );
+        for k in 0..(pages_2m - j * 512).min(512) {
+            let gpa = abi::WINDOW_GPA + (j * 512 + k) * abi::WINDOW_ALIGN;
+            put(mem, pd + k * 8, gpa | P | RW | US | ACCESSED | DIRTY | PS);
+        }
+    }
+    Ok(())
+}

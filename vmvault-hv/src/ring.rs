@@ -1,0 +1,171 @@
+//! Host side of the request rings: claim an entry, publish a request, wake a sleeping
+//! vCPU, wait for the response.
+
+use std::hint::spin_loop;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use vault_vm::abi::{
+    Request, Response, Ring, ENTRY_CLAIMED, ENTRY_DONE, ENTRY_FREE, ENTRY_SUBMITTED, RING_ENTRIES,
+};
+
+use crate::error::{HvError, Result};
+
+/// Spins before a waiting thread starts yielding its CPU.
+const SPINS_BEFORE_YIELD: u32 = 2_000;
+
+/// Wakes a vCPU thread that waits outside `KVM_RUN` for work.
+#[derive(Default)]
+pub(crate) struct Wake {
+    pub lock: Mutex<()>,
+    pub cv: Condvar,
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.cv.notify_all();
+    }
+
+    /// Waits until `ready()` holds (rechecked every few milliseconds as a safety net).
+    pub fn wait_until(&self, ready: impl Fn() -> bool) {
+        let mut g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while !ready() {
+            g = self
+                .cv
+                .wait_timeout(g, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// A ring in guest memory plus its wake-up channel.
+pub(crate) struct RingClient {
+    ring: *const Ring,
+    pub wake: Wake,
+}
+
+// SAFETY: `ring` points into guest memory that outlives every RingClient (owned by the
+// same backend); shared fields are atomics, requests/responses are moved with volatile
+// copies under the entry-state protocol.
+unsafe impl Send for RingClient {}
+// SAFETY: as above.
+unsafe impl Sync for RingClient {}
+
+/// Called repeatedly (from another thread) while a request is in flight; used by tests to
+/// rewrite the request in shared memory under the vault's feet.
+pub type Racer<'a> = &'a (dyn Fn(*mut Request) + Sync);
+
+impl RingClient {
+    /// # Safety
+    /// `ring` must point to a `Ring` in memory that stays mapped while this client lives.
+    pub unsafe fn new(ring: *const Ring) -> Self {
+        RingClient {
+            ring,
+            wake: Wake::default(),
+        }
+    }
+
+    pub fn ring(&self) -> &Ring {
+        // SAFETY: contract of `new`.
+        unsafe { &*self.ring }
+    }
+
+    /// Whether work is waiting (or the vCPU must stop).
+    pub fn has_work(&self) -> bool {
+        let r = self.ring();
+        r.header.stop.load(Ordering::SeqCst) != 0
+            || r.entries
+                .iter()
+                .any(|e| e.state.load(Ordering::SeqCst) == ENTRY_SUBMITTED)
+    }
+
+    /// Submits `req` and waits for the response.
+    pub fn call(
+        &self,
+        req: &Request,
+        failed: &AtomicBool,
+        racer: Option<Racer<'_>>,
+    ) -> Result<Response> {
+        let ring = self.ring();
+        let mut spins = 0u32;
+        let e = loop {
+            if let Some(e) = ring.entries.iter().find(|e| {
+                e.state
+                    .compare_exchange(
+                        ENTRY_FREE,
+                        ENTRY_CLAIMED,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            }) {
+                break e;
+            }
+            if failed.load(Ordering::Relaxed) {
+                return Err(HvError::VaultFailed("a vCPU stopped".into()));
+            }
+            backoff(&mut spins);
+        };
+        let req_ptr = ptr::addr_of!(e.req).cast_mut();
+        // SAFETY: the entry is CLAIMED by this thread; the vault ignores it until SUBMITTED.
+        unsafe { ptr::write_volatile(req_ptr, *req) };
+        e.state.store(ENTRY_SUBMITTED, Ordering::SeqCst);
+        ring.header.head.fetch_add(1, Ordering::Relaxed);
+        if ring.header.sleeping.load(Ordering::SeqCst) != 0 {
+            self.wake.notify();
+        }
+        let done = || e.state.load(Ordering::Acquire) == ENTRY_DONE;
+        let wait = || {
+            let mut spins = 0u32;
+            loop {
+                if done() {
+                    return Ok(());
+                }
+                if failed.load(Ordering::Relaxed) {
+                    return Err(HvError::VaultFailed(
+                        "a vCPU stopped while serving a request".into(),
+                    ));
+                }
+                backoff(&mut spins);
+            }
+        };
+        let result = match racer {
+            None => wait(),
+            Some(racer) => {
+                let stop = AtomicBool::new(false);
+                let p = req_ptr as usize;
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        while !stop.load(Ordering::Relaxed) {
+                            racer(p as *mut Request);
+                        }
+                    });
+                    let r = wait();
+                    stop.store(true, Ordering::Relaxed);
+                    r
+                })
+            }
+        };
+        result?;
+        // SAFETY: DONE: the vault wrote the response and no longer touches the entry.
+        let resp = unsafe { ptr::read_volatile(ptr::addr_of!(e.resp)) };
+        e.state.store(ENTRY_FREE, Ordering::Release);
+        Ok(resp)
+    }
+}
+
+fn backoff(spins: &mut u32) {
+    if *spins < SPINS_BEFORE_YIELD {
+        *spins += 1;
+        spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// Number of entries per ring (re-exported for callers sizing their concurrency).
+pub const ENTRIES: usize = RING_ENTRIES;

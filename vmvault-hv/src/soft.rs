@@ -1,0 +1,161 @@
+//! The `soft` backend: the same request handler and engine, in this process, with the
+//! key slots and the transfer page in `memfd_secret` pages (not in the kernel's direct
+//! map). Weaker than `kvm`: a compromised daemon can read its own secret pages.
+
+use std::ffi::CStr;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vault_vm::abi::{self, op, status, Request, Response, MAX_SLOTS};
+use vault_vm::service::{Counters, Service, SlotCell};
+
+use crate::backend::Backend;
+use crate::error::{HvError, Result};
+use crate::memory::SharedMem;
+use crate::ring::Racer;
+use crate::window::Window;
+use crate::BackendKind;
+
+/// Name of the soft backend's data window memfd.
+const WINDOW_MEMFD_NAME: &CStr = c"vmvault-window";
+
+/// The soft backend.
+pub(crate) struct SoftBackend {
+    slots: SharedMem,
+    transfer: SharedMem,
+    window: Arc<Window>,
+    lanes: Vec<Mutex<Counters>>,
+    stopped: AtomicBool,
+}
+
+impl SoftBackend {
+    pub fn open(vcpus: usize, window_len: u64) -> Result<Self> {
+        let bytes = (std::mem::size_of::<[SlotCell; MAX_SLOTS]>()).div_ceil(4096) * 4096;
+        let slots = SharedMem::secret(bytes)?;
+        let transfer = SharedMem::secret(abi::TRANSFER_SIZE as usize)?;
+        slots.touch();
+        transfer.touch();
+        let wmem = SharedMem::memfd(WINDOW_MEMFD_NAME, window_len as usize)?;
+        wmem.touch();
+        Ok(SoftBackend {
+            slots,
+            transfer,
+            window: Window::new(wmem),
+            lanes: (0..vcpus)
+                .map(|_| Mutex::new(Counters::default()))
+                .collect(),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    fn service(&self) -> Service<'_> {
+        // SAFETY: the secret mapping is page aligned, at least as large as the slot table
+        // and zero-initialized, which is a valid table of empty slots; it lives as long as
+        // `self`. Window and transfer page are live mappings of the stated sizes and do not
+        // overlap the slots.
+        unsafe {
+            let slots = &*self.slots.ptr().cast::<[SlotCell; MAX_SLOTS]>();
+            Service::new(
+                slots,
+                self.window.base_ptr(),
+                self.window.len(),
+                self.transfer.ptr(),
+            )
+        }
+    }
+}
+
+/// Overwrites a stretch of this thread's stack below the caller (key copies left by
+/// key expansion).
+#[inline(never)]
+fn burn_stack() {
+    let mut scratch = [0u8; 32 * 1024];
+    // SAFETY: writing our own local array.
+    unsafe { ptr::write_bytes(scratch.as_mut_ptr(), 0, scratch.len()) };
+    std::hint::black_box(&mut scratch);
+}
+
+impl Backend for SoftBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Soft
+    }
+
+    fn protection(&self) -> &'static str {
+        "soft: no virtualization; the volume keys live in memfd_secret pages of this process \
+         (removed from the kernel direct map), which guards against kernel memory disclosure \
+         but not against a compromised daemon or root attaching to it"
+    }
+
+    fn vcpus(&self) -> usize {
+        self.lanes.len()
+    }
+
+    fn window(&self) -> &Arc<Window> {
+        &self.window
+    }
+
+    fn transfer(&self) -> *mut u8 {
+        self.transfer.ptr()
+    }
+
+    fn call(&self, lane: usize, req: &Request, racer: Option<Racer<'_>>) -> Result<Response> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(HvError::ShutDown);
+        }
+        // Same discipline as the guest: stage the request in memory the caller could race
+        // on, copy it, then hand the private copy to the handler.
+        let mut staged = Box::new(*req);
+        let p = ptr::addr_of_mut!(*staged) as usize;
+        let copy: Request = match racer {
+            // SAFETY: `staged` is live; a volatile copy of plain data.
+            None => unsafe { ptr::read_volatile(p as *const Request) },
+            Some(racer) => {
+                let stop = AtomicBool::new(false);
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        for _ in 0..1000 {
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            racer(p as *mut Request);
+                        }
+                    });
+                    // SAFETY: as above.
+                    let c = unsafe { ptr::read_volatile(p as *const Request) };
+                    stop.store(true, Ordering::Relaxed);
+                    c
+                })
+            }
+        };
+        drop(staged);
+        let mut counters = self.lanes[lane % self.lanes.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let resp = self.service().handle(&copy, &mut counters);
+        drop(counters);
+        if matches!(copy.op, op::IMPORT_KEY | op::DROP_KEY) {
+            burn_stack();
+        }
+        debug_assert!(resp.status != status::OK || resp.id == req.id);
+        Ok(resp)
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.service().drop_all();
+        self.service().wipe_transfer();
+        self.slots.wipe();
+        self.window.wipe();
+        burn_stack();
+        Ok(())
+    }
+}
+
+impl Drop for SoftBackend {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
