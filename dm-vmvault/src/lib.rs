@@ -7,8 +7,13 @@
 //! ([`daemon`], [`protocol`], [`client`]).
 #![deny(missing_docs)]
 
+pub mod backend;
+pub mod client;
 pub mod crypt;
+pub mod daemon;
 pub mod frontend;
 pub mod io;
+pub mod keyring;
 pub mod locks;
+pub mod protocol;
 pub mod table;

@@ -1,6 +1,62 @@
-//! vmvaultd: the vmvault daemon.
+//! `vmvaultd`: the vmvault daemon. One per host (per run directory).
+//!
+//! ```text
+//! vmvaultd [--run-dir DIR] [--fuse-threads N] [--no-mlock]
+//! ```
+//!
+//! The run directory defaults to `$VMVAULT_RUN_DIR`, else `/run/vmvault`. Control
+//! socket: `<run-dir>/control` (root only, JSON lines; see `dm_vmvault::protocol`).
 
-fn main() {
-    eprintln!("vmvaultd: not yet implemented");
-    std::process::exit(1);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use dm_vmvault::daemon::{self, DaemonConfig};
+
+fn usage() -> ExitCode {
+    eprintln!("usage: vmvaultd [--run-dir DIR] [--fuse-threads N] [--no-mlock]");
+    ExitCode::from(1)
+}
+
+fn main() -> ExitCode {
+    let mut cfg = DaemonConfig {
+        run_dir: daemon::default_run_dir(),
+        fuse_threads: 4,
+        mlock: true,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--run-dir" => match args.next() {
+                Some(d) => cfg.run_dir = PathBuf::from(d),
+                None => return usage(),
+            },
+            "--fuse-threads" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n > 0 => cfg.fuse_threads = n,
+                _ => return usage(),
+            },
+            "--no-mlock" => cfg.mlock = false,
+            "-h" | "--help" => {
+                usage();
+                return ExitCode::SUCCESS;
+            }
+            _ => return usage(),
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("vmvaultd: must run as root");
+        return ExitCode::from(2);
+    }
+    match daemon::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmvaultd: {e}");
+            match e {
+                daemon::DaemonError::Host(daemon::host::HostError::AlreadyRunning { .. }) => {
+                    ExitCode::from(5)
+                }
+                _ => ExitCode::from(4),
+            }
+        }
+    }
 }

@@ -20,9 +20,14 @@ pub enum MapperError {
     },
 }
 
-/// Whether this kernel has device-mapper.
+/// Whether this kernel has device-mapper: `/dev/mapper/control` exists *and* opens (a
+/// stale node on a kernel without dm fails with `ENODEV`).
 pub fn available() -> bool {
-    Path::new("/dev/mapper/control").exists()
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mapper/control")
+        .is_ok()
 }
 
 /// A `/dev/mapper/NAME` linear device (present only when device-mapper exists).

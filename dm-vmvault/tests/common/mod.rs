@@ -126,3 +126,146 @@ pub fn umount(mp: &Path) {
 pub fn fsck_clean(dev: &Path) {
     run(Command::new("fsck.ext4").arg("-fn").arg(dev));
 }
+
+/// Places `key` in the kernel keyring (user keyring of uid 0) as a `user` key readable
+/// by uid 0; returns its serial.
+pub fn keyring_add(key: &[u8]) -> i32 {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let desc = format!(
+        "vmvault-test:{}:{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut child = Command::new("keyctl")
+        .args(["padd", "user", &desc, "@u"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("keyctl");
+    child.stdin.take().unwrap().write_all(key).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "keyctl padd failed");
+    let serial: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    run(Command::new("keyctl").args(["setperm", &serial.to_string(), "0x3f030000"]));
+    serial
+}
+
+/// Whether the key still exists.
+pub fn keyring_exists(serial: i32) -> bool {
+    Command::new("keyctl")
+        .args(["describe", &serial.to_string()])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A vmvaultd instance on its own run directory, killed (and its volumes left to the
+/// next instance's cleanup) on drop.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub run_dir: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(run_dir: &Path) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run_dir.with_extension("log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vmvaultd"))
+            .arg("--run-dir")
+            .arg(run_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn vmvaultd");
+        let d = Daemon {
+            child,
+            run_dir: run_dir.to_path_buf(),
+        };
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Ok(mut c) = dm_vmvault::client::Client::connect(run_dir) {
+                if c.ping().is_ok() {
+                    return d;
+                }
+            }
+            assert!(
+                t0.elapsed().as_secs() < 10,
+                "vmvaultd did not come up; log: {}",
+                d.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self) -> dm_vmvault::client::Client {
+        dm_vmvault::client::Client::connect(&self.run_dir).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.run_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn shutdown(mut self) {
+        let r = self.client().shutdown();
+        assert!(r.is_ok(), "shutdown: {r:?}");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Ok(mut c) = dm_vmvault::client::Client::connect(&self.run_dir) {
+                let _ = c.shutdown();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            self.kill();
+        }
+    }
+}
+
+/// The backend the daemon tests use: `VMVAULT_TEST_BACKEND`, default `in-process`.
+pub fn test_backend() -> dm_vmvault::protocol::BackendChoice {
+    match std::env::var("VMVAULT_TEST_BACKEND").as_deref() {
+        Ok("kvm") => dm_vmvault::protocol::BackendChoice::Kvm,
+        Ok("soft") => dm_vmvault::protocol::BackendChoice::Soft,
+        Ok("auto") => dm_vmvault::protocol::BackendChoice::Auto,
+        _ => dm_vmvault::protocol::BackendChoice::InProcess,
+    }
+}
+
+/// An open request with the tests' defaults (AES-256-XTS, offset 2048 sectors).
+pub fn open_req(
+    name: &str,
+    backing: &Path,
+    key: &[u8],
+    ss: u32,
+) -> dm_vmvault::protocol::OpenRequest {
+    dm_vmvault::protocol::OpenRequest {
+        name: name.into(),
+        backing: backing.to_path_buf(),
+        cipher: "aes-xts-plain64".into(),
+        key_size: key.len() as u32 * 8,
+        sector_size: ss,
+        offset: 2048,
+        iv_offset: 0,
+        iv_large_sectors: false,
+        size: None,
+        readonly: false,
+        allow_discards: false,
+        backend: test_backend(),
+        key_serial: keyring_add(key),
+        keep_key: false,
+    }
+}

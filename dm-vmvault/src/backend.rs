@@ -1,0 +1,60 @@
+//! Choosing and keying the crypt backend of a volume.
+
+use std::sync::Arc;
+
+use vault_vm::engine::{CipherSpec, Geometry};
+
+use crate::crypt::{Crypt, CryptError, EngineCrypt};
+use crate::keyring::{self, KeyError};
+use crate::protocol::BackendChoice;
+
+/// Errors creating a volume's crypt backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Reading the key from the keyring failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The backend refused the key or geometry.
+    #[error(transparent)]
+    Crypt(#[from] CryptError),
+    /// The requested backend is not available on this host or in this build.
+    #[error("backend `{0}` is not available: {1}")]
+    Unavailable(&'static str, String),
+}
+
+/// A keyed crypt backend plus the vault slot holding the key (0 for in-process).
+pub struct Keyed {
+    /// The backend.
+    pub crypt: Arc<dyn Crypt>,
+    /// Slot number for the table's key reference.
+    pub slot: u32,
+}
+
+/// Keys a backend for one volume from keyring key `serial` (`key_len` bytes).
+///
+/// `auto` prefers the vault (kvm, else soft). The in-process engine is used only when
+/// asked for by name.
+pub fn key_backend(
+    choice: BackendChoice,
+    spec: CipherSpec,
+    geom: Geometry,
+    serial: i32,
+    key_len: usize,
+) -> Result<Keyed, BackendError> {
+    match choice {
+        BackendChoice::InProcess => {
+            let key = keyring::read_key(serial, key_len)?;
+            let crypt = EngineCrypt::new(spec, key.bytes(), geom)?;
+            Ok(Keyed {
+                crypt: Arc::new(crypt),
+                slot: 0,
+            })
+        }
+        BackendChoice::Kvm | BackendChoice::Soft | BackendChoice::Auto => {
+            Err(BackendError::Unavailable(
+                choice.as_str(),
+                "this build of vmvaultd has no vault (vmvault-hv) yet; use backend in-process for testing".into(),
+            ))
+        }
+    }
+}

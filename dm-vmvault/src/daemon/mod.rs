@@ -1,0 +1,349 @@
+//! `vmvaultd`: one daemon per host (per run directory) serving every open volume.
+//!
+//! Layout of the run directory (default `/run/vmvault`, or `--run-dir`/`VMVAULT_RUN_DIR`):
+//! `control` (the root-only control socket), `vmvaultd.pid` (flocked single-instance
+//! lock), `mnt/<name>/volume` (each volume's FUSE export), `vmvaultd.log` (when spawned
+//! on demand).
+
+pub mod host;
+pub mod volume;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::protocol::{code, OpenRequest, Request, Response};
+use volume::{Volume, VolumeError};
+
+/// Default run directory.
+pub const DEFAULT_RUN_DIR: &str = "/run/vmvault";
+
+/// The run directory: `VMVAULT_RUN_DIR` if set, else [`DEFAULT_RUN_DIR`].
+pub fn default_run_dir() -> PathBuf {
+    std::env::var_os("VMVAULT_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
+}
+
+/// Path of the control socket in `run_dir`.
+pub fn socket_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("control")
+}
+
+/// Daemon options.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// Run directory.
+    pub run_dir: PathBuf,
+    /// FUSE serving threads per volume.
+    pub fuse_threads: usize,
+    /// `mlockall` the process.
+    pub mlock: bool,
+}
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Setup failed.
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    /// The control socket could not be set up.
+    #[error("control socket {path}: {source}")]
+    Socket {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    volumes: HashMap<String, Volume>,
+    opening: HashSet<String>,
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    cfg: DaemonConfig,
+    mnt_root: PathBuf,
+    state: Mutex<State>,
+    stop: AtomicBool,
+}
+
+/// uid of the peer of a Unix stream (`SO_PEERCRED`).
+pub fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes a `struct ucred` of `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+impl Daemon {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn own_devices(&self) -> Vec<(u32, u32)> {
+        self.state()
+            .volumes
+            .values()
+            .flat_map(|v| v.devices())
+            .collect()
+    }
+
+    fn open(&self, req: &OpenRequest) -> Response {
+        if let Err(e) = volume::check_name(&req.name) {
+            return Response::err(e.code(), e.to_string());
+        }
+        {
+            let mut st = self.state();
+            let in_mapper = crate::frontend::mapper::available()
+                && Path::new("/dev/mapper").join(&req.name).exists();
+            if st.volumes.contains_key(&req.name) || st.opening.contains(&req.name) || in_mapper {
+                let e = VolumeError::Exists(req.name.clone());
+                return Response::err(e.code(), e.to_string());
+            }
+            st.opening.insert(req.name.clone());
+        }
+        let own = self.own_devices();
+        let mut warnings = Vec::new();
+        let r = Volume::open(
+            req,
+            &self.mnt_root,
+            &own,
+            self.cfg.fuse_threads,
+            &mut warnings,
+        );
+        let mut st = self.state();
+        st.opening.remove(&req.name);
+        match r {
+            Ok(v) => {
+                let status = v.status().clone();
+                st.volumes.insert(req.name.clone(), v);
+                eprintln!(
+                    "vmvaultd: opened {} on {} ({})",
+                    status.name, status.device, status.backend
+                );
+                Response {
+                    ok: true,
+                    status: Some(status),
+                    warnings,
+                    ..Default::default()
+                }
+            }
+            Err(e) => {
+                eprintln!("vmvaultd: open {} failed: {e}", req.name);
+                let mut r = Response::err(e.code(), e.to_string());
+                r.warnings = warnings;
+                r
+            }
+        }
+    }
+
+    fn close(&self, name: &str) -> Response {
+        let v = {
+            let mut st = self.state();
+            let Some(v) = st.volumes.get(name) else {
+                let e = VolumeError::NotActive(name.to_string());
+                return Response::err(e.code(), e.to_string());
+            };
+            if let Err(e) = v.check_unused() {
+                return Response::err(e.code(), e.to_string());
+            }
+            st.volumes
+                .remove(name)
+                .expect("present: checked under the same lock")
+        };
+        match v.close() {
+            Ok(()) => {
+                eprintln!("vmvaultd: closed {name}");
+                Response::ok()
+            }
+            Err(e) => Response::err(e.code(), format!("close {name}: {e}")),
+        }
+    }
+
+    /// Closes every volume; refuses (busy) if one is in use.
+    fn close_all(&self) -> Response {
+        let names: Vec<String> = self.state().volumes.keys().cloned().collect();
+        let mut busy = Vec::new();
+        for n in names {
+            let r = self.close(&n);
+            if !r.ok {
+                busy.push(format!("{n}: {}", r.error.unwrap_or_default()));
+            }
+        }
+        if busy.is_empty() {
+            Response::ok()
+        } else {
+            Response::err(code::BUSY, format!("cannot close: {}", busy.join("; ")))
+        }
+    }
+
+    fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Open(o) => self.open(&o),
+            Request::Close { name } => self.close(&name),
+            Request::Status { name } => match self.state().volumes.get(&name) {
+                Some(v) => Response {
+                    ok: true,
+                    status: Some(v.status().clone()),
+                    ..Default::default()
+                },
+                None => {
+                    let e = VolumeError::NotActive(name);
+                    Response::err(e.code(), e.to_string())
+                }
+            },
+            Request::List => {
+                let mut v: Vec<_> = self
+                    .state()
+                    .volumes
+                    .values()
+                    .map(|v| v.status().clone())
+                    .collect();
+                v.sort_by(|a, b| a.name.cmp(&b.name));
+                Response {
+                    ok: true,
+                    volumes: Some(v),
+                    ..Default::default()
+                }
+            }
+            Request::Ping => Response {
+                ok: true,
+                pid: Some(std::process::id()),
+                ..Default::default()
+            },
+            Request::Shutdown => {
+                let r = self.close_all();
+                if r.ok {
+                    self.stop.store(true, Ordering::SeqCst);
+                }
+                r
+            }
+        }
+    }
+
+    fn serve_conn(self: &Arc<Self>, stream: UnixStream) {
+        let mut w = match stream.try_clone() {
+            Ok(w) => w,
+            Err(_) => return,
+        };
+        match peer_uid(&stream) {
+            Ok(0) => {}
+            Ok(uid) => {
+                let r = Response::err(
+                    code::PERMISSION,
+                    format!("vmvaultd serves root only (peer uid {uid})"),
+                );
+                let _ = writeln!(w, "{}", serde_json::to_string(&r).unwrap_or_default());
+                return;
+            }
+            Err(e) => {
+                eprintln!("vmvaultd: SO_PEERCRED: {e}");
+                return;
+            }
+        }
+        let reader = BufReader::new(stream);
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let resp = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => self.handle(req),
+                Err(e) => Response::err(code::BAD_ARGS, format!("bad request: {e}")),
+            };
+            let out =
+                serde_json::to_string(&resp).unwrap_or_else(|_| r#"{"ok":false,"code":1}"#.into());
+            if writeln!(w, "{out}").is_err() {
+                break;
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                // Wake the accept loop so it sees the stop flag.
+                let _ = UnixStream::connect(socket_path(&self.cfg.run_dir));
+                break;
+            }
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown`. Blocks.
+pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
+    let run_dir = cfg.run_dir.clone();
+    std::fs::create_dir_all(&run_dir).map_err(|source| host::HostError::Sys {
+        what: format!("create {}", run_dir.display()),
+        source,
+    })?;
+    let _ = std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700));
+    let _lock = host::PidLock::acquire(&run_dir)?;
+    for w in host::harden(cfg.mlock) {
+        eprintln!("vmvaultd: warning: {w}");
+    }
+    let mnt_root = run_dir.join("mnt");
+    std::fs::create_dir_all(&mnt_root).map_err(|source| host::HostError::Sys {
+        what: format!("create {}", mnt_root.display()),
+        source,
+    })?;
+    for l in host::clean_stale(&mnt_root) {
+        eprintln!("vmvaultd: {l}");
+    }
+    let sock = socket_path(&run_dir);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(|source| DaemonError::Socket {
+        path: sock.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        DaemonError::Socket {
+            path: sock.clone(),
+            source,
+        }
+    })?;
+    let d = Arc::new(Daemon {
+        cfg,
+        mnt_root,
+        state: Mutex::new(State::default()),
+        stop: AtomicBool::new(false),
+    });
+    eprintln!(
+        "vmvaultd: pid {} serving {}",
+        std::process::id(),
+        sock.display()
+    );
+    for conn in listener.incoming() {
+        if d.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(conn) = conn else { continue };
+        let d2 = d.clone();
+        let _ = std::thread::Builder::new()
+            .name("vmvaultd-conn".into())
+            .spawn(move || d2.serve_conn(conn));
+    }
+    let _ = std::fs::remove_file(&sock);
+    eprintln!("vmvaultd: shut down");
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! One open volume: key → crypt backend → I/O engine → FUSE file → loop → /dev/mapper.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vault_vm::engine::{CipherSpec, Geometry};
+
+use crate::backend::{self, BackendError};
+use crate::frontend::fuse::{FuseError, FuseExport};
+use crate::frontend::loopdev::{LoopDevice, LoopError};
+use crate::frontend::mapper::{MapperDevice, MapperError};
+use crate::io::{IoConfig, IoEngine, IoError};
+use crate::keyring::KeyError;
+use crate::protocol::{code, OpenRequest, VolumeStatus};
+use crate::table::{KeyRef, Table, TargetOptions};
+
+/// Errors opening or closing a volume; each maps to a cryptsetup exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The name is taken.
+    #[error("Device {0} already exists.")]
+    Exists(String),
+    /// No such volume.
+    #[error("Device {0} is not active.")]
+    NotActive(String),
+    /// The volume is in use (mounted or held open).
+    #[error("Device {0} is still in use.")]
+    Busy(String),
+    /// Bad parameters.
+    #[error("{0}")]
+    BadArgs(String),
+    /// The backing device is unusable.
+    #[error("{0}")]
+    Device(String),
+    /// Key problems.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Backend problems.
+    #[error(transparent)]
+    Backend(BackendError),
+    /// I/O engine problems.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// FUSE problems.
+    #[error(transparent)]
+    Fuse(#[from] FuseError),
+    /// Loop device problems.
+    #[error(transparent)]
+    Loop(#[from] LoopError),
+    /// device-mapper problems.
+    #[error(transparent)]
+    Mapper(#[from] MapperError),
+}
+
+impl From<BackendError> for VolumeError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Key(k) => VolumeError::Key(k),
+            other => VolumeError::Backend(other),
+        }
+    }
+}
+
+impl VolumeError {
+    /// cryptsetup-style exit code.
+    pub fn code(&self) -> i32 {
+        match self {
+            VolumeError::Exists(_) | VolumeError::Busy(_) => code::BUSY,
+            VolumeError::NotActive(_) | VolumeError::Device(_) => code::DEVICE,
+            VolumeError::BadArgs(_) => code::BAD_ARGS,
+            VolumeError::Key(KeyError::Memory(_)) => code::NO_MEMORY,
+            VolumeError::Key(_) => code::PERMISSION,
+            VolumeError::Backend(_) | VolumeError::Io(_) | VolumeError::Fuse(_) => code::DEVICE,
+            VolumeError::Loop(LoopError::Busy(_)) => code::BUSY,
+            VolumeError::Loop(_) | VolumeError::Mapper(_) => code::DEVICE,
+        }
+    }
+}
+
+/// Checks a volume name: 1–127 characters of `[A-Za-z0-9._+-]`, not starting with `.`.
+pub fn check_name(name: &str) -> Result<(), VolumeError> {
+    let ok = !name.is_empty()
+        && name.len() < 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(VolumeError::BadArgs(format!(
+            "invalid volume name `{name}` (use 1-127 characters of A-Z a-z 0-9 . _ + -)"
+        )))
+    }
+}
+
+/// An open volume.
+pub struct Volume {
+    status: VolumeStatus,
+    engine: Arc<IoEngine>,
+    fuse: Option<FuseExport>,
+    lo: Option<LoopDevice>,
+    mapper: Option<MapperDevice>,
+}
+
+/// Device numbers of `path` if it is a block device.
+pub fn block_dev_numbers(path: &Path) -> Option<(u32, u32)> {
+    let md = std::fs::metadata(path).ok()?;
+    if md.file_type().is_block_device() {
+        Some((libc::major(md.rdev()), libc::minor(md.rdev())))
+    } else {
+        None
+    }
+}
+
+impl Volume {
+    /// Opens a volume. `own_devices` lists the block devices this daemon serves, which
+    /// may never be used as backing (the daemon never does I/O on its own devices).
+    pub fn open(
+        req: &OpenRequest,
+        mnt_root: &Path,
+        own_devices: &[(u32, u32)],
+        fuse_threads: usize,
+        warnings: &mut Vec<String>,
+    ) -> Result<Volume, VolumeError> {
+        check_name(&req.name)?;
+        let spec = CipherSpec::parse(&req.cipher)
+            .map_err(|e| VolumeError::BadArgs(format!("cipher `{}`: {e}", req.cipher)))?;
+        if req.key_size % 8 != 0 || !spec.key_len_ok(req.key_size as usize / 8) {
+            return Err(VolumeError::BadArgs(format!(
+                "key size {} bits does not fit cipher {}",
+                req.key_size, req.cipher
+            )));
+        }
+        let geom = Geometry::new(req.sector_size, req.iv_large_sectors, req.iv_offset)
+            .map_err(|e| VolumeError::BadArgs(e.to_string()))?;
+        if req.offset % u64::from(req.sector_size / 512) != 0 {
+            return Err(VolumeError::BadArgs(format!(
+                "offset {} is not aligned to the {}-byte sector size",
+                req.offset, req.sector_size
+            )));
+        }
+        let backing = std::fs::canonicalize(&req.backing).map_err(|e| {
+            VolumeError::Device(format!(
+                "Device {} does not exist or access denied: {e}",
+                req.backing.display()
+            ))
+        })?;
+        if backing.starts_with(mnt_root) {
+            return Err(VolumeError::Device(format!(
+                "refusing to stack {} on vmvaultd's own FUSE export",
+                backing.display()
+            )));
+        }
+        if let Some(d) = block_dev_numbers(&backing) {
+            if own_devices.contains(&d) {
+                return Err(VolumeError::Device(format!(
+                    "refusing to stack on {}: it is served by this vmvaultd",
+                    backing.display()
+                )));
+            }
+        }
+
+        // Backing first (cheap checks) so a bad device does not import a key.
+        let io_cfg = IoConfig {
+            backing: backing.clone(),
+            offset_sectors: req.offset,
+            len_sectors: req.size,
+            readonly: req.readonly,
+            direct: true,
+            allow_discards: req.allow_discards,
+        };
+        {
+            // Probe open without a key: size and permissions.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(!req.readonly)
+                .open(&backing)
+                .map_err(|e| {
+                    VolumeError::Device(format!("Cannot open device {}: {e}", backing.display()))
+                })?;
+            let sz = crate::io::backing_size(&f).map_err(|e| VolumeError::Device(e.to_string()))?;
+            if sz <= req.offset * 512 {
+                return Err(VolumeError::Device(format!(
+                    "Device {} is too small for data offset {}",
+                    backing.display(),
+                    req.offset
+                )));
+            }
+        }
+
+        let keyed = backend::key_backend(
+            req.backend,
+            spec,
+            geom,
+            req.key_serial,
+            req.key_size as usize / 8,
+        )?;
+        if !req.keep_key {
+            if let Err(e) = crate::keyring::invalidate(req.key_serial) {
+                warnings.push(format!(
+                    "could not invalidate keyring key {}: {e}",
+                    req.key_serial
+                ));
+            }
+        }
+        let backend_name = keyed.crypt.backend();
+        let protection = keyed.crypt.protection();
+        let engine = Arc::new(IoEngine::open(&io_cfg, keyed.crypt)?);
+        let len = engine.size() / 512;
+        let table = Table {
+            start: 0,
+            len,
+            cipher: req.cipher.clone(),
+            key: KeyRef {
+                key_bytes: req.key_size / 8,
+                slot: keyed.slot,
+            },
+            iv_offset: req.iv_offset,
+            device: backing.display().to_string(),
+            offset: req.offset,
+            options: TargetOptions {
+                allow_discards: req.allow_discards,
+                sector_size: req.sector_size,
+                iv_large_sectors: req.iv_large_sectors,
+                ..Default::default()
+            },
+        };
+
+        let mountpoint = mnt_root.join(&req.name);
+        let fuse = FuseExport::mount(
+            engine.clone(),
+            &mountpoint,
+            "volume",
+            &format!("vmvault:{}", req.name),
+            fuse_threads,
+        )?;
+        let lo = LoopDevice::attach(fuse.file(), req.readonly, req.sector_size)?;
+        let loop_path = lo.path().display().to_string();
+        let (major, minor) = lo
+            .dev_numbers()
+            .map_err(|e| VolumeError::Device(format!("{loop_path}: {e}")))?;
+        let mapper = MapperDevice::create(&req.name, major, minor, len)?;
+        let device = mapper
+            .as_ref()
+            .map(|m| m.path().display().to_string())
+            .unwrap_or_else(|| loop_path.clone());
+        let status = VolumeStatus {
+            name: req.name.clone(),
+            device,
+            loop_device: loop_path,
+            backing: backing.display().to_string(),
+            cipher: req.cipher.clone(),
+            key_size: req.key_size,
+            sector_size: req.sector_size,
+            offset: req.offset,
+            iv_offset: req.iv_offset,
+            iv_large_sectors: req.iv_large_sectors,
+            size: len,
+            readonly: req.readonly,
+            allow_discards: req.allow_discards,
+            backend: backend_name,
+            protection,
+            frontend: "fuse+loop".into(),
+            direct_io: lo.direct_io(),
+            table: table.to_string(),
+            daemon_pid: std::process::id(),
+        };
+        Ok(Volume {
+            status,
+            engine,
+            fuse: Some(fuse),
+            lo: Some(lo),
+            mapper,
+        })
+    }
+
+    /// The volume's status.
+    pub fn status(&self) -> &VolumeStatus {
+        &self.status
+    }
+
+    /// Block devices this volume serves.
+    pub fn devices(&self) -> Vec<(u32, u32)> {
+        let mut v = Vec::new();
+        if let Some(d) = block_dev_numbers(Path::new(&self.status.loop_device)) {
+            v.push(d);
+        }
+        if let Some(m) = &self.mapper {
+            if let Some(d) = block_dev_numbers(m.path()) {
+                v.push(d);
+            }
+        }
+        v
+    }
+
+    /// Fails with `Busy` when the top device is mounted or held exclusively.
+    pub fn check_unused(&self) -> Result<(), VolumeError> {
+        let top = PathBuf::from(&self.status.device);
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags_excl()
+            .open(&top)
+        {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                Err(VolumeError::Busy(self.status.name.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Tears the volume down: mapper, loop, FUSE, then the key (dropped with the engine).
+    pub fn close(mut self) -> Result<(), VolumeError> {
+        if let Some(m) = self.mapper.take() {
+            m.remove()?;
+        }
+        if let Some(lo) = self.lo.take() {
+            lo.detach()?;
+        }
+        if let Some(f) = self.fuse.take() {
+            f.unmount()?;
+        }
+        // Last reference: drops the crypt backend and with it the key slot.
+        drop(self.engine);
+        Ok(())
+    }
+}
+
+trait ExclOpen {
+    fn custom_flags_excl(&mut self) -> &mut Self;
+}
+
+impl ExclOpen for std::fs::OpenOptions {
+    fn custom_flags_excl(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+    }
+}

@@ -1,0 +1,249 @@
+//! The control protocol of `vmvaultd`: one JSON object per line over the Unix stream
+//! socket `<run-dir>/control`, a request answered by one response line.
+//!
+//! ```text
+//! → {"cmd":"open","name":"vol","backing":"/img","cipher":"aes-xts-plain64","key_size":512,
+//!    "sector_size":4096,"offset":32768,"key_serial":123456789,"backend":"auto"}
+//! ← {"ok":true,"status":{"name":"vol","device":"/dev/loop3",...}}
+//! → {"cmd":"close","name":"vol"}
+//! ← {"ok":true}
+//! ← {"ok":false,"code":5,"error":"Device vol already exists."}
+//! ```
+//!
+//! `code` is the exit code `vaultsetup` should use, as cryptsetup's: 1 bad arguments,
+//! 2 no permission or bad key, 3 out of memory, 4 wrong device, 5 busy or exists.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Exit codes carried in error responses (cryptsetup's).
+pub mod code {
+    /// Wrong parameters.
+    pub const BAD_ARGS: i32 = 1;
+    /// No permission, or a bad/missing key.
+    pub const PERMISSION: i32 = 2;
+    /// Out of memory.
+    pub const NO_MEMORY: i32 = 3;
+    /// Wrong device specified (backing problems, missing kernel features).
+    pub const DEVICE: i32 = 4;
+    /// Device already exists or is busy.
+    pub const BUSY: i32 = 5;
+}
+
+/// Which crypt backend a volume uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// The vault VM under KVM.
+    Kvm,
+    /// The vault's software backend (keys in `memfd_secret`).
+    Soft,
+    /// `kvm` when `/dev/kvm` works, else `soft`.
+    #[default]
+    Auto,
+    /// The engine in the daemon's own heap: tests and comparisons only, never chosen by `auto`.
+    InProcess,
+}
+
+impl BackendChoice {
+    /// Name as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Kvm => "kvm",
+            BackendChoice::Soft => "soft",
+            BackendChoice::Auto => "auto",
+            BackendChoice::InProcess => "in-process",
+        }
+    }
+}
+
+fn default_sector_size() -> u32 {
+    512
+}
+
+/// Parameters of `open`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenRequest {
+    /// Volume name (`/dev/mapper/NAME` where device-mapper exists).
+    pub name: String,
+    /// Backing file or block device holding the ciphertext.
+    pub backing: PathBuf,
+    /// dm-crypt cipher specification, e.g. `aes-xts-plain64`.
+    pub cipher: String,
+    /// Key size in bits (512 for AES-256-XTS).
+    pub key_size: u32,
+    /// Encryption sector size in bytes.
+    #[serde(default = "default_sector_size")]
+    pub sector_size: u32,
+    /// Start of the encrypted data on the backing device (512-byte sectors).
+    #[serde(default)]
+    pub offset: u64,
+    /// IV offset (512-byte sectors).
+    #[serde(default)]
+    pub iv_offset: u64,
+    /// IVs in sector-size units.
+    #[serde(default)]
+    pub iv_large_sectors: bool,
+    /// Device length in 512-byte sectors; default: to the end of the backing device.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Read-only mapping.
+    #[serde(default)]
+    pub readonly: bool,
+    /// Pass discards to the backing file.
+    #[serde(default)]
+    pub allow_discards: bool,
+    /// Crypt backend.
+    #[serde(default)]
+    pub backend: BackendChoice,
+    /// Serial of a kernel keyring `user` key holding the volume key; the daemon must be
+    /// able to read it (possessor, or user-read for uid 0).
+    pub key_serial: i32,
+    /// Keep the keyring key after import (default: invalidate it).
+    #[serde(default)]
+    pub keep_key: bool,
+}
+
+/// A request line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Open a volume.
+    Open(OpenRequest),
+    /// Close a volume.
+    Close {
+        /// Volume name.
+        name: String,
+    },
+    /// Status of one volume.
+    Status {
+        /// Volume name.
+        name: String,
+    },
+    /// Status of every volume.
+    List,
+    /// Liveness check; answers with the daemon's pid.
+    Ping,
+    /// Close every volume and exit. Refused while a volume is in use.
+    Shutdown,
+}
+
+/// What `status` reports about a volume (the fields `vaultsetup status --json` prints).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    /// Volume name.
+    pub name: String,
+    /// The plaintext block device (`/dev/mapper/NAME` or the loop device).
+    pub device: String,
+    /// The loop device under it.
+    pub loop_device: String,
+    /// Backing file or device.
+    pub backing: String,
+    /// Cipher specification.
+    pub cipher: String,
+    /// Key size in bits.
+    pub key_size: u32,
+    /// Encryption sector size in bytes.
+    pub sector_size: u32,
+    /// Data offset on the backing device (512-byte sectors).
+    pub offset: u64,
+    /// IV offset (512-byte sectors).
+    pub iv_offset: u64,
+    /// IVs in sector-size units.
+    pub iv_large_sectors: bool,
+    /// Device size (512-byte sectors).
+    pub size: u64,
+    /// Read-only mapping.
+    pub readonly: bool,
+    /// Discards passed down.
+    pub allow_discards: bool,
+    /// Crypt backend in use (`kvm`, `soft`, `in-process`).
+    pub backend: String,
+    /// Protection level in words (DESIGN.md §1).
+    pub protection: String,
+    /// Frontend (`fuse+loop`).
+    pub frontend: String,
+    /// Whether the loop device does direct I/O on the FUSE file.
+    pub direct_io: bool,
+    /// The target table line (a vault slot reference, never a key).
+    pub table: String,
+    /// Pid of vmvaultd.
+    pub daemon_pid: u32,
+}
+
+/// A response line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// Exit code for the caller when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// Error message when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Non-fatal warnings (e.g. the keyring key could not be invalidated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Status of the volume (`open`, `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<VolumeStatus>,
+    /// Every volume (`list`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<VolumeStatus>>,
+    /// Daemon pid (`ping`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+impl Response {
+    /// A bare success.
+    pub fn ok() -> Self {
+        Response {
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    /// A failure with an exit code.
+    pub fn err(code: i32, msg: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            code: Some(code),
+            error: Some(msg.into()),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_request_defaults_and_round_trip() {
+        let line = r#"{"cmd":"open","name":"v","backing":"/img","cipher":"aes-xts-plain64","key_size":512,"key_serial":42}"#;
+        let r: Request = serde_json::from_str(line).unwrap();
+        let Request::Open(o) = &r else { panic!() };
+        assert_eq!(o.sector_size, 512);
+        assert_eq!(o.backend, BackendChoice::Auto);
+        assert!(!o.keep_key && !o.readonly);
+        let again: Request = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(again, r);
+        let c: Request = serde_json::from_str(r#"{"cmd":"close","name":"v"}"#).unwrap();
+        assert_eq!(c, Request::Close { name: "v".into() });
+        let b: BackendChoice = serde_json::from_str(r#""in-process""#).unwrap();
+        assert_eq!(b, BackendChoice::InProcess);
+    }
+
+    #[test]
+    fn error_response_shape() {
+        let s = serde_json::to_string(&Response::err(code::BUSY, "busy")).unwrap();
+        assert_eq!(s, r#"{"ok":false,"code":5,"error":"busy"}"#);
+        assert_eq!(
+            serde_json::to_string(&Response::ok()).unwrap(),
+            r#"{"ok":true}"#
+        );
+    }
+}

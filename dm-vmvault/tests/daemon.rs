@@ -1,0 +1,278 @@
+//! vmvaultd end to end: control socket, keyring keys, FUSE + loop, ext4, reopen, fsck,
+//! compatibility with an independent AES-XTS (Python `cryptography`), error paths.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const NEEDS: &[&str] = &["fuse", "loop", "keyctl", "mkfs.ext4", "fsck.ext4"];
+
+#[test]
+fn ext4_open_close_reopen_fsck() {
+    if !require(NEEDS) {
+        return;
+    }
+    let t = TempDir::new("daemon-ext4");
+    let rundir = t.path().join("run");
+    let img = t.path().join("img");
+    sparse_image(&img, 41);
+    let key = test_key(64, 3);
+    let d = Daemon::start(&rundir);
+    let req = open_req("ext4vol", &img, &key, 4096);
+    let serial = req.key_serial;
+    let st = d.client().open(req).unwrap();
+    assert!(
+        !keyring_exists(serial),
+        "keyring key must be invalidated after import"
+    );
+    assert_eq!(st.name, "ext4vol");
+    assert_eq!(st.key_size, 512);
+    assert_eq!(st.sector_size, 4096);
+    assert_eq!(st.offset, 2048);
+    assert_eq!(st.size, 40 * 2048);
+    assert_eq!(st.daemon_pid, d.child.id());
+    assert!(st.table.contains(":64:vault:"), "{}", st.table);
+    assert!(Path::new(&st.device).exists());
+    let dev = Path::new(&st.device).to_path_buf();
+    let fsmp = t.path().join("fs");
+    mkfs_ext4(&dev);
+    mount(&dev, &fsmp);
+    let big: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(fsmp.join("big.bin"), &big).unwrap();
+    std::fs::create_dir(fsmp.join("dir")).unwrap();
+    for i in 0..50 {
+        std::fs::write(
+            fsmp.join(format!("dir/f{i}")),
+            format!("file {i}\n").repeat(i + 1),
+        )
+        .unwrap();
+    }
+    run(&mut Command::new("sync"));
+    // Busy: close refused with 5 while mounted.
+    let e = d.client().close("ext4vol").unwrap_err();
+    assert_eq!(e.exit_code(), 5, "{e}");
+    umount(&fsmp);
+    d.client().close("ext4vol").unwrap();
+    assert!(d.client().list().unwrap().is_empty());
+
+    let st = d
+        .client()
+        .open(open_req("ext4vol", &img, &key, 4096))
+        .unwrap();
+    let dev = Path::new(&st.device).to_path_buf();
+    fsck_clean(&dev);
+    mount(&dev, &fsmp);
+    assert_eq!(std::fs::read(fsmp.join("big.bin")).unwrap(), big);
+    for i in 0..50 {
+        assert_eq!(
+            std::fs::read_to_string(fsmp.join(format!("dir/f{i}"))).unwrap(),
+            format!("file {i}\n").repeat(i + 1)
+        );
+    }
+    umount(&fsmp);
+    d.client().close("ext4vol").unwrap();
+    d.shutdown();
+}
+
+#[test]
+fn second_open_of_active_name_is_code_5_and_bad_requests_are_refused() {
+    if !require(NEEDS) {
+        return;
+    }
+    let t = TempDir::new("daemon-busy");
+    let rundir = t.path().join("run");
+    let img = t.path().join("img");
+    let img2 = t.path().join("img2");
+    sparse_image(&img, 9);
+    sparse_image(&img2, 9);
+    let key = test_key(64, 4);
+    let d = Daemon::start(&rundir);
+    d.client().open(open_req("dup", &img, &key, 512)).unwrap();
+    let e = d
+        .client()
+        .open(open_req("dup", &img2, &key, 512))
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 5, "{e}");
+    assert!(e.to_string().contains("already exists"), "{e}");
+
+    // Wrong key size in the keyring: code 2, nothing opened.
+    let mut r = open_req("badkey", &img2, &key, 512);
+    r.key_serial = keyring_add(&key[..32]);
+    let e = d.client().open(r).unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    // Missing key: code 2.
+    let r = open_req("nokey", &img2, &key, 512);
+    run(&mut Command::new("keyctl").args(["invalidate", &r.key_serial.to_string()]));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let e = d.client().open(r).unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    // Missing backing: code 4.
+    let e = d
+        .client()
+        .open(open_req("nodev", &t.path().join("missing"), &key, 512))
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+    // Stacking on our own device: refused.
+    let own = d.client().status("dup").unwrap().device;
+    let e = d
+        .client()
+        .open(open_req("stack", Path::new(&own), &key, 512))
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 4, "{e}");
+    // Bad name and unknown volume.
+    let e = d
+        .client()
+        .open(open_req("a/b", &img2, &key, 512))
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 1, "{e}");
+    assert_eq!(d.client().close("nosuch").unwrap_err().exit_code(), 4);
+    assert_eq!(d.client().list().unwrap().len(), 1);
+    d.shutdown();
+}
+
+/// Reads `len` bytes at `pos` of `path`.
+fn read_at(path: &Path, pos: u64, len: usize) -> Vec<u8> {
+    let mut f = std::fs::File::open(path).unwrap();
+    f.seek(SeekFrom::Start(pos)).unwrap();
+    let mut v = vec![0u8; len];
+    f.read_exact(&mut v).unwrap();
+    v
+}
+
+#[test]
+fn sectors_decrypt_with_python_cryptography() {
+    if !require(&["fuse", "loop", "keyctl", "python3"]) {
+        return;
+    }
+    let py_ok = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !py_ok && !require(&["python3-cryptography"]) {
+        return;
+    }
+    for ss in [512u32, 4096] {
+        let t = TempDir::new("daemon-compat");
+        let rundir = t.path().join("run");
+        let img = t.path().join("img");
+        sparse_image(&img, 5);
+        let key = test_key(64, 9);
+        let d = Daemon::start(&rundir);
+        let st = d.client().open(open_req("compat", &img, &key, ss)).unwrap();
+        let plain: Vec<u8> = (0..65536u32)
+            .map(|i| (i * 13 % 256) as u8 ^ (i >> 9) as u8)
+            .collect();
+        // Write at plaintext byte 12288 (3 × 4096) through the block device, O_DIRECT.
+        {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&st.device)
+                .unwrap();
+            let mut buf = dm_vmvault::crypt::AlignedBuf::new(plain.len()).unwrap();
+            use dm_vmvault::crypt::IoBuf;
+            buf.bytes_mut().copy_from_slice(&plain);
+            f.seek(SeekFrom::Start(12288)).unwrap();
+            f.write_all(buf.bytes()).unwrap();
+            f.sync_all().unwrap();
+        }
+        d.client().close("compat").unwrap();
+        d.shutdown();
+        let raw = t.path().join("raw");
+        std::fs::write(&raw, read_at(&img, 2048 * 512 + 12288, plain.len())).unwrap();
+        let script = r#"
+import sys
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+key = bytes.fromhex(sys.argv[1]); ss = int(sys.argv[2]); first = int(sys.argv[3])
+data = open(sys.argv[4], 'rb').read()
+out = bytearray()
+for i in range(0, len(data), ss):
+    tweak = (first + (i // 512)).to_bytes(16, 'little')
+    d = Cipher(algorithms.AES(key), modes.XTS(tweak)).decryptor()
+    out += d.update(data[i:i+ss]) + d.finalize()
+sys.stdout.buffer.write(bytes(out))
+"#;
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                script,
+                &hex,
+                &ss.to_string(),
+                &(12288 / 512).to_string(),
+            ])
+            .arg(&raw)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == plain, "ss={ss}: python decryption differs");
+    }
+}
+
+#[test]
+fn backing_io_errors_reach_the_user_as_eio() {
+    if !require(&["fuse", "loop", "keyctl", "mount"]) {
+        return;
+    }
+    let t = TempDir::new("daemon-eio");
+    let rundir = t.path().join("run");
+    let small = t.path().join("tmpfs");
+    std::fs::create_dir_all(&small).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small));
+    let img = small.join("img");
+    sparse_image(&img, 17); // 17 MiB sparse file on a 4 MiB tmpfs
+    let key = test_key(64, 5);
+    let d = Daemon::start(&rundir);
+    let st = d.client().open(open_req("eio", &img, &key, 4096)).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&st.device)
+        .unwrap();
+    let mut buf = dm_vmvault::crypt::AlignedBuf::new(1 << 20).unwrap();
+    use dm_vmvault::crypt::IoBuf;
+    buf.bytes_mut().fill(0xa5);
+    let mut err = None;
+    for i in 0..16u64 {
+        f.seek(SeekFrom::Start(i << 20)).unwrap();
+        if let Err(e) = f.write_all(buf.bytes()) {
+            err = Some(e);
+            break;
+        }
+    }
+    let e = err.expect("writes beyond the tmpfs size must fail");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    drop(f);
+
+    // Truncate the backing file under the mapping: reads past the new end are EIO.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&st.device)
+        .unwrap();
+    f.seek(SeekFrom::Start(8 << 20)).unwrap();
+    let e = f.read(buf.bytes_mut()).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    drop(f);
+    d.client().close("eio").unwrap();
+    d.shutdown();
+    run(Command::new("umount").arg(&small));
+}
