@@ -35,7 +35,7 @@ pub(crate) fn xts_double(t: __m128i) -> __m128i {
 unsafe fn encrypt_rt(k: &RoundKeys, b: &mut [__m128i; 8], n: usize) {
     // SAFETY: AES-NI and SSE2 are enabled in every caller.
     unsafe {
-        let rk = load_keys(&k.enc);
+        let mut rk = load_keys(&k.enc);
         for x in b[..n].iter_mut() {
             *x = _mm_xor_si128(*x, rk[0]);
         }
@@ -47,6 +47,7 @@ unsafe fn encrypt_rt(k: &RoundKeys, b: &mut [__m128i; 8], n: usize) {
         for x in b[..n].iter_mut() {
             *x = _mm_aesenclast_si128(*x, rk[k.nr]);
         }
+        wipe(&mut rk);
     }
 }
 
@@ -95,15 +96,15 @@ unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
     // SAFETY: AES-NI/SSE2 enabled by the caller (`run`); every pointer handed to the
     // helpers comes from a chunk of `buf` of the length they access.
     unsafe {
+        // Decryption (ECB, XTS, CBC) runs the inverse schedule, encryption the forward one.
+        let mut rk = load_keys(if job.enc { &k.enc } else { &k.dec });
         match job.spec.mode {
             Mode::Ecb => {
-                let rk = load_keys(if job.enc { &k.enc } else { &k.dec });
                 for c in buf.chunks_exact_mut(128) {
                     ecb8::<NR>(&rk, c.as_mut_ptr(), job.enc);
                 }
             }
             Mode::Xts => {
-                let rk = load_keys(if job.enc { &k.enc } else { &k.dec });
                 for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
                     let n = group.len() / job.ss;
                     let tw = ivs(job, aux, g * 8, n);
@@ -113,7 +114,6 @@ unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
                 }
             }
             Mode::Cbc if job.enc => {
-                let rk = load_keys(&k.enc);
                 for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
                     let n = group.len() / job.ss;
                     let iv = ivs(job, aux, g * 8, n);
@@ -127,7 +127,6 @@ unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
                 }
             }
             Mode::Cbc => {
-                let rk = load_keys(&k.dec);
                 for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
                     let n = group.len() / job.ss;
                     let iv = ivs(job, aux, g * 8, n);
@@ -137,6 +136,7 @@ unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
                 }
             }
         }
+        wipe(&mut rk);
     }
 }
 
@@ -279,5 +279,14 @@ unsafe fn cbc_enc_lanes<const NR: usize, const W: usize>(
                 _mm_storeu_si128(p.add(l * ss + off).cast(), *v);
             }
         }
+    }
+}
+
+/// Overwrites stack copies of round keys (best effort: volatile, so not optimized out).
+#[inline(always)]
+pub(crate) fn wipe(keys: &mut [__m128i]) {
+    for k in keys.iter_mut() {
+        // SAFETY: `k` is a valid, aligned, exclusive reference; SIMD-enabled callers.
+        unsafe { core::ptr::write_volatile(k, _mm_setzero_si128()) };
     }
 }

@@ -102,15 +102,15 @@ unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
     // SAFETY: features enabled by the caller (`run`); every pointer handed to the helpers
     // comes from a chunk of `buf` of the length they access.
     unsafe {
+        // Decryption (ECB, XTS, CBC) runs the inverse schedule, encryption the forward one.
+        let mut rk = load_keys(if job.enc { &k.enc } else { &k.dec });
         match job.spec.mode {
             Mode::Ecb => {
-                let rk = load_keys(if job.enc { &k.enc } else { &k.dec });
                 for c in buf.chunks_exact_mut(PASS) {
                     ecb_pass::<NR>(&rk, c.as_mut_ptr(), job.enc);
                 }
             }
             Mode::Xts => {
-                let rk = load_keys(if job.enc { &k.enc } else { &k.dec });
                 for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
                     let n = group.len() / job.ss;
                     let tw = ni::ivs(job, aux, g * 8, n);
@@ -125,7 +125,6 @@ unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
             }
             Mode::Cbc if job.enc => {
                 // Serial within a sector: interleave CBC_SECTORS sectors, one per lane.
-                let rk = load_keys(&k.enc);
                 let full = buf.len() / job.ss / CBC_SECTORS * CBC_SECTORS;
                 let (head, tail) = buf.split_at_mut(full * job.ss);
                 for (g, group) in head.chunks_exact_mut(CBC_SECTORS * job.ss).enumerate() {
@@ -147,7 +146,6 @@ unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
                 }
             }
             Mode::Cbc => {
-                let rk = load_keys(&k.dec);
                 for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
                     let n = group.len() / job.ss;
                     let iv = ni::ivs(job, aux, g * 8, n);
@@ -157,6 +155,7 @@ unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
                 }
             }
         }
+        wipe(&mut rk);
     }
 }
 
@@ -316,5 +315,14 @@ fn lanes(a: __m128i, b: __m128i, c: __m128i, d: __m128i) -> __m512i {
     unsafe {
         let lo = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(a), b);
         _mm512_inserti32x4::<3>(_mm512_inserti32x4::<2>(lo, c), d)
+    }
+}
+
+/// Overwrites stack copies of round keys (best effort: volatile, so not optimized out).
+#[inline(always)]
+pub(crate) fn wipe(keys: &mut [__m512i]) {
+    for k in keys.iter_mut() {
+        // SAFETY: `k` is a valid, aligned, exclusive reference; SIMD-enabled callers.
+        unsafe { core::ptr::write_volatile(k, _mm512_setzero_si512()) };
     }
 }
