@@ -55,6 +55,9 @@ pub enum UnlockError {
         #[source]
         source: KdfError,
     },
+    /// The volume-key digest's PBKDF2 cost is refused.
+    #[error("Volume key digest: {0}")]
+    DigestKdf(#[source] KdfError),
     /// The keyslot cipher is not supported by the engine.
     #[error("Keyslot {slot}: cipher {spec:?} with a {key_bits}-bit key is not usable: {why}")]
     Cipher {
@@ -99,6 +102,7 @@ impl HasExitCode for UnlockError {
         match self {
             Self::NoKey => ExitCode::NoPermission,
             Self::Kdf { source, .. } => source.exit_code(),
+            Self::DigestKdf(e) => e.exit_code(),
             Self::Device(e) => e.exit_code(),
             _ => ExitCode::WrongParameters,
         }
@@ -446,9 +450,7 @@ pub fn unlock(
                 iterations: h.mk_digest_iter,
                 salt: h.mk_digest_salt.to_vec(),
             };
-            digest_kdf
-                .check(&limits)
-                .map_err(|source| UnlockError::Kdf { slot: 0, source })?;
+            digest_kdf.check(&limits).map_err(UnlockError::DigestKdf)?;
             run_plans(dev, plans, pass, &limits, &|slot, key| {
                 let calc = digest_kdf
                     .derive(key, 20, &limits)

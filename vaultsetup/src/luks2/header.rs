@@ -60,8 +60,18 @@ pub enum HeaderProblem {
     #[error("checksum mismatch")]
     BadChecksum,
     /// The device is too short to hold the header.
-    #[error("device too short for the header ({0})")]
-    Short(String),
+    #[error("device too short: the header needs [{offset}, +{len}) but the device has {size} bytes")]
+    Short {
+        /// Header offset.
+        offset: u64,
+        /// Bytes needed from the offset.
+        len: u64,
+        /// Device size.
+        size: u64,
+    },
+    /// An I/O error while reading the header.
+    #[error("{0}")]
+    Io(String),
     /// The JSON area has no terminating NUL / is not UTF-8.
     #[error("JSON area is not a NUL-terminated UTF-8 string")]
     BadJsonArea,
@@ -101,7 +111,7 @@ pub fn looks_like_luks2(b: &[u8]) -> bool {
 pub fn read_copy(dev: &Device, offset: u64, copy: Copy) -> Result<BinHeader, HeaderProblem> {
     let mut bin = vec![0u8; BIN_SIZE];
     dev.read_exact_at(offset, &mut bin)
-        .map_err(|e| HeaderProblem::Short(short(e)))?;
+        .map_err(|e| short(e, offset, BIN_SIZE as u64, dev.size()))?;
     let magic = match copy {
         Copy::Primary => MAGIC_PRIMARY,
         Copy::Secondary => MAGIC_SECONDARY,
@@ -126,7 +136,7 @@ pub fn read_copy(dev: &Device, offset: u64, copy: Copy) -> Result<BinHeader, Hea
     // hdr_size is bounded by HDR_SIZES (≤ 4 MiB).
     let mut area = vec![0u8; hdr_size as usize - BIN_SIZE];
     dev.read_exact_at(offset + BIN_SIZE as u64, &mut area)
-        .map_err(|e| HeaderProblem::Short(short(e)))?;
+        .map_err(|e| short(e, offset, hdr_size, dev.size()))?;
     let mut stored = [0u8; CSUM_LEN];
     stored.copy_from_slice(&bin[CSUM_OFF..CSUM_OFF + CSUM_LEN]);
     bin[CSUM_OFF..CSUM_OFF + CSUM_LEN].fill(0);
@@ -158,8 +168,11 @@ pub fn read_copy(dev: &Device, offset: u64, copy: Copy) -> Result<BinHeader, Hea
     })
 }
 
-fn short(e: DeviceError) -> String {
-    e.to_string()
+fn short(e: DeviceError, offset: u64, len: u64, size: u64) -> HeaderProblem {
+    match e {
+        DeviceError::ShortRead { .. } => HeaderProblem::Short { offset, len, size },
+        other => HeaderProblem::Io(other.to_string()),
+    }
 }
 
 /// The outcome of reading both copies.
@@ -221,14 +234,23 @@ pub fn read_pair(dev: &Device) -> Result<HeaderPair, BothBad> {
     let secondary = match &primary {
         Ok(p) => read_copy(dev, p.hdr_size, Copy::Secondary),
         Err(_) => {
-            let mut last = Err(HeaderProblem::NoMagic(Copy::Secondary));
+            // Report the first copy that had a magic but was bad, else "no magic".
+            let mut found = Err(HeaderProblem::NoMagic(Copy::Secondary));
             for &off in &HDR_SIZES {
-                last = read_copy(dev, off, Copy::Secondary);
-                if last.is_ok() {
-                    break;
+                match read_copy(dev, off, Copy::Secondary) {
+                    Ok(h) => {
+                        found = Ok(h);
+                        break;
+                    }
+                    Err(HeaderProblem::NoMagic(_) | HeaderProblem::Short { .. }) => {}
+                    Err(e) => {
+                        if matches!(found, Err(HeaderProblem::NoMagic(_))) {
+                            found = Err(e);
+                        }
+                    }
                 }
             }
-            last
+            found
         }
     };
     match (primary, secondary) {

@@ -186,3 +186,41 @@ pub fn vs(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
 pub fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// Overwrites `bytes` at `offset` of `img` (test images only).
+pub fn patch(img: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+/// Rewrites the JSON of both LUKS2 header copies with `edit` and fixes their checksums.
+/// `text_edit` may further change the serialized text (for values serde would not emit).
+pub fn rewrite_luks2_json(
+    img: &Path,
+    edit: impl Fn(&mut serde_json::Value),
+    text_edit: impl Fn(String) -> String,
+) {
+    let mut data = std::fs::read(img).unwrap();
+    let hdr_size = u64::from_be_bytes(data[8..16].try_into().unwrap()) as usize;
+    for off in [0, hdr_size] {
+        let area = &data[off + 4096..off + hdr_size];
+        let end = area.iter().position(|&b| b == 0).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&area[..end]).unwrap();
+        edit(&mut v);
+        let text = text_edit(serde_json::to_string(&v).unwrap());
+        assert!(text.len() < hdr_size - 4096, "edited JSON too large");
+        let area = &mut data[off + 4096..off + hdr_size];
+        area.fill(0);
+        area[..text.len()].copy_from_slice(text.as_bytes());
+        fix_checksum(&mut data[off..off + hdr_size]);
+    }
+    std::fs::write(img, &data).unwrap();
+}
+
+/// Recomputes the sha256 checksum of one LUKS2 header copy (binary + JSON area).
+pub fn fix_checksum(hdr: &mut [u8]) {
+    hdr[448..512].fill(0);
+    let d = Sha256::digest(&*hdr);
+    hdr[448..480].copy_from_slice(&d);
+}
