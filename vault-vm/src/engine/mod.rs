@@ -12,7 +12,24 @@
 //!
 //! IV rule (dm-crypt's): `s = sector + iv_offset` (512-byte units); the IV sector of the
 //! i-th sector in `buf` is `s + i * (sector_size / 512)`, or, with `iv_large_sectors`,
-//! `s / (sector_size / 512) + i`.
+//! `s / (sector_size / 512) + i`. `plain` keeps the low 32 bits of that number, `plain64`
+//! all 64, both little endian in an otherwise zero 16-byte block; `essiv:sha256` encrypts
+//! that block with AES-256 keyed by SHA-256(volume key). XTS uses the IV as its tweak
+//! (first key half for data, second for the tweak), CBC as its IV; ECB has none.
+//!
+//! Supported specs: `aes-xts-plain64`, `aes-xts-plain`, `aes-cbc-essiv:sha256`,
+//! `aes-cbc-plain64`, `aes-cbc-plain`, `aes-ecb` and their `capi:` forms
+//! (`capi:xts(aes)-plain64`, `capi:cbc(aes)-essiv:sha256`, `capi:ecb(aes)`, ...).
+//!
+//! Backends ([`Backend`], chosen once per [`SectorCipher::new`] from a cached
+//! `cpuid`/`xgetbv` probe, no OS calls): `vaes512` (VAES + VPCLMULQDQ + AVX-512F, 32
+//! blocks in flight, tweaks computed 4 lanes at a time with carry-less multiplies),
+//! `aesni` (8 blocks in flight), and `soft` (the `aes` crate: constant-time fixslice
+//! software AES where AES-NI is missing). CBC encryption is serial within a sector, so
+//! the hardware backends run several sectors of a buffer side by side. Nothing allocates.
+//!
+//! Key material (round keys, tweak and ESSIV keys, the SHA-256 salt) is zeroized on drop
+//! and the per-call stack copies of round keys are overwritten before returning.
 
 use core::fmt;
 
