@@ -478,7 +478,7 @@ fn absurd_kdf_costs() {
             &c.img,
             PASS,
             1,
-            "Keyslot 0: PBKDF2 iteration count 4294967295 is above the limit",
+            "Volume key digest: PBKDF2 iteration count 4294967295 is above the limit",
         );
     }
     if let Some(c) = luks1("luks1 key bytes") {
