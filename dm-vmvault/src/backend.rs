@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use vault_vm::engine::{CipherSpec, Geometry};
 
+use vmvault_hv::BackendKind;
+
 use crate::crypt::{Crypt, CryptError, EngineCrypt};
 use crate::keyring::{self, KeyError};
 use crate::protocol::BackendChoice;
+use crate::vault::{VaultError, VaultPool};
 
 /// Errors creating a volume's crypt backend.
 #[derive(Debug, thiserror::Error)]
@@ -17,9 +20,18 @@ pub enum BackendError {
     /// The backend refused the key or geometry.
     #[error(transparent)]
     Crypt(#[from] CryptError),
-    /// The requested backend is not available on this host or in this build.
-    #[error("backend `{0}` is not available: {1}")]
-    Unavailable(&'static str, String),
+    /// The vault could not be started or refused the key.
+    #[error("{0}")]
+    Vault(String),
+}
+
+impl From<VaultError> for BackendError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Key(k) => BackendError::Key(k),
+            VaultError::Hv(h) => BackendError::Vault(format!("vault: {h}")),
+        }
+    }
 }
 
 /// A keyed crypt backend plus the vault slot holding the key (0 for in-process).
@@ -35,6 +47,7 @@ pub struct Keyed {
 /// `auto` prefers the vault (kvm, else soft). The in-process engine is used only when
 /// asked for by name.
 pub fn key_backend(
+    vaults: &VaultPool,
     choice: BackendChoice,
     spec: CipherSpec,
     geom: Geometry,
@@ -51,10 +64,17 @@ pub fn key_backend(
             })
         }
         BackendChoice::Kvm | BackendChoice::Soft | BackendChoice::Auto => {
-            Err(BackendError::Unavailable(
-                choice.as_str(),
-                "this build of vmvaultd has no vault (vmvault-hv) yet; use backend in-process for testing".into(),
-            ))
+            let kind = match choice {
+                BackendChoice::Kvm => BackendKind::Kvm,
+                BackendChoice::Soft => BackendKind::Soft,
+                _ => BackendKind::Auto,
+            };
+            let vc = vaults.import(kind, spec, geom, serial, key_len)?;
+            let slot = vc.slot();
+            Ok(Keyed {
+                crypt: Arc::new(vc),
+                slot,
+            })
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Reading volume keys from the kernel keyring into locked, non-dumpable memory.
 //!
-//! TODO(issue 6): when vmvault-hv exposes its key-transfer page, `keyctl_read` goes
-//! straight into that page and [`SecretPage`] is no longer used for vault backends.
+//! Vault backends do not use this module's [`SecretPage`]: vmvault-hv reads the key
+//! with `keyctl_read` straight into the vault's transfer page. Only the in-process
+//! engine (tests, comparisons) reads keys here.
 
 use zeroize::Zeroize;
 
@@ -120,7 +121,8 @@ fn keyctl(
     }
 }
 
-fn map_err(serial: i32, e: std::io::Error) -> KeyError {
+/// Maps a keyctl errno to a [`KeyError`].
+pub fn map_err(serial: i32, e: std::io::Error) -> KeyError {
     match e.raw_os_error() {
         Some(libc::ENOKEY)
         | Some(libc::EKEYEXPIRED)

@@ -17,3 +17,4 @@ pub mod keyring;
 pub mod locks;
 pub mod protocol;
 pub mod table;
+pub mod vault;

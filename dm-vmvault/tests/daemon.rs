@@ -17,19 +17,27 @@ fn ext4_open_close_reopen_fsck() {
     if !require(NEEDS) {
         return;
     }
+    for backend in vault_backends() {
+        ext4_cycle(backend);
+    }
+}
+
+fn ext4_cycle(backend: dm_vmvault::protocol::BackendChoice) {
     let t = TempDir::new("daemon-ext4");
     let rundir = t.path().join("run");
     let img = t.path().join("img");
     sparse_image(&img, 41);
     let key = test_key(64, 3);
     let d = Daemon::start(&rundir);
-    let req = open_req("ext4vol", &img, &key, 4096);
+    let mut req = open_req("ext4vol", &img, &key, 4096);
+    req.backend = backend;
     let serial = req.key_serial;
-    let st = d.client().open(req).unwrap();
+    let st = d.client().open(req.clone()).unwrap();
     assert!(
         !keyring_exists(serial),
         "keyring key must be invalidated after import"
     );
+    assert_eq!(st.backend, backend.as_str(), "{st:?}");
     assert_eq!(st.name, "ext4vol");
     assert_eq!(st.key_size, 512);
     assert_eq!(st.sector_size, 4096);
@@ -60,10 +68,8 @@ fn ext4_open_close_reopen_fsck() {
     d.client().close("ext4vol").unwrap();
     assert!(d.client().list().unwrap().is_empty());
 
-    let st = d
-        .client()
-        .open(open_req("ext4vol", &img, &key, 4096))
-        .unwrap();
+    req.key_serial = keyring_add(&key);
+    let st = d.client().open(req).unwrap();
     let dev = Path::new(&st.device).to_path_buf();
     fsck_clean(&dev);
     mount(&dev, &fsmp);
@@ -157,14 +163,20 @@ fn sectors_decrypt_with_python_cryptography() {
     if !py_ok && !require(&["python3-cryptography"]) {
         return;
     }
-    for ss in [512u32, 4096] {
+    for (backend, ss) in vault_backends()
+        .into_iter()
+        .flat_map(|b| [(b, 512u32), (b, 4096)])
+    {
         let t = TempDir::new("daemon-compat");
         let rundir = t.path().join("run");
         let img = t.path().join("img");
         sparse_image(&img, 5);
         let key = test_key(64, 9);
         let d = Daemon::start(&rundir);
-        let st = d.client().open(open_req("compat", &img, &key, ss)).unwrap();
+        let mut req = open_req("compat", &img, &key, ss);
+        req.backend = backend;
+        let st = d.client().open(req).unwrap();
+        assert_eq!(st.backend, backend.as_str());
         let plain: Vec<u8> = (0..65536u32)
             .map(|i| (i * 13 % 256) as u8 ^ (i >> 9) as u8)
             .collect();
@@ -215,7 +227,10 @@ sys.stdout.buffer.write(bytes(out))
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.stdout == plain, "ss={ss}: python decryption differs");
+        assert!(
+            out.stdout == plain,
+            "{backend:?} ss={ss}: python decryption differs"
+        );
     }
 }
 

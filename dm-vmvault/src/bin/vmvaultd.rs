@@ -1,7 +1,7 @@
 //! `vmvaultd`: the vmvault daemon. One per host (per run directory).
 //!
 //! ```text
-//! vmvaultd [--run-dir DIR] [--fuse-threads N] [--no-mlock]
+//! vmvaultd [--run-dir DIR] [--fuse-threads N] [--vault-vcpus N] [--no-mlock]
 //! ```
 //!
 //! The run directory defaults to `$VMVAULT_RUN_DIR`, else `/run/vmvault`. Control
@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use dm_vmvault::daemon::{self, DaemonConfig};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: vmvaultd [--run-dir DIR] [--fuse-threads N] [--no-mlock]");
+    eprintln!("usage: vmvaultd [--run-dir DIR] [--fuse-threads N] [--vault-vcpus N] [--no-mlock]");
     ExitCode::from(1)
 }
 
@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         run_dir: daemon::default_run_dir(),
         fuse_threads: 4,
         mlock: true,
+        // Each vCPU polls its ring before sleeping: leave cores for FUSE and backing I/O.
+        vault_vcpus: (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -35,6 +37,10 @@ fn main() -> ExitCode {
                 _ => return usage(),
             },
             "--no-mlock" => cfg.mlock = false,
+            "--vault-vcpus" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n > 0 => cfg.vault_vcpus = n,
+                _ => return usage(),
+            },
             "-h" | "--help" => {
                 usage();
                 return ExitCode::SUCCESS;

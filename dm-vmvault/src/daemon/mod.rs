@@ -44,6 +44,8 @@ pub struct DaemonConfig {
     pub fuse_threads: usize,
     /// `mlockall` the process.
     pub mlock: bool,
+    /// vCPUs of each vault.
+    pub vault_vcpus: usize,
 }
 
 /// Errors that stop the daemon.
@@ -74,6 +76,7 @@ pub struct Daemon {
     mnt_root: PathBuf,
     state: Mutex<State>,
     stop: AtomicBool,
+    vaults: crate::vault::VaultPool,
 }
 
 /// uid of the peer of a Unix stream (`SO_PEERCRED`).
@@ -134,6 +137,7 @@ impl Daemon {
             &self.mnt_root,
             &own,
             self.cfg.fuse_threads,
+            &self.vaults,
             &mut warnings,
         );
         let mut st = self.state();
@@ -322,7 +326,9 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             source,
         }
     })?;
+    let vaults = crate::vault::VaultPool::new(cfg.vault_vcpus);
     let d = Arc::new(Daemon {
+        vaults,
         cfg,
         mnt_root,
         state: Mutex::new(State::default()),

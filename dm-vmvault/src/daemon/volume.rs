@@ -122,6 +122,7 @@ impl Volume {
         mnt_root: &Path,
         own_devices: &[(u32, u32)],
         fuse_threads: usize,
+        vaults: &crate::vault::VaultPool,
         warnings: &mut Vec<String>,
     ) -> Result<Volume, VolumeError> {
         check_name(&req.name)?;
@@ -191,6 +192,7 @@ impl Volume {
         }
 
         let keyed = backend::key_backend(
+            vaults,
             req.backend,
             spec,
             geom,

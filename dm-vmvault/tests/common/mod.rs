@@ -235,14 +235,24 @@ impl Drop for Daemon {
     }
 }
 
-/// The backend the daemon tests use: `VMVAULT_TEST_BACKEND`, default `in-process`.
+/// The backend the daemon tests use by default: `VMVAULT_TEST_BACKEND`, else `auto`.
 pub fn test_backend() -> dm_vmvault::protocol::BackendChoice {
     match std::env::var("VMVAULT_TEST_BACKEND").as_deref() {
         Ok("kvm") => dm_vmvault::protocol::BackendChoice::Kvm,
         Ok("soft") => dm_vmvault::protocol::BackendChoice::Soft,
-        Ok("auto") => dm_vmvault::protocol::BackendChoice::Auto,
-        _ => dm_vmvault::protocol::BackendChoice::InProcess,
+        Ok("in-process") => dm_vmvault::protocol::BackendChoice::InProcess,
+        _ => dm_vmvault::protocol::BackendChoice::Auto,
     }
+}
+
+/// The vault backends every end-to-end test covers: kvm (required in CI) and soft.
+pub fn vault_backends() -> Vec<dm_vmvault::protocol::BackendChoice> {
+    let mut v = Vec::new();
+    if require(&["kvm"]) {
+        v.push(dm_vmvault::protocol::BackendChoice::Kvm);
+    }
+    v.push(dm_vmvault::protocol::BackendChoice::Soft);
+    v
 }
 
 /// An open request with the tests' defaults (AES-256-XTS, offset 2048 sectors).
