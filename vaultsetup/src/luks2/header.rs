@@ -60,7 +60,9 @@ pub enum HeaderProblem {
     #[error("checksum mismatch")]
     BadChecksum,
     /// The device is too short to hold the header.
-    #[error("device too short: the header needs [{offset}, +{len}) but the device has {size} bytes")]
+    #[error(
+        "device too short: the header needs [{offset}, +{len}) but the device has {size} bytes"
+    )]
     Short {
         /// Header offset.
         offset: u64,
