@@ -14,7 +14,7 @@ use core::ptr;
 use core::sync::atomic::Ordering;
 
 use vault_vm::abi::{
-    self, op, Request, Ring, ENTRY_BUSY, ENTRY_DONE, ENTRY_SUBMITTED, RING_ENTRIES,
+    self, op, Request, Ring, RingEntry, ENTRY_BUSY, ENTRY_DONE, ENTRY_SUBMITTED, RING_ENTRIES,
 };
 use vault_vm::service::{Counters, Service, SlotCell};
 
@@ -29,23 +29,23 @@ fn doorbell(vcpu: usize, code: u32) {
     unsafe { ptr::write_volatile(abi::DOORBELL_GPA as *mut u32, code | ((vcpu as u32) << 8)) };
 }
 
-/// Zeroes this vCPU's stack below the current frame (key copies left by an import or
-/// a drop).
-#[inline(never)]
+/// Zeroes this vCPU's stack from `bottom` up to the caller's frame (key copies left
+/// below it by an import or a drop). Naked, so it has no frame of its own: everything
+/// below the return address is dead.
+#[unsafe(naked)]
+extern "C" fn wipe_stack_below_caller(bottom: u64) {
+    core::arch::naked_asm!(
+        "mov rcx, rsp",
+        "sub rcx, rdi",
+        "xor eax, eax",
+        "cld",
+        "rep stosb",
+        "ret"
+    )
+}
+
 fn wipe_stack(vcpu: usize) {
-    let rsp: u64;
-    // SAFETY: reads the stack pointer only.
-    unsafe { asm!("mov {}, rsp", out(reg) rsp, options(nomem, nostack, preserves_flags)) };
-    let bottom = abi::stack_bottom(vcpu);
-    let end = rsp.saturating_sub(512);
-    if end > bottom {
-        // SAFETY: [bottom, rsp - 512) is this vCPU's mapped stack below every live frame
-        // (512 bytes of slack cover the red zone); nothing live is stored there.
-        unsafe {
-            asm!("rep stosb", inout("rdi") bottom => _, inout("rcx") end - bottom => _,
-                 in("al") 0u8, options(nostack, preserves_flags));
-        }
-    }
+    wipe_stack_below_caller(abi::stack_bottom(vcpu));
 }
 
 fn any_submitted(ring: &Ring) -> bool {
@@ -107,16 +107,10 @@ fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
             if e.state.load(Ordering::Acquire) != ENTRY_SUBMITTED {
                 continue;
             }
-            e.state.store(ENTRY_BUSY, Ordering::Relaxed);
-            // Copy first, then validate the copy (the host may still be writing).
-            // SAFETY: `e.req` is in mapped shared memory; a volatile copy of plain data.
-            let req: Request = unsafe { ptr::read_volatile(&e.req) };
-            let resp = svc.handle(&req, &mut counters);
-            // SAFETY: as above; the response area belongs to the vault while BUSY.
-            unsafe { ptr::write_volatile(ptr::addr_of!(e.resp).cast_mut(), resp) };
-            e.state.store(ENTRY_DONE, Ordering::Release);
+            let opcode = serve_one(svc, e, &mut counters);
             ring.header.tail.fetch_add(1, Ordering::Relaxed);
-            if matches!(req.op, op::IMPORT_KEY | op::DROP_KEY) {
+            if matches!(opcode, op::IMPORT_KEY | op::DROP_KEY) {
+                // serve_one's frame (below ours) held the key and its expansion.
                 wipe_stack(vcpu);
             }
             next = (i + 1) % RING_ENTRIES;
@@ -141,6 +135,21 @@ fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
             ring.header.sleeping.store(0, Ordering::SeqCst);
         }
     }
+}
+
+/// Serves one submitted entry; returns its operation code. Never inlined, so every
+/// temporary of the request lives below `serve`'s frame and `wipe_stack` reaches it.
+#[inline(never)]
+fn serve_one(svc: &Service<'_>, e: &RingEntry, counters: &mut Counters) -> u32 {
+    e.state.store(ENTRY_BUSY, Ordering::Relaxed);
+    // Copy first, then validate the copy (the host may still be writing).
+    // SAFETY: `e.req` is in mapped shared memory; a volatile copy of plain data.
+    let req: Request = unsafe { ptr::read_volatile(&e.req) };
+    let resp = svc.handle(&req, counters);
+    // SAFETY: as above; the response area belongs to the vault while BUSY.
+    unsafe { ptr::write_volatile(ptr::addr_of!(e.resp).cast_mut(), resp) };
+    e.state.store(ENTRY_DONE, Ordering::Release);
+    req.op
 }
 
 #[panic_handler]

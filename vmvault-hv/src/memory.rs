@@ -106,15 +106,6 @@ impl SharedMem {
         unsafe { ptr::write_bytes(self.ptr, 0, self.len) };
         std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
     }
-
-    /// Zeroes `len` bytes at `off` with volatile writes (never elided).
-    pub fn wipe_range(&self, off: usize, len: usize) {
-        assert!(off <= self.len && len <= self.len - off);
-        for i in off..off + len {
-            // SAFETY: in range (asserted).
-            unsafe { ptr::write_volatile(self.ptr.add(i), 0) };
-        }
-    }
 }
 
 impl Drop for SharedMem {

@@ -8,7 +8,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use vault_vm::abi::{
-    Request, Response, Ring, ENTRY_CLAIMED, ENTRY_DONE, ENTRY_FREE, ENTRY_SUBMITTED, RING_ENTRIES,
+    Request, Response, Ring, ENTRY_CLAIMED, ENTRY_DONE, ENTRY_FREE, ENTRY_SUBMITTED,
 };
 
 use crate::error::{HvError, Result};
@@ -166,6 +166,3 @@ fn backoff(spins: &mut u32) {
         std::thread::yield_now();
     }
 }
-
-/// Number of entries per ring (re-exported for callers sizing their concurrency).
-pub const ENTRIES: usize = RING_ENTRIES;
