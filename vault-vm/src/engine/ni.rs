@@ -117,12 +117,23 @@ unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
                 for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
                     let n = group.len() / job.ss;
                     let iv = ivs(job, aux, g * 8, n);
-                    if n == 8 {
-                        cbc_enc_lanes::<NR, 8>(&rk, group.as_mut_ptr(), job.ss, &iv);
-                    } else {
-                        for (s, sec) in group.chunks_exact_mut(job.ss).enumerate() {
-                            cbc_enc_lanes::<NR, 1>(&rk, sec.as_mut_ptr(), job.ss, &iv[s..s + 1]);
+                    // As many sectors side by side as there are (8, 4, 2, 1).
+                    let mut s = 0;
+                    while s < n {
+                        let p = group.as_mut_ptr().add(s * job.ss);
+                        let w = match n - s {
+                            8.. => 8,
+                            4..=7 => 4,
+                            2..=3 => 2,
+                            _ => 1,
+                        };
+                        match w {
+                            8 => cbc_enc_lanes::<NR, 8>(&rk, p, job.ss, &iv[s..]),
+                            4 => cbc_enc_lanes::<NR, 4>(&rk, p, job.ss, &iv[s..]),
+                            2 => cbc_enc_lanes::<NR, 2>(&rk, p, job.ss, &iv[s..]),
+                            _ => cbc_enc_lanes::<NR, 1>(&rk, p, job.ss, &iv[s..]),
                         }
+                        s += w;
                     }
                 }
             }
