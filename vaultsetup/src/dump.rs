@@ -63,7 +63,7 @@ fn b64_hex(v: &str) -> String {
     }
 }
 
-fn sorted<'a, T>(m: &'a std::collections::BTreeMap<String, T>) -> Vec<(&'a String, &'a T)> {
+fn sorted<T>(m: &std::collections::BTreeMap<String, T>) -> Vec<(&String, &T)> {
     let mut v: Vec<_> = m.iter().collect();
     v.sort_by_key(|(k, _)| parse_id(k).unwrap_or(u32::MAX));
     v

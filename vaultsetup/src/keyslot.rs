@@ -215,6 +215,9 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Checks a candidate volume key of a keyslot against the volume's digest.
+type DigestCheck<'a> = dyn Fn(u32, &[u8]) -> Result<bool, UnlockError> + 'a;
+
 /// Tries the plans in order; the first that opens wins. When none opens and some slot
 /// failed for a reason other than a wrong passphrase, that (first) error is returned.
 fn run_plans(
@@ -222,7 +225,7 @@ fn run_plans(
     plans: Vec<Result<SlotPlan, UnlockError>>,
     pass: &[u8],
     limits: &KdfLimits,
-    check: &dyn Fn(u32, &[u8]) -> Result<bool, UnlockError>,
+    check: &DigestCheck<'_>,
 ) -> Result<Unlocked, UnlockError> {
     if plans.is_empty() {
         return Err(UnlockError::NoActiveSlots);

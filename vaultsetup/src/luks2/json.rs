@@ -265,7 +265,7 @@ impl Metadata {
         }
         let meta_end = 2 * hdr_size;
         let ks_end = match meta_end.checked_add(self.config.keyslots_size.0) {
-            Some(e) if self.config.keyslots_size.0 % 4096 == 0 => e,
+            Some(e) if self.config.keyslots_size.0.is_multiple_of(4096) => e,
             _ => {
                 return bad(format!(
                     "config.keyslots_size {} is not a multiple of 4096 or overflows",
