@@ -209,6 +209,8 @@ pub fn connect_or_spawn(run_dir: &Path) -> Result<Client, ClientError> {
     loop {
         if let Ok(mut c) = Client::connect(run_dir) {
             if c.ping().is_ok() {
+                // Reap the daemon when it exits, for as long as this process lives.
+                std::thread::spawn(move || child.wait());
                 return Ok(c);
             }
         }

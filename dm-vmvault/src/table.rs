@@ -266,13 +266,13 @@ impl Table {
         if self.len == 0 {
             return Err(TableError::Misaligned("length is zero".into()));
         }
-        if self.len % units != 0 {
+        if !self.len.is_multiple_of(units) {
             return Err(TableError::Misaligned(format!(
                 "length {} is not a multiple of the {ss}-byte sector size",
                 self.len
             )));
         }
-        if self.iv_offset % units != 0 {
+        if !self.iv_offset.is_multiple_of(units) {
             return Err(TableError::Misaligned(format!(
                 "iv_offset {} is not a multiple of the {ss}-byte sector size",
                 self.iv_offset

@@ -113,7 +113,7 @@ fn second_open_of_active_name_is_code_5_and_bad_requests_are_refused() {
     assert_eq!(e.exit_code(), 2, "{e}");
     // Missing key: code 2.
     let r = open_req("nokey", &img2, &key, 512);
-    run(&mut Command::new("keyctl").args(["invalidate", &r.key_serial.to_string()]));
+    run(Command::new("keyctl").args(["invalidate", &r.key_serial.to_string()]));
     std::thread::sleep(std::time::Duration::from_millis(100));
     let e = d.client().open(r).unwrap_err();
     assert_eq!(e.exit_code(), 2, "{e}");
@@ -290,4 +290,186 @@ fn backing_io_errors_reach_the_user_as_eio() {
     d.client().close("eio").unwrap();
     d.shutdown();
     run(Command::new("umount").arg(&small));
+}
+
+/// Runs `f` on a thread; panics if it does not finish within `secs` (a hang).
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what} hung for {secs} s"))
+}
+
+#[test]
+fn sigkill_during_writes_no_hang_restart_reopen_fsynced_data_intact() {
+    if !require(NEEDS) {
+        return;
+    }
+    let t = TempDir::new("daemon-kill");
+    let rundir = t.path().join("run");
+    let img = t.path().join("img");
+    sparse_image(&img, 41);
+    let key = test_key(64, 6);
+    let mut d = Daemon::start(&rundir);
+    let st = d
+        .client()
+        .open(open_req("killvol", &img, &key, 4096))
+        .unwrap();
+    let dev = Path::new(&st.device).to_path_buf();
+    let fsmp = t.path().join("fs");
+    mkfs_ext4(&dev);
+    mount(&dev, &fsmp);
+    let synced: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    {
+        let mut f = std::fs::File::create(fsmp.join("synced.bin")).unwrap();
+        f.write_all(&synced).unwrap();
+        f.sync_all().unwrap();
+    }
+    run(&mut Command::new("sync"));
+
+    // A writer that keeps writing and fsyncing until it gets an error.
+    let p = fsmp.join("stream.bin");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || -> Result<u32, std::io::Error> {
+        let mut f = std::fs::File::create(&p)?;
+        let chunk = vec![0x5au8; 256 << 10];
+        for i in 0..100_000u32 {
+            f.write_all(&chunk)?;
+            f.sync_data()?;
+            if i == 2 {
+                let _ = started_tx.send(());
+            }
+            if i % 40 == 39 {
+                f.set_len(0)?; // stay small
+            }
+        }
+        Ok(100_000)
+    });
+    started_rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("writer started");
+    d.kill();
+    let r = within(60, "writer after SIGKILL", move || writer.join().unwrap());
+    assert!(r.is_err(), "writes after SIGKILL must fail, got {r:?}");
+
+    // The dead mount does not hang unmount.
+    let fs2 = fsmp.clone();
+    within(60, "umount after SIGKILL", move || {
+        let ok = Command::new("umount")
+            .arg(&fs2)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&fs2).status();
+        }
+    });
+
+    // A restarted daemon cleans the stale FUSE mount and reopens the volume.
+    let d2 = within(30, "restart", {
+        let rundir = rundir.clone();
+        move || Daemon::start(&rundir)
+    });
+    let stale: Vec<_> = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(rundir.join("mnt").to_str().unwrap()))
+        .map(String::from)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "stale mounts left: {stale:?}\n{}",
+        d2.log()
+    );
+    let st = d2
+        .client()
+        .open(open_req("killvol", &img, &key, 4096))
+        .unwrap();
+    let dev = Path::new(&st.device).to_path_buf();
+    mount(&dev, &fsmp); // replays the journal
+    assert!(
+        std::fs::read(fsmp.join("synced.bin")).unwrap() == synced,
+        "fsynced data changed"
+    );
+    umount(&fsmp);
+    fsck_clean(&dev);
+    d2.client().close("killvol").unwrap();
+    d2.shutdown();
+}
+
+#[test]
+fn control_socket_serves_root_only_and_spawns_on_demand() {
+    if !require(&["setpriv", "python3"]) {
+        return;
+    }
+    let t = TempDir::new("daemon-ctl");
+    let rundir = t.path().join("run");
+    // Spawn on demand (vmvaultd is found one directory above the test binary).
+    let mut c = dm_vmvault::client::connect_or_spawn(&rundir).unwrap();
+    let pid = c.ping().unwrap();
+    // Stop the spawned daemon whatever happens below.
+    struct Stop(std::path::PathBuf, u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if let Ok(mut c) = dm_vmvault::client::Client::connect(&self.0) {
+                let _ = c.shutdown();
+            }
+            // SAFETY: kill(2) on the pid of the daemon this test spawned.
+            unsafe { libc::kill(self.1 as i32, libc::SIGKILL) };
+        }
+    }
+    let _stop = Stop(rundir.clone(), pid);
+    // A second call finds the running daemon instead of starting another.
+    assert_eq!(
+        dm_vmvault::client::connect_or_spawn(&rundir)
+            .unwrap()
+            .ping()
+            .unwrap(),
+        pid
+    );
+    // A second daemon on the same run dir refuses to start (exit 5).
+    let st = Command::new(env!("CARGO_BIN_EXE_vmvaultd"))
+        .arg("--run-dir")
+        .arg(&rundir)
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(5));
+
+    // Open the path up so that a non-root peer can reach the socket: the daemon itself
+    // must still refuse it (SO_PEERCRED).
+    use std::os::unix::fs::PermissionsExt;
+    for p in [t.path().to_path_buf(), rundir.clone()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let sock = rundir.join("control");
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
+                  s.sendall(b'{\"cmd\":\"list\"}\\n')\nprint(s.makefile().readline())";
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.contains("\"ok\":false") && line.contains("\"code\":2"),
+        "non-root peer got: {line} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.shutdown().unwrap();
+    // The daemon exits and removes its socket.
+    let t0 = std::time::Instant::now();
+    while sock.exists() && t0.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!sock.exists());
 }

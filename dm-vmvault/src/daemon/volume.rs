@@ -128,7 +128,7 @@ impl Volume {
         check_name(&req.name)?;
         let spec = CipherSpec::parse(&req.cipher)
             .map_err(|e| VolumeError::BadArgs(format!("cipher `{}`: {e}", req.cipher)))?;
-        if req.key_size % 8 != 0 || !spec.key_len_ok(req.key_size as usize / 8) {
+        if !req.key_size.is_multiple_of(8) || !spec.key_len_ok(req.key_size as usize / 8) {
             return Err(VolumeError::BadArgs(format!(
                 "key size {} bits does not fit cipher {}",
                 req.key_size, req.cipher
@@ -136,7 +136,7 @@ impl Volume {
         }
         let geom = Geometry::new(req.sector_size, req.iv_large_sectors, req.iv_offset)
             .map_err(|e| VolumeError::BadArgs(e.to_string()))?;
-        if req.offset % u64::from(req.sector_size / 512) != 0 {
+        if !req.offset.is_multiple_of(u64::from(req.sector_size / 512)) {
             return Err(VolumeError::BadArgs(format!(
                 "offset {} is not aligned to the {}-byte sector size",
                 req.offset, req.sector_size
