@@ -46,6 +46,9 @@ pub enum KdfError {
         /// Limit.
         limit: u32,
     },
+    /// The Argon2 memory could not be allocated.
+    #[error("Cannot allocate {0} KiB of memory for Argon2.")]
+    OutOfMemory(u32),
     /// Zero iterations / cost, or other parameters the algorithm rejects.
     #[error("Invalid KDF parameters: {0}")]
     BadParams(String),
@@ -54,7 +57,7 @@ pub enum KdfError {
 impl HasExitCode for KdfError {
     fn exit_code(&self) -> ExitCode {
         match self {
-            Self::MemoryTooHigh { .. } => ExitCode::OutOfMemory,
+            Self::MemoryTooHigh { .. } | Self::OutOfMemory(_) => ExitCode::OutOfMemory,
             _ => ExitCode::WrongParameters,
         }
     }
@@ -295,7 +298,10 @@ impl Kdf {
                     .map_err(|e| KdfError::BadParams(e.to_string()))?;
                 argon2::Argon2::new(algo, argon2::Version::V0x13, params)
                     .hash_password_into(password, salt, out.as_mut_slice())
-                    .map_err(|e| KdfError::BadParams(e.to_string()))?;
+                    .map_err(|e| match e {
+                        argon2::Error::OutOfMemory => KdfError::OutOfMemory(*memory_kib),
+                        e => KdfError::BadParams(e.to_string()),
+                    })?;
             }
         }
         Ok(out)
