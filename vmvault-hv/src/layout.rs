@@ -40,11 +40,11 @@ pub fn parse_image(image: &[u8]) -> Result<ImageHeader> {
         return Err(HvError::BadImage("built for another ABI version"));
     }
     let img_end = abi::IMAGE_GPA + image.len() as u64;
-    if h.end > abi::IMAGE_GPA + abi::IMAGE_MAX || h.end < img_end || h.end % abi::PAGE_SIZE != 0 {
+    if h.end > abi::IMAGE_GPA + abi::IMAGE_MAX || h.end < img_end || !h.end.is_multiple_of(abi::PAGE_SIZE) {
         return Err(HvError::BadImage("image end out of range"));
     }
     if h.text_end > h.end
-        || h.text_end % abi::PAGE_SIZE != 0
+        || !h.text_end.is_multiple_of(abi::PAGE_SIZE)
         || h.entry < abi::IMAGE_GPA
         || h.entry >= h.text_end
     {
@@ -74,7 +74,7 @@ pub fn build(
     window_len: u64,
 ) -> Result<()> {
     assert_eq!(mem.len() as u64, abi::GUEST_RAM_SIZE);
-    if window_len == 0 || window_len > abi::WINDOW_MAX || window_len % abi::WINDOW_ALIGN != 0 {
+    if window_len == 0 || window_len > abi::WINDOW_MAX || !window_len.is_multiple_of(abi::WINDOW_ALIGN) {
         return Err(HvError::Config(format!(
             "window size {window_len} out of range"
         )));
@@ -103,7 +103,7 @@ pub fn build(
             P | US | ACCESSED
         } else if (gpa >= h.text_end && gpa < h.end)
             || in_stacks(gpa)
-            || (gpa >= abi::TRANSFER_GPA && gpa < abi::TRANSFER_GPA + abi::TRANSFER_SIZE)
+            || (abi::TRANSFER_GPA..abi::TRANSFER_GPA + abi::TRANSFER_SIZE).contains(&gpa)
             || in_rings(gpa)
         {
             P | RW | US | ACCESSED | DIRTY

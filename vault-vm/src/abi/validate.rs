@@ -13,6 +13,7 @@ use crate::engine::{CipherSpec, Geometry};
 /// inside the window and is a whole number of sectors, and no sector arithmetic
 /// overflows.
 #[derive(Clone, Copy, Debug)]
+#[allow(clippy::large_enum_variant)] // a stack value in a no_std guest: no Box
 pub enum Validated {
     /// Import the key in the transfer page into `slot`.
     ImportKey {
@@ -109,7 +110,7 @@ fn validate_crypt(req: &Request, window_len: u64) -> Result<Validated, Refusal> 
         return Err((status::TOO_MANY_SEGMENTS, 0));
     }
     let units = u64::from(ss / 512);
-    if req.sector % units != 0 || req.iv_offset % units != 0 {
+    if !req.sector.is_multiple_of(units) || !req.iv_offset.is_multiple_of(units) {
         return Err((status::MISALIGNED, 0));
     }
     let geom = Geometry::new(ss, req.flags & FLAG_IV_LARGE_SECTORS != 0, req.iv_offset)
@@ -125,7 +126,7 @@ fn validate_crypt(req: &Request, window_len: u64) -> Result<Validated, Refusal> 
         if end > window_len {
             return Err((status::OUT_OF_WINDOW, i));
         }
-        if src.len == 0 || src.len % u64::from(ss) != 0 {
+        if src.len == 0 || !src.len.is_multiple_of(u64::from(ss)) {
             return Err((status::MISALIGNED, i));
         }
         bytes = bytes.checked_add(src.len).ok_or((status::OVERFLOW, i))?;
