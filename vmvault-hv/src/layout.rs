@@ -40,7 +40,10 @@ pub fn parse_image(image: &[u8]) -> Result<ImageHeader> {
         return Err(HvError::BadImage("built for another ABI version"));
     }
     let img_end = abi::IMAGE_GPA + image.len() as u64;
-    if h.end > abi::IMAGE_GPA + abi::IMAGE_MAX || h.end < img_end || !h.end.is_multiple_of(abi::PAGE_SIZE) {
+    if h.end > abi::IMAGE_GPA + abi::IMAGE_MAX
+        || h.end < img_end
+        || !h.end.is_multiple_of(abi::PAGE_SIZE)
+    {
         return Err(HvError::BadImage("image end out of range"));
     }
     if h.text_end > h.end
@@ -74,7 +77,10 @@ pub fn build(
     window_len: u64,
 ) -> Result<()> {
     assert_eq!(mem.len() as u64, abi::GUEST_RAM_SIZE);
-    if window_len == 0 || window_len > abi::WINDOW_MAX || !window_len.is_multiple_of(abi::WINDOW_ALIGN) {
+    if window_len == 0
+        || window_len > abi::WINDOW_MAX
+        || !window_len.is_multiple_of(abi::WINDOW_ALIGN)
+    {
         return Err(HvError::Config(format!(
             "window size {window_len} out of range"
         )));

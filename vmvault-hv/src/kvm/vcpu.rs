@@ -27,9 +27,6 @@ const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const CR4_OSXSAVE: u64 = 1 << 18;
 const EFER_LME_LMA: u64 = 0x500;
 
-/// Nice value of the vCPU threads.
-const VCPU_NICE: i32 = -10;
-
 /// Signal used to kick a stuck vCPU thread out of `KVM_RUN` at shutdown.
 fn kick_signal() -> i32 {
     libc::SIGRTMIN() + 3
@@ -160,17 +157,62 @@ pub(super) fn setup(kvm: &Kvm, vm: &VmFd, i: usize, boot: &Boot) -> Result<VcpuF
     Ok(fd)
 }
 
-/// The `KVM_RUN` loop of vCPU `i`.
-pub(super) fn run(mut fd: VcpuFd, i: usize, sh: Arc<Shared>) {
-    let ring = &sh.rings[i];
-    // The vCPU threads do the work; submitting threads mostly wait for them. Give the
-    // vCPUs more CPU weight so a waiting submitter on the same core cannot halve them
-    // (best effort: needs CAP_SYS_NICE).
-    // SAFETY: gettid/setpriority on this thread only.
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it for this thread.
     unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, VCPU_NICE);
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
     }
+}
+
+/// Pins vCPU `i` to one CPU. By default, when there are more CPUs than vCPUs, vCPU `i`
+/// takes the `i`-th CPU from the top of the allowed set, so the scheduler keeps the
+/// submitting threads on the others: a vCPU woken by a submitter would otherwise be
+/// placed on the submitter's CPU, and its idle polling would then keep the submitter
+/// from seeing its completion. `VMVAULT_VCPU_CPUS=3,2` picks the CPUs, `none` disables.
+fn pin(i: usize, vcpus: usize) {
+    let cpus: Vec<usize> = match std::env::var("VMVAULT_VCPU_CPUS") {
+        Ok(v) if v == "none" => return,
+        Ok(v) => v.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
+        Err(_) => {
+            let allowed = allowed_cpus();
+            if allowed.len() <= vcpus {
+                return;
+            }
+            allowed.into_iter().rev().collect()
+        }
+    };
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is empty; sets the affinity of this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpus[i % cpus.len()], &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The `KVM_RUN` loop of vCPU `i`.
+pub(super) fn run(mut fd: VcpuFd, i: usize, vcpus: usize, sh: Arc<Shared>) {
+    let ring = &sh.rings[i];
+    // Optional CPU weight for the vCPU threads (VMVAULT_VCPU_NICE, needs CAP_SYS_NICE).
+    // Off by default: a vCPU woken by a submitting thread tends to land on that
+    // thread's CPU, and a heavier vCPU would then starve the thread waiting for it.
+    if let Some(nice) = std::env::var("VMVAULT_VCPU_NICE")
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok())
+    {
+        // SAFETY: gettid/setpriority on this thread only.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    }
+    pin(i, vcpus);
     loop {
         let exit = match fd.run() {
             Ok(exit) => exit,

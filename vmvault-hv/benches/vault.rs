@@ -1,0 +1,239 @@
+//! Vault benchmark (harness = false). Prints, in one run:
+//! - AES-256-XTS through the vault with 1 and 2 vCPUs next to the in-process engine with
+//!   1 and 2 threads, at 64 KiB, 256 KiB and 1 MiB per request, two ways:
+//!   * per request: the median time of one request (submitting thread to completion)
+//!     versus the median time of the same work in the engine; robust to the preemption
+//!     by other processes that a shared 2-core machine suffers;
+//!   * sustained: wall-clock bytes per second with three submitting threads per vCPU,
+//!     measured in slices alternating with the engine so outside load hits both alike;
+//! - the round-trip latency of one 4 KiB request (and after the vCPU went to sleep);
+//! - the guest image size.
+//!
+//! `cargo bench -p vmvault-hv --bench vault`. Env: `VAULT_BENCH_SECS` (time per figure,
+//! default 3), `VAULT_BENCH_BACKEND=soft`, `VAULT_BENCH_SUBMIT_CPUS=0` (pin the
+//! submitting threads; pair with `VMVAULT_VCPU_CPUS=1` to give the vCPU its own core).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use vault_vm::engine::{CipherSpec, Geometry, SectorCipher};
+use vmvault_hv::{BackendKind, SlotId, Vault, VaultConfig};
+
+fn secs() -> Duration {
+    let s: f64 = std::env::var("VAULT_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    Duration::from_secs_f64(s)
+}
+
+fn pin_submitter() {
+    if let Ok(cpus) = std::env::var("VAULT_BENCH_SUBMIT_CPUS") {
+        // SAFETY: a zeroed cpu_set_t is empty; sets the affinity of this thread only.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for c in cpus.split(',').filter_map(|c| c.trim().parse().ok()) {
+                libc::CPU_SET(c, &mut set);
+            }
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
+/// Runs `f` on `threads` threads for `dur`; returns (bytes, seconds, per-request times).
+fn run(
+    threads: usize,
+    dur: Duration,
+    f: impl Fn(&AtomicBool, &mut Vec<f64>) -> u64 + Sync,
+) -> (u64, f64, Vec<f64>) {
+    let stop = AtomicBool::new(false);
+    let total = AtomicU64::new(0);
+    let times = Mutex::new(Vec::new());
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (stop, total, f, times) = (&stop, &total, &f, &times);
+            s.spawn(move || {
+                let mut mine = Vec::new();
+                total.fetch_add(f(stop, &mut mine), Ordering::Relaxed);
+                times.lock().unwrap().extend(mine);
+            });
+        }
+        std::thread::sleep(dur);
+        stop.store(true, Ordering::Relaxed);
+    });
+    (
+        total.load(Ordering::Relaxed),
+        t0.elapsed().as_secs_f64(),
+        times.into_inner().unwrap(),
+    )
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+struct Ctx<'a> {
+    engine: &'a SectorCipher,
+    geom: Geometry,
+    vault: &'a Vault,
+    slot: SlotId,
+}
+
+impl Ctx<'_> {
+    fn engine_loop(&self, req: usize, stop: &AtomicBool, times: &mut Vec<f64>) -> u64 {
+        let mut buf = vec![0x5au8; req];
+        let (mut n, mut sector) = (0u64, 0u64);
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            self.engine.encrypt(&self.geom, sector, &mut buf).unwrap();
+            times.push(t.elapsed().as_secs_f64());
+            sector += (req / 512) as u64;
+            n += req as u64;
+        }
+        n
+    }
+
+    fn vault_loop(&self, req: usize, stop: &AtomicBool, times: &mut Vec<f64>) -> u64 {
+        pin_submitter();
+        let mut buf = self.vault.window().alloc(req).unwrap();
+        let (mut n, mut sector) = (0u64, 0u64);
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            self.vault
+                .encrypt(self.slot, &self.geom, sector, &mut buf)
+                .unwrap();
+            times.push(t.elapsed().as_secs_f64());
+            sector += (req / 512) as u64;
+            n += req as u64;
+        }
+        n
+    }
+}
+
+fn main() {
+    let backend = match std::env::var("VAULT_BENCH_BACKEND").as_deref() {
+        Ok("soft") => BackendKind::Soft,
+        _ => BackendKind::Kvm,
+    };
+    if backend == BackendKind::Kvm && std::fs::File::open("/dev/kvm").is_err() {
+        if std::env::var_os("CI").is_some() {
+            panic!("/dev/kvm is not usable and CI is set");
+        }
+        println!("SKIPPED: /dev/kvm is not usable here");
+        return;
+    }
+    let spec = CipherSpec::parse("aes-xts-plain64").unwrap();
+    let key: Vec<u8> = (0..64u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
+    let geom = Geometry::new(4096, false, 0).unwrap();
+    let engine = SectorCipher::new(spec, &key).unwrap();
+    println!(
+        "vault benchmark: AES-256-XTS, 4 KiB sectors, backend {}",
+        backend.name()
+    );
+    println!("guest image size: {} bytes", Vault::guest_image_size());
+    println!("engine backend: {}", engine.backend_name());
+
+    let rounds = 4;
+    let slice = secs() / (rounds * 2);
+    for vcpus in [1usize, 2] {
+        let vault = Vault::open(&VaultConfig {
+            backend,
+            vcpus,
+            window_size: 64 << 20,
+        })
+        .unwrap();
+        let slot = vault.import_key(spec, &key).unwrap();
+        println!(
+            "-- {vcpus} vCPU(s) (vault: in-guest engine {})",
+            vault.selftest().unwrap().engine_backend
+        );
+        let ctx = Ctx {
+            engine: &engine,
+            geom,
+            vault: &vault,
+            slot,
+        };
+        for req in [64 * 1024usize, 256 * 1024, 1024 * 1024] {
+            // Per request: one submitting thread per vCPU vs one engine thread per vCPU.
+            let (mut et, mut vt) = (Vec::new(), Vec::new());
+            let (mut v1b, mut v1s) = (0u64, 0f64);
+            for _ in 0..rounds {
+                et.extend(run(vcpus, slice / 2, |s, t| ctx.engine_loop(req, s, t)).2);
+                let (b, s, t) = run(vcpus, slice / 2, |s, t| ctx.vault_loop(req, s, t));
+                vt.extend(t);
+                (v1b, v1s) = (v1b + b, v1s + s);
+            }
+            let v1_sus = v1b as f64 / v1s / 1e9;
+            let (em, vm) = (median(&mut et), median(&mut vt));
+            let (e_gbs, v_gbs) = (req as f64 / em / 1e9, req as f64 / vm / 1e9);
+            // Sustained: three submitting threads per vCPU.
+            let (mut eb, mut es, mut vb, mut vs) = (0u64, 0f64, 0u64, 0f64);
+            for _ in 0..rounds {
+                let (b, s, _) = run(vcpus, slice, |s, t| ctx.engine_loop(req, s, t));
+                (eb, es) = (eb + b, es + s);
+                let (b, s, _) = run(3 * vcpus, slice, |s, t| ctx.vault_loop(req, s, t));
+                (vb, vs) = (vb + b, vs + s);
+            }
+            let (e_sus, v_sus) = (eb as f64 / es / 1e9, vb as f64 / vs / 1e9);
+            println!(
+                "xts-256 {:>4} KiB  per request: vault {v_gbs:6.2} GB/s/vCPU  engine {e_gbs:6.2} GB/s/thread  ratio {:.3}   \
+                 sustained: vault {v_sus:6.2} GB/s (1 submitter/vCPU: {v1_sus:5.2})  engine {e_sus:6.2} GB/s ({vcpus} thr)  ratio {:.3}",
+                req / 1024,
+                v_gbs / e_gbs,
+                v_sus / e_sus
+            );
+        }
+        println!("   vault stats: {:?}", vault.stats().unwrap());
+        vault.drop_key(slot).unwrap();
+    }
+
+    // Round-trip latency of one 4 KiB request (1 vCPU, one submitting thread).
+    let vault = Vault::open(&VaultConfig {
+        backend,
+        vcpus: 1,
+        window_size: 8 << 20,
+    })
+    .unwrap();
+    let slot = vault.import_key(spec, &key).unwrap();
+    let mut buf = vault.window().alloc(4096).unwrap();
+    let mut lat = Vec::new();
+    let deadline = Instant::now() + secs() / 2;
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        vault.encrypt(slot, &geom, 0, &mut buf).unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+    let mut local = vec![0u8; 4096];
+    let t = Instant::now();
+    for _ in 0..10_000 {
+        engine.encrypt(&geom, 0, &mut local).unwrap();
+    }
+    let eng_us = t.elapsed().as_secs_f64() * 1e6 / 10_000.0;
+    println!(
+        "4 KiB round trip: median {:.2} µs, p99 {:.2} µs, min {:.2} µs ({} requests; the engine alone takes {:.2} µs)",
+        pct(0.5),
+        pct(0.99),
+        lat[0],
+        lat.len(),
+        eng_us
+    );
+    let mut wake = Vec::new();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(10));
+        let t = Instant::now();
+        vault.encrypt(slot, &geom, 0, &mut buf).unwrap();
+        wake.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    println!(
+        "4 KiB round trip to a sleeping vCPU: median {:.1} µs",
+        median(&mut wake)
+    );
+    println!("guest image size: {} bytes", Vault::guest_image_size());
+}
