@@ -143,3 +143,99 @@ pub fn build(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walks the 4-level tables like the MMU: `Some((writable, user))` if mapped.
+    fn walk(mem: &[u8], va: u64) -> Option<(bool, bool)> {
+        let get =
+            |gpa: u64| u64::from_le_bytes(mem[gpa as usize..gpa as usize + 8].try_into().unwrap());
+        let mut table = abi::PAGE_TABLES_GPA;
+        let (mut w, mut u) = (true, true);
+        for level in (0..4).rev() {
+            let idx = (va >> (12 + 9 * level)) & 511;
+            let e = get(table + idx * 8);
+            if e & P == 0 {
+                return None;
+            }
+            w &= e & RW != 0;
+            u &= e & US != 0;
+            if level == 0 || e & PS != 0 {
+                return Some((w, u));
+            }
+            table = e & 0x000f_ffff_ffff_f000;
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn page_tables_map_exactly_what_they_should() {
+        let mut mem = vec![0u8; abi::GUEST_RAM_SIZE as usize];
+        let mut image = vec![0u8; 0x3000];
+        let h = ImageHeader {
+            magic: IMAGE_MAGIC,
+            entry: abi::IMAGE_GPA + 0x1000,
+            end: abi::IMAGE_GPA + 0x5000,
+            abi_version: abi::ABI_VERSION,
+            text_end: abi::IMAGE_GPA + 0x2000,
+        };
+        for (i, v) in [h.magic, h.entry, h.end, h.abi_version, h.text_end]
+            .iter()
+            .enumerate()
+        {
+            image[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let parsed = parse_image(&image).unwrap();
+        let window = 6 << 20;
+        build(&mut mem, &image, &parsed, 2, window).unwrap();
+        let ro = Some((false, true));
+        let rw = Some((true, true));
+        assert_eq!(walk(&mem, 0), None);
+        assert_eq!(
+            walk(&mem, abi::PAGE_TABLES_GPA),
+            None,
+            "page tables must not be mapped"
+        );
+        assert_eq!(walk(&mem, abi::IMAGE_GPA), ro);
+        assert_eq!(walk(&mem, abi::IMAGE_GPA + 0x1fff), ro);
+        assert_eq!(walk(&mem, abi::IMAGE_GPA + 0x2000), rw);
+        assert_eq!(walk(&mem, abi::IMAGE_GPA + 0x4fff), rw);
+        assert_eq!(walk(&mem, abi::IMAGE_GPA + 0x5000), None);
+        for i in 0..2 {
+            assert_eq!(
+                walk(&mem, abi::stack_bottom(i) - 1),
+                None,
+                "guard page of vCPU {i}"
+            );
+            assert_eq!(walk(&mem, abi::stack_bottom(i)), rw);
+            assert_eq!(walk(&mem, abi::stack_top(i) - 8), rw);
+            assert_eq!(walk(&mem, abi::ring_gpa(i)), rw);
+            assert_eq!(walk(&mem, abi::ring_gpa(i) + abi::RING_STRIDE - 1), rw);
+        }
+        assert_eq!(
+            walk(&mem, abi::stack_bottom(2)),
+            None,
+            "stack of an absent vCPU"
+        );
+        assert_eq!(walk(&mem, abi::ring_gpa(2)), None, "ring of an absent vCPU");
+        assert_eq!(walk(&mem, abi::TRANSFER_GPA), rw);
+        assert_eq!(walk(&mem, abi::TRANSFER_GPA + abi::TRANSFER_SIZE), None);
+        assert_eq!(walk(&mem, abi::DOORBELL_GPA), rw);
+        assert_eq!(walk(&mem, abi::WINDOW_GPA), rw);
+        assert_eq!(walk(&mem, abi::WINDOW_GPA + window - 1), rw);
+        assert_eq!(walk(&mem, abi::WINDOW_GPA + window), None);
+        assert_eq!(
+            &mem[abi::IMAGE_GPA as usize..abi::IMAGE_GPA as usize + 8],
+            &IMAGE_MAGIC.to_le_bytes()
+        );
+    }
+
+    #[test]
+    fn rejects_bad_images() {
+        assert!(parse_image(&[0u8; 8]).is_err());
+        assert!(parse_image(&[0u8; 64]).is_err());
+        assert!(parse_image(crate::GUEST_IMAGE).is_ok());
+    }
+}

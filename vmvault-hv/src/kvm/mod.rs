@@ -64,9 +64,9 @@ pub(crate) struct KvmBackend {
 }
 
 impl KvmBackend {
-    /// Whether `/dev/kvm` can be opened.
+    /// Whether `/dev/kvm` can be opened and will create a VM.
     pub fn available() -> bool {
-        Kvm::new().is_ok()
+        Kvm::new().and_then(|k| k.create_vm()).is_ok()
     }
 
     pub fn open(image: &[u8], vcpus: usize, window_len: u64, idle_spins: u64) -> Result<Self> {
