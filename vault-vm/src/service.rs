@@ -28,6 +28,7 @@ const READERS: u32 = FULL - 1;
 pub struct SlotCell {
     state: AtomicU32,
     cipher: AtomicU32,
+    generation: AtomicU32,
     value: UnsafeCell<MaybeUninit<SectorCipher>>,
 }
 
@@ -41,6 +42,7 @@ impl SlotCell {
     pub const EMPTY: SlotCell = SlotCell {
         state: AtomicU32::new(0),
         cipher: AtomicU32::new(0),
+        generation: AtomicU32::new(0),
         value: UnsafeCell::new(MaybeUninit::uninit()),
     };
 
@@ -139,10 +141,13 @@ impl<'a> Service<'a> {
                 slot,
                 spec,
                 key_len,
+                generation,
             } => {
-                resp.status = self.import(slot, spec, key_len);
+                resp.status = self.import(slot, spec, key_len, generation);
             }
-            Validated::DropKey { slot } => resp.status = self.drop_key(slot),
+            Validated::DropKey { slot, generation } => {
+                resp.status = self.drop_key(slot, Some(generation))
+            }
             Validated::Selftest => {
                 let (st, backend) = selftest();
                 resp.status = st;
@@ -159,13 +164,17 @@ impl<'a> Service<'a> {
                 encrypt,
                 slot,
                 cipher,
+                generation,
                 geom,
                 sector,
                 nsegs,
                 segs,
                 bytes,
             } => {
-                let r = self.with_slot(slot, |c, id| {
+                let r = self.with_slot(slot, |c, id, gen| {
+                    if gen != generation {
+                        return status::SLOT_EMPTY;
+                    }
                     if id != cipher {
                         return status::BAD_CIPHER;
                     }
@@ -205,7 +214,11 @@ impl<'a> Service<'a> {
     }
 
     /// Runs `f` on the cipher in `slot` under a read lock.
-    fn with_slot<R>(&self, slot: usize, f: impl FnOnce(&SectorCipher, u32) -> R) -> Result<R, u32> {
+    fn with_slot<R>(
+        &self,
+        slot: usize,
+        f: impl FnOnce(&SectorCipher, u32, u32) -> R,
+    ) -> Result<R, u32> {
         let cell = &self.slots[slot];
         let mut s = cell.state.load(Ordering::Acquire);
         loop {
@@ -228,12 +241,16 @@ impl<'a> Service<'a> {
         // SAFETY: FULL was set and we hold a read lock: `value` is initialized and no
         // writer can touch it until the count drops.
         let cipher = unsafe { (*cell.value.get()).assume_init_ref() };
-        let r = f(cipher, cell.cipher.load(Ordering::Relaxed));
+        let r = f(
+            cipher,
+            cell.cipher.load(Ordering::Relaxed),
+            cell.generation.load(Ordering::Relaxed),
+        );
         cell.state.fetch_sub(1, Ordering::Release);
         Ok(r)
     }
 
-    fn import(&self, slot: usize, spec: CipherSpec, key_len: usize) -> u32 {
+    fn import(&self, slot: usize, spec: CipherSpec, key_len: usize, generation: u32) -> u32 {
         let cell = &self.slots[slot];
         if cell
             .state
@@ -253,6 +270,7 @@ impl<'a> Service<'a> {
                 // SAFETY: we hold WRITER on an empty slot: nobody else reads or writes it.
                 unsafe { (*cell.value.get()).write(c) };
                 cell.cipher.store(abi::cipher_id(spec), Ordering::Relaxed);
+                cell.generation.store(generation, Ordering::Relaxed);
                 cell.state.store(FULL, Ordering::Release);
                 status::OK
             }
@@ -273,11 +291,17 @@ impl<'a> Service<'a> {
         }
     }
 
-    fn drop_key(&self, slot: usize) -> u32 {
+    /// Wipes `slot` if it holds a key of `generation` (any generation for `None`).
+    fn drop_key(&self, slot: usize, generation: Option<u32>) -> u32 {
         let cell = &self.slots[slot];
         let mut s = cell.state.load(Ordering::Acquire);
         loop {
             if s & FULL == 0 || s & WRITER != 0 {
+                return status::SLOT_EMPTY;
+            }
+            // Stable while FULL without WRITER (only an import, which needs an empty
+            // slot, writes it).
+            if generation.is_some_and(|g| g != cell.generation.load(Ordering::Relaxed)) {
                 return status::SLOT_EMPTY;
             }
             match cell.state.compare_exchange_weak(
@@ -297,6 +321,7 @@ impl<'a> Service<'a> {
         // SAFETY: WRITER held, no readers, FULL: the value is initialized and ours.
         unsafe { wipe_slot_value(cell) };
         cell.cipher.store(0, Ordering::Relaxed);
+        cell.generation.store(0, Ordering::Relaxed);
         cell.state.store(0, Ordering::Release);
         status::OK
     }
@@ -304,7 +329,7 @@ impl<'a> Service<'a> {
     /// Drops and wipes every slot (shutdown). Waits for in-flight users.
     pub fn drop_all(&self) {
         for slot in 0..MAX_SLOTS {
-            let _ = self.drop_key(slot);
+            let _ = self.drop_key(slot, None);
         }
     }
 }

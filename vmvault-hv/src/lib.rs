@@ -23,6 +23,8 @@
 //! # Ok::<(), vmvault_hv::HvError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod backend;
 mod error;
 pub mod kvm;
@@ -34,7 +36,7 @@ mod window;
 
 use std::cell::Cell;
 use std::ptr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vault_vm::abi::{self, op, status, Request, Response, Segment, MAX_SEGMENTS, MAX_SLOTS};
@@ -104,17 +106,25 @@ impl Default for VaultConfig {
     }
 }
 
-/// A key slot in the vault: a handle, never the key.
+/// A key slot in the vault: a handle, never the key. It names one import: once the key
+/// is dropped the handle stays invalid even if a new key lands in the same slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SlotId {
     index: u32,
     cipher: u32,
+    generation: u32,
 }
 
 impl SlotId {
     /// Slot index inside the vault.
     pub fn index(self) -> u32 {
         self.index
+    }
+
+    /// Generation of the import this handle names (what raw requests carry in
+    /// `Request::generation`).
+    pub fn generation(self) -> u32 {
+        self.generation
     }
 
     /// The cipher the key was imported for.
@@ -155,7 +165,9 @@ thread_local! {
 /// vCPU ring, assigned round robin).
 pub struct Vault {
     backend: Box<dyn Backend>,
-    slots: Mutex<[bool; MAX_SLOTS]>,
+    /// Generation of the key in each slot (`None`: free).
+    slots: Mutex<[Option<u32>; MAX_SLOTS]>,
+    next_generation: AtomicU32,
     import_lock: Mutex<()>,
     next_id: AtomicU64,
 }
@@ -207,7 +219,8 @@ impl Vault {
             };
         Ok(Vault {
             backend,
-            slots: Mutex::new([false; MAX_SLOTS]),
+            slots: Mutex::new([None; MAX_SLOTS]),
+            next_generation: AtomicU32::new(1),
             import_lock: Mutex::new(()),
             next_id: AtomicU64::new(1),
         })
@@ -258,18 +271,24 @@ impl Vault {
         }
     }
 
-    fn alloc_slot(&self) -> Result<usize> {
+    /// Reserves a free slot and a fresh generation for it.
+    fn alloc_slot(&self) -> Result<(usize, u32)> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let i = slots
             .iter()
-            .position(|&used| !used)
+            .position(|g| g.is_none())
             .ok_or(HvError::NoFreeSlot(MAX_SLOTS))?;
-        slots[i] = true;
-        Ok(i)
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        slots[i] = Some(generation);
+        Ok((i, generation))
     }
 
-    fn free_slot(&self, i: usize) {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())[i] = false;
+    /// Frees slot `i` if it still holds `generation`.
+    fn free_slot(&self, i: usize, generation: u32) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots[i] == Some(generation) {
+            slots[i] = None;
+        }
     }
 
     fn check_key_len(spec: CipherSpec, len: usize) -> Result<()> {
@@ -338,7 +357,7 @@ impl Vault {
         fill: impl FnOnce(*mut u8) -> Result<()>,
     ) -> Result<SlotId> {
         let _one_at_a_time = self.import_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = self.alloc_slot()?;
+        let (slot, generation) = self.alloc_slot()?;
         let page = self.backend.transfer();
         let wipe = || {
             for i in 0..abi::TRANSFER_SIZE as usize {
@@ -352,6 +371,7 @@ impl Vault {
                 slot: slot as u32,
                 cipher: abi::cipher_id(spec),
                 key_len: key_len as u32,
+                generation,
                 ..Request::ZERO
             };
             self.call(&mut req).and_then(Self::check)
@@ -362,9 +382,10 @@ impl Vault {
             Ok(_) => Ok(SlotId {
                 index: slot as u32,
                 cipher: abi::cipher_id(spec),
+                generation,
             }),
             Err(e) => {
-                self.free_slot(slot);
+                self.free_slot(slot, generation);
                 Err(e)
             }
         }
@@ -375,6 +396,7 @@ impl Vault {
         let mut req = Request {
             op: op::DROP_KEY,
             slot: slot.index,
+            generation: slot.generation,
             ..Request::ZERO
         };
         let r = self.call(&mut req).and_then(Self::check);
@@ -387,7 +409,7 @@ impl Vault {
                 })
             )
         {
-            self.free_slot(slot.index as usize);
+            self.free_slot(slot.index as usize, slot.generation);
         }
         r.map(|_| ())
     }
@@ -481,6 +503,7 @@ impl Vault {
                 op: opcode,
                 slot: slot.index,
                 cipher: slot.cipher,
+                generation: slot.generation,
                 sector_size: geom.sector_size,
                 flags: if geom.iv_large_sectors {
                     abi::FLAG_IV_LARGE_SECTORS
@@ -543,19 +566,22 @@ impl Vault {
     /// Wipes every key slot, stops the vault and zeroes its memory. Idempotent; `Drop`
     /// does it too.
     pub fn shutdown(&self) -> Result<()> {
-        let used: Vec<usize> = {
+        let used: Vec<(usize, u32)> = {
             let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            (0..MAX_SLOTS).filter(|&i| slots[i]).collect()
+            (0..MAX_SLOTS)
+                .filter_map(|i| slots[i].map(|g| (i, g)))
+                .collect()
         };
         let mut first_err = None;
-        for i in used {
+        for (i, generation) in used {
             let mut req = Request {
                 op: op::DROP_KEY,
                 slot: i as u32,
+                generation,
                 ..Request::ZERO
             };
             match self.call(&mut req) {
-                Ok(_) | Err(HvError::ShutDown) => self.free_slot(i),
+                Ok(_) | Err(HvError::ShutDown) => self.free_slot(i, generation),
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }

@@ -46,6 +46,7 @@ impl Fixture {
             op: op::ENCRYPT,
             slot: self.slot.index(),
             cipher: abi::cipher_id(spec()),
+            generation: self.slot.generation(),
             sector_size: 4096,
             nsegs: 1,
             sector: 8,
@@ -250,8 +251,11 @@ fn hostile_suite(backend: BackendKind, vcpus: usize) {
     expect(&mut f, "unknown flag", status::BAD_FLAGS, |r| {
         r.flags = 1 << 7
     });
+    expect(&mut f, "stale generation", status::SLOT_EMPTY, |r| {
+        r.generation ^= 1
+    });
     expect(&mut f, "reserved field", status::BAD_FLAGS, |r| {
-        r.reserved = 1
+        r.reserved2 = 1
     });
     // Key operations.
     let busy = f.slot.index();

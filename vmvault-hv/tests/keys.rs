@@ -216,3 +216,90 @@ fn soft_backend_life_cycle() {
     }
     vault.shutdown().unwrap();
 }
+
+#[test]
+fn drop_races_with_use() {
+    let _serial = serial();
+    let Some(vault) = common::open(BackendKind::Kvm, 2) else {
+        return;
+    };
+    let spec = CipherSpec::parse("aes-xts-plain64").unwrap();
+    let geom = Geometry::new(512, false, 0).unwrap();
+    for round in 0..20 {
+        let key = common::random_bytes(32);
+        let engine = SectorCipher::new(spec, &key).unwrap();
+        let slot = vault.import_key(spec, &key).unwrap();
+        let (served, refused) = std::thread::scope(|s| {
+            let users: Vec<_> = (0..3)
+                .map(|t| {
+                    let (vault, engine) = (&vault, &engine);
+                    s.spawn(move || {
+                        let mut buf = vault.window().alloc(8192).unwrap();
+                        let (mut ok, mut empty) = (0, 0);
+                        for i in 0..200u64 {
+                            let plain = [(t * 7 + i as usize) as u8; 8192];
+                            buf.copy_from_slice(&plain);
+                            match vault.encrypt(slot, &geom, i * 16, &mut buf) {
+                                Ok(()) => {
+                                    let mut want = plain;
+                                    engine.encrypt(&geom, i * 16, &mut want).unwrap();
+                                    assert!(buf[..] == want[..], "wrong output while a drop raced");
+                                    ok += 1;
+                                }
+                                Err(HvError::Refused {
+                                    status: vault_vm::abi::status::SLOT_EMPTY,
+                                    ..
+                                }) => {
+                                    empty += 1;
+                                }
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                        (ok, empty)
+                    })
+                })
+                .collect();
+            std::thread::sleep(std::time::Duration::from_micros(200 + 50 * round));
+            vault.drop_key(slot).unwrap();
+            users
+                .into_iter()
+                .map(|u| u.join().unwrap())
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        });
+        assert_eq!(served + refused, 600);
+        // Once dropped, it stays refused.
+        let mut buf = vault.window().alloc(512).unwrap();
+        assert!(vault.encrypt(slot, &geom, 0, &mut buf).is_err());
+    }
+    assert_eq!(vault.stats().unwrap().slots_used, 0);
+}
+
+#[test]
+fn stale_handle_never_reaches_a_newer_key() {
+    let _serial = serial();
+    let Some(vault) = common::open(BackendKind::Kvm, 1) else {
+        return;
+    };
+    let spec = CipherSpec::parse("aes-xts-plain64").unwrap();
+    let geom = Geometry::new(512, false, 0).unwrap();
+    let old = vault.import_key(spec, &common::random_bytes(32)).unwrap();
+    vault.drop_key(old).unwrap();
+    let new = vault.import_key(spec, &common::random_bytes(32)).unwrap();
+    assert_eq!(old.index(), new.index(), "the slot is reused");
+    let mut buf = vault.window().alloc(512).unwrap();
+    let e = vault.encrypt(old, &geom, 0, &mut buf).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            HvError::Refused {
+                status: vault_vm::abi::status::SLOT_EMPTY,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(vault.drop_key(old).is_err());
+    vault.encrypt(new, &geom, 0, &mut buf).unwrap();
+    assert_eq!(vault.stats().unwrap().slots_used, 1);
+    vault.drop_key(new).unwrap();
+}

@@ -160,7 +160,7 @@ pub mod status {
     pub const BAD_OP: u32 = 1;
     /// Slot index out of range.
     pub const BAD_SLOT: u32 = 2;
-    /// The slot holds no key.
+    /// The slot holds no key (of the request's generation).
     pub const SLOT_EMPTY: u32 = 3;
     /// IMPORT_KEY into a slot that already holds a key.
     pub const SLOT_BUSY: u32 = 4;
@@ -249,8 +249,10 @@ pub struct Request {
     pub nsegs: u32,
     /// IMPORT_KEY: key length in bytes (the key is in the transfer page).
     pub key_len: u32,
-    /// Must be zero.
-    pub reserved: u32,
+    /// Slot generation. IMPORT_KEY tags the slot with it; ENCRYPT, DECRYPT and DROP_KEY
+    /// must name the same generation, so a stale handle can never reach a newer key
+    /// imported into the same slot (it gets SLOT_EMPTY).
+    pub generation: u32,
     /// Request id, echoed in the response.
     pub id: u64,
     /// First sector (512-byte units) of the first segment.
@@ -273,7 +275,7 @@ impl Request {
         flags: 0,
         nsegs: 0,
         key_len: 0,
-        reserved: 0,
+        generation: 0,
         id: 0,
         sector: 0,
         iv_offset: 0,
@@ -296,7 +298,7 @@ const _: () = assert!(offset_of!(Request, sector_size) == 12);
 const _: () = assert!(offset_of!(Request, flags) == 16);
 const _: () = assert!(offset_of!(Request, nsegs) == 20);
 const _: () = assert!(offset_of!(Request, key_len) == 24);
-const _: () = assert!(offset_of!(Request, reserved) == 28);
+const _: () = assert!(offset_of!(Request, generation) == 28);
 const _: () = assert!(offset_of!(Request, id) == 32);
 const _: () = assert!(offset_of!(Request, sector) == 40);
 const _: () = assert!(offset_of!(Request, iv_offset) == 48);

@@ -23,11 +23,15 @@ pub enum Validated {
         spec: CipherSpec,
         /// Key length in bytes (valid for `spec`).
         key_len: usize,
+        /// Generation to tag the slot with.
+        generation: u32,
     },
     /// Wipe `slot`.
     DropKey {
         /// Slot index (< [`MAX_SLOTS`]).
         slot: usize,
+        /// Generation the slot must hold.
+        generation: u32,
     },
     /// Encrypt or decrypt segments in place.
     Crypt {
@@ -37,6 +41,8 @@ pub enum Validated {
         slot: usize,
         /// Cipher id the host expects the slot to hold.
         cipher: u32,
+        /// Generation the slot must hold.
+        generation: u32,
         /// Sector geometry.
         geom: Geometry,
         /// First sector (512-byte units).
@@ -69,7 +75,7 @@ fn check_slot(slot: u32) -> Result<usize, Refusal> {
 ///
 /// Pure and total: it never panics, whatever the request holds.
 pub fn validate(req: &Request, window_len: u64) -> Result<Validated, Refusal> {
-    if req.reserved != 0 || req.reserved2 != 0 || req.flags & !KNOWN_FLAGS != 0 {
+    if req.reserved2 != 0 || req.flags & !KNOWN_FLAGS != 0 {
         return Err((status::BAD_FLAGS, 0));
     }
     match req.op {
@@ -84,10 +90,12 @@ pub fn validate(req: &Request, window_len: u64) -> Result<Validated, Refusal> {
                 slot,
                 spec,
                 key_len,
+                generation: req.generation,
             })
         }
         op::DROP_KEY => Ok(Validated::DropKey {
             slot: check_slot(req.slot)?,
+            generation: req.generation,
         }),
         op::SELFTEST => Ok(Validated::Selftest),
         op::STATS => Ok(Validated::Stats),
@@ -141,6 +149,7 @@ fn validate_crypt(req: &Request, window_len: u64) -> Result<Validated, Refusal> 
         encrypt: req.op == op::ENCRYPT,
         slot,
         cipher: req.cipher,
+        generation: req.generation,
         geom,
         sector: req.sector,
         nsegs,
