@@ -112,6 +112,14 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("open answered without status".into()))
     }
 
+    /// Asks for a request keyring to link a possessor-only key into before `open`
+    /// (see [`Request::PrepareKey`]); returns its serial.
+    pub fn prepare_key(&mut self) -> Result<i32, ClientError> {
+        self.call(&Request::PrepareKey)?
+            .key_ring
+            .ok_or_else(|| ClientError::Protocol("prepare_key answered without key_ring".into()))
+    }
+
     /// Closes a volume.
     pub fn close(&mut self, name: &str) -> Result<(), ClientError> {
         self.call(&Request::Close { name: name.into() }).map(|_| ())

@@ -179,6 +179,69 @@ pub fn invalidate(serial: i32) -> Result<(), KeyError> {
         .map_err(|e| map_err(serial, e))
 }
 
+/// `KEY_SPEC_PROCESS_KEYRING`.
+const KEY_SPEC_PROCESS_KEYRING: libc::c_long = -2;
+const KEYCTL_SETPERM: libc::c_long = 5;
+const KEYCTL_SET_TIMEOUT: libc::c_long = 15;
+/// Possessor may view, read, write, search, link, set attributes.
+pub const KEY_POS_ALL: u32 = 0x3f00_0000;
+/// The owner (uid) may write: for a keyring, link keys into it.
+pub const KEY_USR_WRITE: u32 = 0x0004_0000;
+
+/// A per-request keyring in the daemon's process keyring (so the daemon *possesses*
+/// whatever is linked into it), writable by its owner uid 0 (so `vaultsetup`, which
+/// does not possess it, can `keyctl_link` its possessor-only key into it) and nothing
+/// else: no view, read or search for anyone but the daemon. Expires after `timeout_s`.
+///
+/// This is how a key with possessor-only permissions crosses from vaultsetup to the
+/// daemon: linking needs Link on the key (vaultsetup possesses it) and Write on the
+/// keyring; reading then needs Read on the key, which the daemon has as a possessor
+/// through its process keyring.
+pub fn new_request_keyring(desc: &str, timeout_s: u32) -> Result<i32, KeyError> {
+    let ty = c"keyring";
+    let desc = std::ffi::CString::new(desc).map_err(|_| KeyError::Keyctl {
+        serial: 0,
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?;
+    // SAFETY: add_key(2) with two valid C strings, no payload, and a special keyring id.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            ty.as_ptr(),
+            desc.as_ptr(),
+            std::ptr::null::<u8>(),
+            0usize,
+            KEY_SPEC_PROCESS_KEYRING,
+        )
+    };
+    if r < 0 {
+        return Err(KeyError::Keyctl {
+            serial: 0,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let serial = r as i32;
+    let setup = keyctl(
+        KEYCTL_SET_TIMEOUT,
+        serial as libc::c_long,
+        timeout_s as libc::c_long,
+        0,
+    )
+    .and_then(|_| {
+        keyctl(
+            KEYCTL_SETPERM,
+            serial as libc::c_long,
+            (KEY_POS_ALL | KEY_USR_WRITE) as libc::c_long,
+            0,
+        )
+    });
+    if let Err(e) = setup {
+        let _ = invalidate(serial);
+        return Err(map_err(serial, e));
+    }
+    Ok(serial)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,10 @@
 //! → {"cmd":"open","name":"vol","backing":"/img","cipher":"aes-xts-plain64","key_size":512,
 //!    "sector_size":4096,"offset":32768,"key_serial":123456789,"backend":"auto"}
 //! ← {"ok":true,"status":{"name":"vol","device":"/dev/loop3",...}}
+//! → {"cmd":"prepare_key"}
+//! ← {"ok":true,"key_ring":987654321}
+//!   (the client links its possessor-only key into that keyring, then sends
+//!    `open` with "key_serial" and "key_ring")
 //! → {"cmd":"close","name":"vol"}
 //! ← {"ok":true}
 //! ← {"ok":false,"code":5,"error":"Device vol already exists."}
@@ -103,6 +107,13 @@ pub struct OpenRequest {
     /// Keep the keyring key after import (default: invalidate it).
     #[serde(default)]
     pub keep_key: bool,
+    /// The request keyring from `prepare_key` that the client linked `key_serial` into;
+    /// the daemon invalidates it after the import, whatever the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ring: Option<i32>,
+    /// What the client opened, for `status` (e.g. `LUKS2`); informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_type: Option<String>,
 }
 
 /// A request line.
@@ -111,6 +122,10 @@ pub struct OpenRequest {
 pub enum Request {
     /// Open a volume.
     Open(OpenRequest),
+    /// Create a per-request keyring that the daemon possesses and the client may link
+    /// a key into (answered with `key_ring`). It lives until the `open` that names it,
+    /// the end of the connection, or 60 s, whichever comes first.
+    PrepareKey,
     /// Close a volume.
     Close {
         /// Volume name.
@@ -170,6 +185,9 @@ pub struct VolumeStatus {
     pub table: String,
     /// Pid of vmvaultd.
     pub daemon_pid: u32,
+    /// What the client said it opened (e.g. `LUKS2`), if it said.
+    #[serde(default)]
+    pub volume_type: Option<String>,
 }
 
 /// A response line.
@@ -192,6 +210,9 @@ pub struct Response {
     /// Every volume (`list`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<Vec<VolumeStatus>>,
+    /// Serial of the request keyring (`prepare_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ring: Option<i32>,
     /// Daemon pid (`ping`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,

@@ -7,12 +7,14 @@
 //! cryptsetup does; [`cli`] is the command line; [`exit`] has cryptsetup's exit codes.
 #![deny(missing_docs)]
 
+pub mod activation;
 pub mod af;
 pub mod cli;
 pub mod device;
 pub mod dump;
 pub mod exit;
 pub mod kdf;
+pub mod keyring;
 pub mod keyslot;
 pub mod luks1;
 pub mod luks2;

@@ -53,6 +53,11 @@ fn main() {
             exit(0);
         }
         Err(f) => {
+            if !f.stdout.is_empty() {
+                let mut so = std::io::stdout().lock();
+                let _ = so.write_all(f.stdout.as_bytes());
+                let _ = so.flush();
+            }
             if !f.message.is_empty() {
                 eprintln!("{}", f.message);
             }

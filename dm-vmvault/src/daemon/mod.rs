@@ -64,6 +64,23 @@ pub enum DaemonError {
     },
 }
 
+/// Lifetime of a `prepare_key` keyring if nobody uses it.
+const REQUEST_KEYRING_TIMEOUT_S: u32 = 60;
+
+/// Request keyrings prepared on one control connection; invalidated when it ends.
+#[derive(Default)]
+struct ConnKeys {
+    rings: Vec<i32>,
+}
+
+impl Drop for ConnKeys {
+    fn drop(&mut self) {
+        for r in self.rings.drain(..) {
+            let _ = crate::keyring::invalidate(r);
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     volumes: HashMap<String, Volume>,
@@ -206,9 +223,54 @@ impl Daemon {
         }
     }
 
-    fn handle(&self, req: Request) -> Response {
+    /// `prepare_key`: a request keyring in our process keyring (see
+    /// [`crate::keyring::new_request_keyring`]), remembered by the connection.
+    fn prepare_key(&self, conn: &mut ConnKeys) -> Response {
+        use std::sync::atomic::AtomicU64;
+        static N: AtomicU64 = AtomicU64::new(0);
+        if conn.rings.len() >= 8 {
+            return Response::err(code::BUSY, "too many prepared key rings on this connection");
+        }
+        let desc = format!(
+            "vmvaultd:req:{}:{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        match crate::keyring::new_request_keyring(&desc, REQUEST_KEYRING_TIMEOUT_S) {
+            Ok(serial) => {
+                conn.rings.push(serial);
+                Response {
+                    ok: true,
+                    key_ring: Some(serial),
+                    ..Default::default()
+                }
+            }
+            Err(e) => Response::err(code::PERMISSION, format!("prepare_key: {e}")),
+        }
+    }
+
+    /// `open` over a connection: a `key_ring` must be one this connection prepared; it
+    /// is invalidated after the import whatever the outcome.
+    fn open_conn(&self, o: &OpenRequest, conn: &mut ConnKeys) -> Response {
+        let Some(ring) = o.key_ring else {
+            return self.open(o);
+        };
+        let Some(i) = conn.rings.iter().position(|&r| r == ring) else {
+            return Response::err(
+                code::BAD_ARGS,
+                format!("key ring {ring} was not prepared on this connection"),
+            );
+        };
+        conn.rings.swap_remove(i);
+        let r = self.open(o);
+        let _ = crate::keyring::invalidate(ring);
+        r
+    }
+
+    fn handle(&self, req: Request, conn: &mut ConnKeys) -> Response {
         match req {
-            Request::Open(o) => self.open(&o),
+            Request::PrepareKey => self.prepare_key(conn),
+            Request::Open(o) => self.open_conn(&o, conn),
             Request::Close { name } => self.close(&name),
             Request::Status { name } => match self.state().volumes.get(&name) {
                 Some(v) => Response {
@@ -271,13 +333,14 @@ impl Daemon {
             }
         }
         let reader = BufReader::new(stream);
+        let mut conn = ConnKeys::default();
         for line in reader.lines() {
             let Ok(line) = line else { break };
             if line.trim().is_empty() {
                 continue;
             }
             let resp = match serde_json::from_str::<Request>(&line) {
-                Ok(req) => self.handle(req),
+                Ok(req) => self.handle(req, &mut conn),
                 Err(e) => Response::err(code::BAD_ARGS, format!("bad request: {e}")),
             };
             let out =

@@ -268,6 +268,7 @@ impl Volume {
             direct_io: lo.direct_io(),
             table: table.to_string(),
             daemon_pid: std::process::id(),
+            volume_type: req.volume_type.clone(),
         };
         Ok(Volume {
             status,

@@ -277,5 +277,7 @@ pub fn open_req(
         backend: test_backend(),
         key_serial: keyring_add(key),
         keep_key: false,
+        key_ring: None,
+        volume_type: None,
     }
 }

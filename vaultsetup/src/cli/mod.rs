@@ -1,11 +1,12 @@
 //! The `vaultsetup` command line: cryptsetup's verbs, options and exit codes.
 //!
-//! Subcommands are clap subcommands so later issues can add `open DEVICE NAME`
-//! activation, `close` and `status` next to the ones here.
+//! `open DEVICE NAME`, `close` and `status` talk to vmvaultd (see [`activate`]).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub mod activate;
 
 use crate::device::Device;
 use crate::exit::{ExitCode, HasExitCode};
@@ -31,9 +32,15 @@ pub struct Cli {
 /// Actions, named as cryptsetup names them.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Open a LUKS device (only `--test-passphrase` is available yet).
+    /// Open a LUKS device as NAME through the vault (or only test the passphrase).
     #[command(name = "open", visible_alias = "luksOpen")]
     Open(OpenArgs),
+    /// Close (deactivate) NAME; its key slot in the vault is wiped.
+    #[command(name = "close", visible_aliases = ["luksClose", "remove"])]
+    Close(CloseArgs),
+    /// Show the status of NAME; exit 4 when inactive.
+    #[command(name = "status")]
+    Status(StatusArgs),
     /// Dump the LUKS header.
     #[command(name = "luksDump")]
     LuksDump(DumpArgs),
@@ -54,7 +61,7 @@ pub enum DeviceType {
 }
 
 impl DeviceType {
-    fn accepts(self, v: u32) -> bool {
+    pub(crate) fn accepts(self, v: u32) -> bool {
         match self {
             Self::Luks => true,
             Self::Luks1 => v == 1,
@@ -80,6 +87,34 @@ pub struct KeyArgs {
     pub key_slot: Option<u32>,
 }
 
+/// Vault backend (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// The vault VM under KVM.
+    Kvm,
+    /// No virtualization: keys in memfd_secret pages of vmvaultd.
+    Soft,
+    /// kvm when /dev/kvm works, else soft.
+    Auto,
+}
+
+/// Where vmvaultd runs.
+#[derive(Debug, Args, Clone)]
+pub struct DaemonArgs {
+    /// Run directory of vmvaultd (control socket); default $VMVAULT_RUN_DIR, else /run/vmvault.
+    #[arg(long = "run-dir", value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    /// The run directory in effect.
+    pub fn dir(&self) -> PathBuf {
+        self.run_dir
+            .clone()
+            .unwrap_or_else(dm_vmvault::daemon::default_run_dir)
+    }
+}
+
 /// `open` arguments.
 #[derive(Debug, Args)]
 pub struct OpenArgs {
@@ -92,10 +127,51 @@ pub struct OpenArgs {
     /// Key options.
     #[command(flatten)]
     pub key: KeyArgs,
+    /// Read-only mapping.
+    #[arg(short = 'r', long = "readonly")]
+    pub readonly: bool,
+    /// Pass discards (TRIM) to the backing device.
+    #[arg(long = "allow-discards")]
+    pub allow_discards: bool,
+    /// Vault backend.
+    #[arg(long = "backend", value_enum, default_value = "auto")]
+    pub backend: BackendArg,
+    /// Use the volume key in this `user` key (description, %user:DESC, or serial) instead of a passphrase.
+    #[arg(long = "volume-key-keyring", value_name = "DESC")]
+    pub volume_key_keyring: Option<String>,
+    /// Keep the --volume-key-keyring key after moving it into the vault.
+    #[arg(long = "keep-keyring-key", requires = "volume_key_keyring")]
+    pub keep_keyring_key: bool,
+    /// Daemon options.
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
     /// The LUKS device or image.
     pub device: PathBuf,
-    /// Mapping name (activation; not available yet).
+    /// Mapping name.
     pub name: Option<String>,
+}
+
+/// `close` arguments.
+#[derive(Debug, Args)]
+pub struct CloseArgs {
+    /// Daemon options.
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Mapping name.
+    pub name: String,
+}
+
+/// `status` arguments.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status as one JSON object.
+    #[arg(long = "json")]
+    pub json: bool,
+    /// Daemon options.
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Mapping name.
+    pub name: String,
 }
 
 /// `luksDump` arguments.
@@ -125,6 +201,8 @@ pub struct Failure {
     pub code: ExitCode,
     /// Message for stderr (may be empty).
     pub message: String,
+    /// Text for stdout even though the command failed (e.g. "... is inactive.").
+    pub stdout: String,
 }
 
 impl<E: HasExitCode + std::fmt::Display> From<E> for Failure {
@@ -132,14 +210,16 @@ impl<E: HasExitCode + std::fmt::Display> From<E> for Failure {
         Failure {
             code: e.exit_code(),
             message: e.to_string(),
+            stdout: String::new(),
         }
     }
 }
 
-fn fail(code: ExitCode, message: impl Into<String>) -> Failure {
+pub(crate) fn fail(code: ExitCode, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
+        stdout: String::new(),
     }
 }
 
@@ -152,7 +232,7 @@ pub struct Output {
     pub stderr: Vec<String>,
 }
 
-fn read_volume(path: &PathBuf, out: &mut Output) -> Result<(Device, Volume), Failure> {
+pub(crate) fn read_volume(path: &PathBuf, out: &mut Output) -> Result<(Device, Volume), Failure> {
     let dev = Device::open(path)?;
     let vol = Volume::read(&dev)?;
     out.stderr.extend(vol.notes().iter().cloned());
@@ -204,18 +284,11 @@ fn run_inner(cli: &Cli, out: &mut Output) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Close(a) => activate::close(a, out),
+        Command::Status(a) => activate::status(a, out),
         Command::Open(a) => {
             if !a.test_passphrase {
-                if a.name.is_none() {
-                    return Err(fail(
-                        ExitCode::WrongParameters,
-                        "Command requires device and mapped name as arguments.",
-                    ));
-                }
-                return Err(fail(
-                    ExitCode::WrongParameters,
-                    "Activation through the vault is not available yet; use --test-passphrase to check a passphrase.",
-                ));
+                return activate::open(cli, a, out);
             }
             let (dev, vol) = read_volume(&a.device, out)?;
             if !a.device_type.accepts(vol.version()) {

@@ -1,0 +1,305 @@
+//! `open DEVICE NAME`, `close NAME` and `status NAME` through vmvaultd.
+//!
+//! `open`: read the header, work out the segment's dm-crypt parameters, ask vmvaultd
+//! (started on demand) whether NAME is free, recover the volume key (passphrase/key file,
+//! or `--volume-key-keyring` checked against the LUKS digest), stage it as a
+//! possessor-only keyring key, link it into a request keyring of the daemon and send
+//! `open` with its serial. The daemon reads the key straight into the vault's transfer
+//! page and invalidates it; this process zeroizes its copy before talking to the daemon.
+
+use dm_vmvault::client::{connect_or_spawn, Client, ClientError};
+use dm_vmvault::protocol::{BackendChoice, OpenRequest, VolumeStatus};
+
+use super::{fail, read_volume, BackendArg, Cli, CloseArgs, Failure, OpenArgs, Output, StatusArgs};
+use crate::activation::{verify_volume_key, CryptParams, KeyCheck};
+use crate::exit::{ExitCode, HasExitCode};
+use crate::keyring::{self, KeyringError, StagedKey};
+use crate::keyslot::{unlock, UnlockOptions};
+use crate::passphrase::{read_passphrase, KeyInput};
+use crate::secret::VolumeKey;
+use crate::volume::Volume;
+
+impl HasExitCode for KeyringError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            // cryptsetup: a missing key is -ENOENT/-EINVAL, exit 1.
+            KeyringError::NotFound(_) | KeyringError::WrongType { .. } => ExitCode::WrongParameters,
+            // The key exists but cannot be read: no permission.
+            KeyringError::Logon(_) | KeyringError::NotReadable(_) => ExitCode::NoPermission,
+            KeyringError::Sys { source, .. } => match source.raw_os_error() {
+                Some(libc::ENOMEM) | Some(libc::EDQUOT) => ExitCode::OutOfMemory,
+                _ => ExitCode::NoPermission,
+            },
+        }
+    }
+}
+
+fn client_fail(e: ClientError) -> Failure {
+    let code = match e.exit_code() {
+        1 => ExitCode::WrongParameters,
+        2 => ExitCode::NoPermission,
+        3 => ExitCode::OutOfMemory,
+        5 => ExitCode::Busy,
+        _ => ExitCode::WrongDevice,
+    };
+    fail(code, e.to_string())
+}
+
+fn backend_choice(b: BackendArg) -> BackendChoice {
+    match b {
+        BackendArg::Kvm => BackendChoice::Kvm,
+        BackendArg::Soft => BackendChoice::Soft,
+        BackendArg::Auto => BackendChoice::Auto,
+    }
+}
+
+/// Reads and checks the `--volume-key-keyring` key. Returns the key and its serial.
+fn key_from_keyring(spec: &str, vol: &Volume) -> Result<(VolumeKey, i32), Failure> {
+    let serial = keyring::find_user_key(spec)?;
+    let (buf, len) = keyring::read_key(serial, spec, 1024)?;
+    let check = if len > buf.len() {
+        KeyCheck::WrongSize { want: 0 }
+    } else {
+        verify_volume_key(vol, buf.as_slice(), &Default::default())?
+    };
+    match check {
+        KeyCheck::Match => Ok((VolumeKey::new(buf), serial)),
+        KeyCheck::WrongSize { .. } => {
+            let want = match vol {
+                Volume::Luks1(h) => h.key_bytes as usize,
+                Volume::Luks2(_) => {
+                    // Reported from the digest's key size.
+                    match verify_volume_key(vol, &[], &Default::default()) {
+                        Ok(KeyCheck::WrongSize { want }) => want,
+                        _ => 0,
+                    }
+                }
+            };
+            Err(fail(
+                ExitCode::NoPermission,
+                format!(
+                    "Volume key in keyring key {spec:?} has {len} bytes, but this device's volume key has {want} bytes."
+                ),
+            ))
+        }
+        KeyCheck::Mismatch => Err(fail(
+            ExitCode::NoPermission,
+            format!("Volume key in keyring key {spec:?} does not match the volume."),
+        )),
+    }
+}
+
+/// `open DEVICE NAME`.
+pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
+    let Some(name) = a.name.as_deref() else {
+        return Err(fail(
+            ExitCode::WrongParameters,
+            "Command requires device and mapped name as arguments.",
+        ));
+    };
+    dm_vmvault::daemon::volume::check_name(name)
+        .map_err(|e| fail(ExitCode::WrongParameters, e.to_string()))?;
+    let (dev, vol) = read_volume(&a.device, out)?;
+    if !a.device_type.accepts(vol.version()) {
+        return Err(fail(
+            ExitCode::WrongParameters,
+            format!("Device {} is not a valid LUKS device.", a.device.display()),
+        ));
+    }
+    let params = CryptParams::from_volume(&vol, &dev)?;
+    let backing = std::fs::canonicalize(&a.device).map_err(|e| {
+        fail(
+            ExitCode::WrongDevice,
+            format!(
+                "Device {} does not exist or access denied: {e}",
+                a.device.display()
+            ),
+        )
+    })?;
+    let run_dir = a.daemon.dir();
+    let mut client = connect_or_spawn(&run_dir).map_err(client_fail)?;
+    // Like cryptsetup: an active NAME is refused before asking for a passphrase.
+    if client.status(name).is_ok() {
+        return Err(fail(
+            ExitCode::Busy,
+            format!("Device {name} already exists."),
+        ));
+    }
+
+    let (key, original) = match &a.volume_key_keyring {
+        Some(spec) => {
+            let (k, serial) = key_from_keyring(spec, &vol)?;
+            (k, Some(serial))
+        }
+        None => {
+            let input = KeyInput {
+                key_file: a.key.key_file.clone(),
+                keyfile_offset: a.key.keyfile_offset,
+                keyfile_size: a.key.keyfile_size,
+            };
+            let prompt = format!("Enter passphrase for {}: ", a.device.display());
+            let pass = read_passphrase(&input, &prompt)?;
+            let opts = UnlockOptions {
+                keyslot: a.key.key_slot,
+                ..Default::default()
+            };
+            let unlocked = unlock(&dev, &vol, &pass, &opts)?;
+            drop(pass);
+            if cli.verbose {
+                out.stdout
+                    .push_str(&format!("Key slot {} unlocked.\n", unlocked.keyslot));
+            }
+            (unlocked.key, None)
+        }
+    };
+    drop(dev);
+    if key.len() != params.key_bytes as usize {
+        return Err(fail(
+            ExitCode::WrongParameters,
+            format!(
+                "Volume key has {} bytes but the data segment needs {}.",
+                key.len(),
+                params.key_bytes
+            ),
+        ));
+    }
+    // Stage the key in the keyring, then forget our copy (zeroized on drop).
+    let staged = StagedKey::new(key.as_bytes())?;
+    drop(key);
+    let ring = client.prepare_key().map_err(client_fail)?;
+    staged.link_into(ring)?;
+    let req = OpenRequest {
+        name: name.to_string(),
+        backing,
+        cipher: params.cipher.clone(),
+        key_size: params.key_bytes * 8,
+        sector_size: params.sector_size,
+        offset: params.offset,
+        iv_offset: params.iv_offset,
+        iv_large_sectors: params.iv_large_sectors,
+        size: Some(params.size),
+        readonly: a.readonly,
+        allow_discards: a.allow_discards,
+        backend: backend_choice(a.backend),
+        key_serial: staged.serial(),
+        keep_key: false,
+        key_ring: Some(ring),
+        volume_type: Some(format!("LUKS{}", vol.version())),
+    };
+    let resp = client.call_raw(&dm_vmvault::protocol::Request::Open(req));
+    drop(staged);
+    let resp = resp.map_err(client_fail)?;
+    for w in &resp.warnings {
+        out.stderr.push(format!("WARNING: {w}"));
+    }
+    if !resp.ok {
+        let code = resp.code.unwrap_or(4);
+        return Err(client_fail(ClientError::Remote {
+            code,
+            message: resp.error.unwrap_or_else(|| "open failed".into()),
+        }));
+    }
+    let st = resp.status.ok_or_else(|| {
+        fail(
+            ExitCode::WrongDevice,
+            "vmvaultd answered open without a status",
+        )
+    })?;
+    if let (Some(serial), Some(spec)) = (original, &a.volume_key_keyring) {
+        if a.keep_keyring_key {
+            out.stderr.push(format!(
+                "WARNING: the volume key stays in the kernel keyring (key {serial}, {spec:?}) as --keep-keyring-key asked: it is outside the vault until you invalidate it (keyctl invalidate {serial})."
+            ));
+        } else if let Err(e) = keyring::invalidate(serial) {
+            out.stderr.push(format!(
+                "WARNING: could not invalidate keyring key {serial} ({spec:?}): {e}; the volume key is still in the keyring."
+            ));
+        }
+    }
+    if cli.verbose {
+        out.stdout.push_str(&format!(
+            "Device {name} is {} ({} backend).\n",
+            st.device, st.backend
+        ));
+    }
+    Ok(())
+}
+
+fn connect_existing(run_dir: &std::path::Path) -> Option<Client> {
+    let mut c = Client::connect(run_dir).ok()?;
+    c.ping().ok()?;
+    Some(c)
+}
+
+/// `close NAME`.
+pub fn close(a: &CloseArgs, _out: &mut Output) -> Result<(), Failure> {
+    let not_active = || {
+        fail(
+            ExitCode::WrongDevice,
+            format!("Device {} is not active.", a.name),
+        )
+    };
+    let Some(mut c) = connect_existing(&a.daemon.dir()) else {
+        return Err(not_active());
+    };
+    c.close(&a.name).map_err(client_fail)
+}
+
+fn human_status(st: &VolumeStatus) -> String {
+    let mut s = format!("{} is active.\n", st.device);
+    let ty = st.volume_type.as_deref().unwrap_or("n/a");
+    s += &format!("  type:    {ty}\n");
+    s += &format!("  cipher:  {}\n", st.cipher);
+    s += &format!("  keysize: {} bits\n", st.key_size);
+    s += &format!(
+        "  key location: vault ({} backend, key slot in the vault; never in the keyring or dm table)\n",
+        st.backend
+    );
+    s += &format!("  protection: {}\n", st.protection);
+    s += &format!("  device:  {}\n", st.backing);
+    if st.loop_device != st.device {
+        s += &format!("  loop:    {}\n", st.loop_device);
+    }
+    s += &format!("  sector size:  {}\n", st.sector_size);
+    s += &format!("  offset:  {} sectors\n", st.offset);
+    s += &format!("  size:    {} sectors\n", st.size);
+    s += &format!(
+        "  mode:    {}\n",
+        if st.readonly {
+            "readonly"
+        } else {
+            "read/write"
+        }
+    );
+    if st.allow_discards {
+        s += "  flags:   discards\n";
+    }
+    s += &format!(
+        "  daemon:  vmvaultd pid {} ({})\n",
+        st.daemon_pid, st.frontend
+    );
+    s
+}
+
+/// `status NAME` / `status --json NAME`.
+pub fn status(a: &StatusArgs, out: &mut Output) -> Result<(), Failure> {
+    let st = connect_existing(&a.daemon.dir()).and_then(|mut c| c.status(&a.name).ok());
+    match st {
+        Some(st) => {
+            if a.json {
+                out.stdout = serde_json::to_string_pretty(&st)
+                    .map_err(|e| fail(ExitCode::WrongParameters, e.to_string()))?;
+                out.stdout.push('\n');
+            } else {
+                out.stdout = human_status(&st);
+            }
+            Ok(())
+        }
+        None => {
+            // cryptsetup prints this on stdout and exits 4.
+            let mut f = fail(ExitCode::WrongDevice, "");
+            f.stdout = format!("/dev/mapper/{} is inactive.\n", a.name);
+            Err(f)
+        }
+    }
+}
