@@ -143,8 +143,8 @@ fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
 fn serve_one(svc: &Service<'_>, e: &RingEntry, counters: &mut Counters) -> u32 {
     e.state.store(ENTRY_BUSY, Ordering::Relaxed);
     // Copy first, then validate the copy (the host may still be writing).
-    // SAFETY: `e.req` is in mapped shared memory; a volatile copy of plain data.
-    let req: Request = unsafe { ptr::read_volatile(&e.req) };
+    // SAFETY: `e.req` is a whole request in mapped shared memory.
+    let req: Request = unsafe { abi::copy_request(&e.req) };
     let resp = svc.handle(&req, counters);
     // SAFETY: as above; the response area belongs to the vault while BUSY.
     unsafe { ptr::write_volatile(ptr::addr_of!(e.resp).cast_mut(), resp) };

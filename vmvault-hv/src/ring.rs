@@ -13,15 +13,16 @@ use vault_vm::abi::{
 
 use crate::error::{HvError, Result};
 
-/// Spin budget of a waiting thread before it starts sleeping, plus the expected
-/// processing time of the request (bytes at [`EXPECTED_BYTES_PER_US`]).
-const SPIN_BASE: Duration = Duration::from_micros(20);
-/// Throughput assumed to size the spin budget (10 GB/s).
-const EXPECTED_BYTES_PER_US: u64 = 10_000;
+/// How long a waiting thread spins before it starts sleeping. Short: several waiting
+/// threads may share one CPU, and a spinning one keeps the others from resubmitting.
+const SPIN: Duration = Duration::from_micros(15);
+/// Throughput assumed to estimate how long a request takes (20 GB/s); a waiter for a
+/// long request sleeps through most of it before it starts spinning.
+const EXPECTED_BYTES_PER_US: u64 = 20_000;
 /// Sleep between checks once the spin budget is spent. A sleeping waiter (rather than a
 /// yielding one) is woken by a timer, which lets it preempt a vCPU thread that shares
 /// its CPU, so completions are seen promptly even on an oversubscribed machine.
-const WAIT_SLEEP: Duration = Duration::from_micros(20);
+const WAIT_SLEEP: Duration = Duration::from_micros(10);
 
 /// Wakes a vCPU thread that waits outside `KVM_RUN` for work.
 #[derive(Default)]
@@ -98,7 +99,7 @@ impl RingClient {
         racer: Option<Racer<'_>>,
     ) -> Result<Response> {
         let ring = self.ring();
-        let mut spins = Backoff::new(SPIN_BASE);
+        let mut spins = Backoff::new(SPIN);
         let e = loop {
             if let Some(e) = ring.entries.iter().find(|e| {
                 e.state
@@ -119,7 +120,7 @@ impl RingClient {
         };
         let req_ptr = ptr::addr_of!(e.req).cast_mut();
         // SAFETY: the entry is CLAIMED by this thread; the vault ignores it until SUBMITTED.
-        unsafe { ptr::write_volatile(req_ptr, *req) };
+        unsafe { vault_vm::abi::write_request(req_ptr, req) };
         e.state.store(ENTRY_SUBMITTED, Ordering::SeqCst);
         ring.header.head.fetch_add(1, Ordering::Relaxed);
         if ring.header.sleeping.load(Ordering::SeqCst) != 0 {
@@ -132,9 +133,12 @@ impl RingClient {
             .take(req.nsegs as usize)
             .map(|s| s.len)
             .fold(0, u64::saturating_add);
-        let budget = SPIN_BASE + Duration::from_micros((bytes / EXPECTED_BYTES_PER_US).min(10_000));
+        let expected = Duration::from_micros((bytes / EXPECTED_BYTES_PER_US).min(10_000));
         let wait = || {
-            let mut spins = Backoff::new(budget);
+            if expected > 2 * SPIN {
+                precise_sleep(expected - SPIN);
+            }
+            let mut spins = Backoff::new(SPIN);
             loop {
                 if done() {
                     return Ok(());

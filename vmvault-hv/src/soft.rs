@@ -109,7 +109,7 @@ impl Backend for SoftBackend {
         let p = ptr::addr_of_mut!(*staged) as usize;
         let copy: Request = match racer {
             // SAFETY: `staged` is live; a volatile copy of plain data.
-            None => unsafe { ptr::read_volatile(p as *const Request) },
+            None => unsafe { abi::copy_request(p as *const Request) },
             Some(racer) => {
                 let stop = AtomicBool::new(false);
                 std::thread::scope(|s| {
@@ -122,7 +122,7 @@ impl Backend for SoftBackend {
                         }
                     });
                     // SAFETY: as above.
-                    let c = unsafe { ptr::read_volatile(p as *const Request) };
+                    let c = unsafe { abi::copy_request(p as *const Request) };
                     stop.store(true, Ordering::Relaxed);
                     c
                 })

@@ -86,7 +86,17 @@ fuzz_target!(|data: &[u8]| {
         raw[..n].copy_from_slice(&data[8..8 + n]);
     }
     // SAFETY: Request is plain old data (integers only); any bit pattern is valid.
-    let req: Request = unsafe { core::ptr::read_unaligned(raw.as_ptr().cast()) };
+    let staged: Request = unsafe { core::ptr::read_unaligned(raw.as_ptr().cast()) };
+    // The decoder the vault runs on ring memory: head, then the named segments only.
+    // SAFETY: `staged` is a live request.
+    let req = unsafe { abi::copy_request(&staged) };
+    for s in &req.segs[(req.nsegs as usize).min(abi::MAX_SEGMENTS)..] {
+        assert_eq!(
+            *s,
+            abi::Segment::default(),
+            "copied a segment nsegs does not name"
+        );
+    }
     let wlen = data
         .get(..8)
         .map(|b| u64::from_le_bytes(b.try_into().unwrap()))

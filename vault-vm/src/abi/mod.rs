@@ -284,6 +284,56 @@ impl Request {
     };
 }
 
+/// Size of the fixed part of a [`Request`] (everything before the segments).
+pub const REQUEST_HEAD: usize = 64;
+
+/// Copies a request out of shared memory: the fixed part, then only the segments the
+/// copied `nsegs` names (the rest stay zero). Every byte is read exactly once, so the
+/// copy is self-consistent whatever the other side does meanwhile; validate the copy.
+///
+/// # Safety
+/// `src` must be valid for reads of a whole `Request` (it may be concurrently written).
+pub unsafe fn copy_request(src: *const Request) -> Request {
+    let mut head = [0u64; REQUEST_HEAD / 8];
+    for (i, w) in head.iter_mut().enumerate() {
+        // SAFETY: within the request (contract of this function).
+        *w = unsafe { core::ptr::read_volatile(src.cast::<u64>().add(i)) };
+    }
+    let mut req = Request::ZERO;
+    // SAFETY: `Request` starts with exactly REQUEST_HEAD bytes of integer fields (asserted
+    // below); any bit pattern is valid for them.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            head.as_ptr().cast::<u8>(),
+            (&raw mut req).cast::<u8>(),
+            REQUEST_HEAD,
+        )
+    };
+    let n = (req.nsegs as usize).min(MAX_SEGMENTS);
+    for i in 0..n {
+        // SAFETY: i < MAX_SEGMENTS, inside the request.
+        req.segs[i] = unsafe { core::ptr::read_volatile(&raw const (*src).segs[i]) };
+    }
+    req
+}
+
+/// Writes a request into shared memory: the fixed part and the `nsegs` segments in use
+/// (the counterpart of [`copy_request`]; the vault never reads the others).
+///
+/// # Safety
+/// `dst` must be valid for writes of a whole `Request`.
+pub unsafe fn write_request(dst: *mut Request, req: &Request) {
+    let n = (req.nsegs as usize).min(MAX_SEGMENTS);
+    // SAFETY: the head and n segments are inside `*dst` (contract of this function).
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (req as *const Request).cast::<u8>(),
+            dst.cast::<u8>(),
+            REQUEST_HEAD + n * size_of::<Segment>(),
+        )
+    };
+}
+
 impl Default for Request {
     fn default() -> Self {
         Self::ZERO
@@ -305,6 +355,7 @@ const _: () = assert!(offset_of!(Request, iv_offset) == 48);
 const _: () = assert!(offset_of!(Request, reserved2) == 56);
 const _: () = assert!(offset_of!(Request, segs) == 64);
 const _: () = assert!(size_of::<Request>() == 64 + 16 * MAX_SEGMENTS);
+const _: () = assert!(offset_of!(Request, segs) == REQUEST_HEAD);
 
 /// A response as the vault writes it into a ring entry.
 #[repr(C)]
@@ -461,6 +512,45 @@ pub const fn key_len_ok(spec: CipherSpec, len: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_request_takes_head_and_named_segments_only() {
+        let mut src = Request {
+            op: op::ENCRYPT,
+            nsegs: 2,
+            id: 9,
+            sector: 77,
+            ..Request::ZERO
+        };
+        for (i, s) in src.segs.iter_mut().enumerate() {
+            *s = Segment {
+                offset: i as u64,
+                len: 512,
+            };
+        }
+        // SAFETY: a live request.
+        let c = unsafe { copy_request(&src) };
+        assert_eq!((c.op, c.nsegs, c.id, c.sector), (op::ENCRYPT, 2, 9, 77));
+        assert_eq!(
+            c.segs[1],
+            Segment {
+                offset: 1,
+                len: 512
+            }
+        );
+        assert_eq!(c.segs[2], Segment::default());
+        src.nsegs = u32::MAX;
+        // SAFETY: as above.
+        let c = unsafe { copy_request(&src) };
+        assert_eq!(c.nsegs, u32::MAX);
+        assert_eq!(c.segs[MAX_SEGMENTS - 1].offset, MAX_SEGMENTS as u64 - 1);
+        let mut dst = Request::ZERO;
+        let mut one = src;
+        one.nsegs = 1;
+        // SAFETY: a live request.
+        unsafe { write_request(&mut dst, &one) };
+        assert_eq!((dst.nsegs, dst.segs[0].len, dst.segs[1].len), (1, 512, 0));
+    }
 
     #[test]
     fn cipher_ids_round_trip() {
