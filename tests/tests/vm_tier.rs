@@ -27,8 +27,8 @@ struct Tier {
     /// Set when a step failed before or instead of a finished run.
     error: Option<String>,
     results: Vec<Case>,
-    /// Suites whose `@@SUITE-END` arrived.
-    ended: Vec<String>,
+    /// Suites whose `@@SUITE-END` arrived, with the rest of that line (`rc=N secs=S`).
+    ended: Vec<(String, String)>,
     finished: bool,
     log: Option<PathBuf>,
     timings: String,
@@ -77,7 +77,7 @@ fn tail(s: &str, n: usize) -> String {
 
 /// Parses the serial log: `RESULT suite/case PASS|FAIL [detail]`, `@@SUITE-END suite rc=N`,
 /// `@@VMVAULT-DONE`. Matches anywhere in a line (a stray kernel message may precede it).
-fn parse(log: &str) -> (Vec<Case>, Vec<String>, bool) {
+fn parse(log: &str) -> (Vec<Case>, Vec<(String, String)>, bool) {
     let mut results = Vec::new();
     let mut ended = Vec::new();
     let mut finished = false;
@@ -103,9 +103,9 @@ fn parse(log: &str) -> (Vec<Case>, Vec<String>, bool) {
                 line: rest.to_string(),
             });
         } else if let Some(i) = line.find("@@SUITE-END ") {
-            if let Some(s) = line[i + "@@SUITE-END ".len()..].split(' ').next() {
-                ended.push(s.to_string());
-            }
+            let rest = &line[i + "@@SUITE-END ".len()..];
+            let (s, info) = rest.split_once(' ').unwrap_or((rest, ""));
+            ended.push((s.to_string(), info.to_string()));
         } else if line.contains("@@VMVAULT-DONE") {
             finished = true;
         }
@@ -188,12 +188,16 @@ fn suite(name: &str) {
     if let Some(log) = &t.log {
         println!("serial log: {}", log.display());
     }
+    let end = t.ended.iter().find(|(s, _)| s == name);
+    if let Some((_, info)) = end {
+        println!("suite {name}: {info}");
+    }
     let mine: Vec<&Case> = t.results.iter().filter(|c| c.suite == name).collect();
     for c in &mine {
         println!("RESULT {}", c.line);
     }
     if let Some(e) = &t.error {
-        if !t.ended.iter().any(|s| s == name) {
+        if end.is_none() {
             panic!("VM tier: {e}");
         }
     }
@@ -202,7 +206,7 @@ fn suite(name: &str) {
         "suite {name}: no RESULT line (the suite did not run)"
     );
     assert!(
-        t.ended.iter().any(|s| s == name),
+        end.is_some(),
         "suite {name}: no @@SUITE-END (the VM stopped inside it)"
     );
     let failed: Vec<String> = mine
@@ -268,7 +272,7 @@ fn parser_reads_results_and_markers() {
 RESULT harness/modprobe-loop PASS\n\
 xx RESULT compat/luks1-xts256-512/dmcrypt-to-vault FAIL cmp: differ\n\
 RESULT bogus\n\
-@@SUITE-END harness rc=0\n\
+@@SUITE-END harness rc=0 secs=1.5\n\
 @@VMVAULT-DONE uptime=3.1\n";
     let (r, ended, done) = parse(log);
     assert_eq!(r.len(), 2);
@@ -276,6 +280,9 @@ RESULT bogus\n\
     assert!(
         !r[1].pass && r[1].suite == "compat" && r[1].name == "luks1-xts256-512/dmcrypt-to-vault"
     );
-    assert_eq!(ended, vec!["harness".to_string()]);
+    assert_eq!(
+        ended,
+        vec![("harness".to_string(), "rc=0 secs=1.5".to_string())]
+    );
     assert!(done);
 }

@@ -27,6 +27,7 @@ CMD=("$QEMU" -accel tcg -machine q35 -cpu max -smp "${VMVAULT_VM_SMP:-2}" -m "${
      -nodefaults -no-user-config -display none -serial stdio -monitor none -no-reboot
      -kernel "$KIMG" -initrd "$INITRD" -append "$APPEND")
 echo "# ${CMD[*]}" | tee "$LOG"
+log "booting (timeout ${TMO}s); serial log: $LOG"
 T0=$(now)
 set +e
 timeout --kill-after=10 "$TMO" "${CMD[@]}" < /dev/null 2>&1 | tr -d '\r' | tee -a "$LOG"

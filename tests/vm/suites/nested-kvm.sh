@@ -18,15 +18,23 @@ check selftest-soft vmvault-hv --selftest --backend soft
 n=0
 for t in /vault-tests/*; do
   [ -x "$t" ] || continue
-  n=$((n + 1)); b=$(basename "$t"); t0=$(now)
-  # CI=1: the tests fail (not skip) without a usable /dev/kvm
-  CI=1 RUST_BACKTRACE=1 "$t" --test-threads=1 > "/tmp/$b.out" 2>&1; rc=$?
-  sed 's/^/    /' "/tmp/$b.out" | grep -v '^    $'
-  grep -E '^test .* \.\.\. (ok|FAILED|ignored)$' "/tmp/$b.out" | while read -r _ name _ res; do
-    case $res in ok) pass "$b::$name";; ignored) ;; *) fail "$b::$name" "see the log above";; esac
-  done
-  if [ $rc = 0 ]; then pass "$b" "$(el "$t0" "$(now)") s"; else fail "$b" "exit $rc after $(el "$t0" "$(now)") s"; fi
-  if grep -q SKIPPED "/tmp/$b.out"; then fail "$b-no-skips" "a test skipped inside the VM"; fi
+  n=$((n + 1)); b=$(basename "$t")
+  "$t" --list --format=terse 2>/dev/null | sed -n 's/: test$//p' > "/tmp/$b.list"
+  [ -s "/tmp/$b.list" ] || fail "$b/list" "no tests listed by $t --list"
+  # one process per test: a RESULT each, with its time
+  while read -r name; do
+    t0=$(now)
+    # CI=1: the tests fail (not skip) without a usable /dev/kvm
+    CI=1 RUST_BACKTRACE=1 "$t" --exact "$name" --test-threads=1 --nocapture > /tmp/t.out 2>&1; rc=$?
+    secs=$(el "$t0" "$(now)")
+    if [ $rc = 0 ] && grep -q '^test result: ok. 1 passed' /tmp/t.out; then
+      if grep -q SKIPPED /tmp/t.out; then fail "$b::$name" "skipped inside the VM: $(grep SKIPPED /tmp/t.out | head -1)"
+      else pass "$b::$name" "$secs s"; fi
+    else
+      sed 's/^/    /' /tmp/t.out | tail -40
+      fail "$b::$name" "exit $rc after $secs s (output above)"
+    fi
+  done < "/tmp/$b.list"
 done
 [ $n -gt 0 ] || fail vault-test-executables "none in /vault-tests (build-initramfs.sh builds them)"
 finish

@@ -10,6 +10,10 @@ check open vaultsetup open --type luks1 --key-file /tmp/pass --backend "$VB" /tm
 settle
 L=/dev/disk/by-id/dm-name-vmvu
 if [ -L "$L" ]; then pass by-id-link "$L -> $(readlink "$L")"; else fail by-id-link "no $L; by-id: $(find /dev/disk/by-id -name 'dm-*' 2>&1 | tr '\n' ' ')"; fi
+if [ ! -L "$L" ]; then
+  echo "  udev properties of /dev/mapper/vmvu (DM_UDEV_DISABLE_DISK_RULES_FLAG=1 suppresses the link):"
+  udevadm info --query=property --name=/dev/mapper/vmvu 2>&1 | grep -E '^(DM_|DEVNAME|DEVLINKS)' | sed 's/^/    /'
+fi
 check by-id-same-device sh -c "[ \"\$(readlink -f $L)\" = \"\$(readlink -f /dev/mapper/vmvu)\" ]"
 check close vaultsetup close vmvu
 settle
