@@ -14,7 +14,7 @@ use core::ptr;
 use core::sync::atomic::Ordering;
 
 use vault_vm::abi::{
-    self, op, Request, Ring, RingEntry, ENTRY_BUSY, ENTRY_DONE, ENTRY_SUBMITTED, RING_ENTRIES,
+    self, op, Request, Ring, RingEntry, ENTRY_DONE, ENTRY_SUBMITTED, RING_ENTRIES,
 };
 use vault_vm::service::{Counters, Service, SlotCell};
 
@@ -141,12 +141,11 @@ fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
 /// temporary of the request lives below `serve`'s frame and `wipe_stack` reaches it.
 #[inline(never)]
 fn serve_one(svc: &Service<'_>, e: &RingEntry, counters: &mut Counters) -> u32 {
-    e.state.store(ENTRY_BUSY, Ordering::Relaxed);
     // Copy first, then validate the copy (the host may still be writing).
     // SAFETY: `e.req` is a whole request in mapped shared memory.
     let req: Request = unsafe { abi::copy_request(&e.req) };
     let resp = svc.handle(&req, counters);
-    // SAFETY: as above; the response area belongs to the vault while BUSY.
+    // SAFETY: as above; the response area belongs to the vault while SUBMITTED.
     unsafe { ptr::write_volatile(ptr::addr_of!(e.resp).cast_mut(), resp) };
     e.state.store(ENTRY_DONE, Ordering::Release);
     req.op

@@ -155,7 +155,7 @@ impl<'a> Service<'a> {
             }
             Validated::Stats => {
                 resp.aux[stats::REQUESTS] = counters.requests;
-                resp.aux[stats::BYTES] = counters.bytes;
+                resp.bytes = counters.bytes;
                 resp.aux[stats::ERRORS] = counters.errors;
                 resp.aux[stats::SLOTS_USED] = self.slots_used();
                 resp.aux[stats::SLEEPS] = counters.sleeps;

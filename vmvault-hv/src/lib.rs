@@ -563,7 +563,7 @@ impl Vault {
             };
             let r = Self::check(self.backend.call(lane, &req, None)?)?;
             s.requests += r.aux[abi::stats::REQUESTS];
-            s.bytes += r.aux[abi::stats::BYTES];
+            s.bytes += r.bytes;
             s.errors += r.aux[abi::stats::ERRORS];
             s.sleeps += r.aux[abi::stats::SLEEPS];
             s.slots_used = r.aux[abi::stats::SLOTS_USED];

@@ -367,10 +367,10 @@ pub struct Response {
     pub detail: u32,
     /// Id of the request this answers.
     pub id: u64,
-    /// Bytes encrypted or decrypted.
+    /// Bytes encrypted or decrypted (STATS: this vCPU's byte counter).
     pub bytes: u64,
-    /// Operation-specific values (STATS: see [`stats`]).
-    pub aux: [u64; 5],
+    /// Operation-specific values (STATS: see [`stats`]; SELFTEST: the engine backend).
+    pub aux: [u64; 4],
 }
 
 const _: () = assert!(offset_of!(Response, status) == 0);
@@ -378,21 +378,19 @@ const _: () = assert!(offset_of!(Response, detail) == 4);
 const _: () = assert!(offset_of!(Response, id) == 8);
 const _: () = assert!(offset_of!(Response, bytes) == 16);
 const _: () = assert!(offset_of!(Response, aux) == 24);
-const _: () = assert!(size_of::<Response>() == 64);
+const _: () = assert!(size_of::<Response>() == 56);
 
 /// Indexes of [`Response::aux`] for a STATS response (counters of the answering vCPU,
-/// except `SLOTS_USED` which is vault-wide).
+/// except `SLOTS_USED` which is vault-wide; its byte counter is in [`Response::bytes`]).
 pub mod stats {
     /// Requests served by this vCPU.
     pub const REQUESTS: usize = 0;
-    /// Bytes encrypted or decrypted by this vCPU.
-    pub const BYTES: usize = 1;
     /// Requests refused with an error status.
-    pub const ERRORS: usize = 2;
+    pub const ERRORS: usize = 1;
     /// Key slots in use (vault-wide).
-    pub const SLOTS_USED: usize = 3;
+    pub const SLOTS_USED: usize = 2;
     /// Times this vCPU went to sleep.
-    pub const SLEEPS: usize = 4;
+    pub const SLEEPS: usize = 3;
 }
 
 // ---------------------------------------------------------------------------------
@@ -405,9 +403,8 @@ pub const ENTRY_FREE: u32 = 0;
 pub const ENTRY_CLAIMED: u32 = 1;
 /// Entry state: request ready for the vault.
 pub const ENTRY_SUBMITTED: u32 = 2;
-/// Entry state: the vault copied the request and is working on it.
-pub const ENTRY_BUSY: u32 = 3;
-/// Entry state: response ready for the host.
+/// Entry state: response ready for the host (the vault leaves a request SUBMITTED while
+/// it works on it, so the state line moves between the CPUs only twice per request).
 pub const ENTRY_DONE: u32 = 4;
 
 /// Entries per ring.
@@ -431,16 +428,18 @@ pub struct RingHeader {
     _pad3: [u8; 60],
 }
 
-/// One ring entry: state word, request, response.
+/// One ring entry: the state word and the response share the first cache line (the
+/// host polls it and then reads the response without another transfer), then the
+/// request.
 #[repr(C, align(64))]
 pub struct RingEntry {
     /// `ENTRY_*` state.
     pub state: AtomicU32,
-    _pad: [u8; 60],
-    /// The request (host writes while `CLAIMED`).
-    pub req: Request,
-    /// The response (vault writes while `BUSY`).
+    _pad: u32,
+    /// The response (vault writes it before it sets `DONE`).
     pub resp: Response,
+    /// The request (host writes it while `CLAIMED`).
+    pub req: Request,
 }
 
 /// A ring: header plus [`RING_ENTRIES`] entries.
@@ -456,9 +455,9 @@ const _: () = assert!(size_of::<RingHeader>() == 256);
 const _: () = assert!(offset_of!(RingHeader, tail) == 64);
 const _: () = assert!(offset_of!(RingHeader, sleeping) == 128);
 const _: () = assert!(offset_of!(RingHeader, stop) == 192);
+const _: () = assert!(offset_of!(RingEntry, resp) == 8);
 const _: () = assert!(offset_of!(RingEntry, req) == 64);
-const _: () = assert!(offset_of!(RingEntry, resp) == 64 + size_of::<Request>());
-const _: () = assert!(size_of::<RingEntry>() == 704);
+const _: () = assert!(size_of::<RingEntry>() == 64 + size_of::<Request>());
 const _: () = assert!(offset_of!(Ring, entries) == 256);
 
 // ---------------------------------------------------------------------------------
