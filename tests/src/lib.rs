@@ -1,1 +1,3 @@
 //! Shared helpers for vmvault's integration tests.
+
+pub mod residency;
