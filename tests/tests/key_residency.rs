@@ -1,0 +1,959 @@
+//! Key residency (issue 6): after a LUKS volume is opened through vmvaultd, its volume
+//! key and AES key schedules must be in no keyring and in no memory of vmvaultd (or of a
+//! live vaultsetup) outside the vault: the `vmvault-guest` memfd on the kvm backend, the
+//! (unreadable) `memfd_secret` pages on the soft backend. After close, the vault's guest
+//! memory itself must not hold the key any more.
+//!
+//! Real everything, as root: the release `vmvaultd` (built here under a file lock),
+//! LUKS2 images made by `cryptsetup`, the volume key from `cryptsetup luksDump
+//! --dump-volume-key`, the kernel keyring, FUSE + loop, `/dev/kvm`.
+//!
+//! The test process itself is never scanned: it knows the volume key by construction.
+//!
+//! Positive controls, so the scanner is known to be able to fail: a child process with
+//! planted keys and schedules (heap, stack, a `vmvault-guest` memfd, `memfd_secret`); the
+//! vault's guest memory while the volume is open; and vmvaultd's `in-process` backend,
+//! which keeps the schedules in the daemon's heap on purpose.
+//!
+//! Tests needing root/kvm/FUSE/loop/cryptsetup/keyctl fail when `CI` is set and print
+//! `SKIPPED: ...` otherwise.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use dm_vmvault::protocol::{BackendChoice, OpenRequest};
+use vmvault_tests::residency::{
+    aes, pids_named, scan_keyrings, scan_mapping, scan_process, Needles, ScanOptions, ScanReport,
+    GUEST_MEMFD_PATH, SECRETMEM_PATH,
+};
+
+// ------------------------------------------------------------------------------------
+// Environment
+
+/// True when everything is there; else SKIPPED (or a panic when `CI` is set).
+fn require(what: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_string());
+    }
+    for w in what {
+        let ok = match *w {
+            "fuse" => Path::new("/dev/fuse").exists(),
+            "loop" => Path::new("/dev/loop-control").exists(),
+            "kvm" => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .is_ok(),
+            tool => which(tool),
+        };
+        if !ok {
+            missing.push((*w).to_string());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("SKIPPED: missing {}", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg} (CI is set: this test must run)");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+const NEEDS: &[&str] = &["fuse", "loop", "cryptsetup", "keyctl", "dd"];
+
+/// Runs a command, panicking with its output on failure; returns stdout.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A temporary directory, lazily unmounted below and removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "vmvault-residency-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Ok(m) = std::fs::read_to_string("/proc/self/mounts") {
+            let mut mps: Vec<&str> = m
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|mp| Path::new(mp).starts_with(&self.0))
+                .collect();
+            mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for mp in mps {
+                let _ = Command::new("umount").arg("-l").arg(mp).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Binaries: release vmvaultd (and vaultsetup), built once under a file lock.
+
+struct Bins {
+    vmvaultd: PathBuf,
+    vaultsetup: PathBuf,
+}
+
+/// The target directory: `$CARGO_TARGET_DIR`, else three levels above this test
+/// executable (`<target>/<profile>/deps/key_residency-*`).
+fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .nth(3)
+        .expect("test executable inside <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+fn bins() -> &'static Bins {
+    static B: OnceLock<Bins> = OnceLock::new();
+    B.get_or_init(|| {
+        if let (Some(d), Some(s)) = (std::env::var_os("VMVAULTD"), std::env::var_os("VAULTSETUP")) {
+            return Bins {
+                vmvaultd: d.into(),
+                vaultsetup: s.into(),
+            };
+        }
+        let target = target_dir();
+        std::fs::create_dir_all(&target).unwrap();
+        let lock = std::fs::File::create(target.join(".vmvault-tests-build.lock")).unwrap();
+        // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let out = Command::new(&cargo)
+            .current_dir(workspace)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "dm-vmvault",
+                "-p",
+                "vaultsetup",
+                "--bins",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .output()
+            .unwrap_or_else(|e| panic!("spawn {cargo:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "cargo build --release -p dm-vmvault -p vaultsetup failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let b = Bins {
+            vmvaultd: target.join("release/vmvaultd"),
+            vaultsetup: target.join("release/vaultsetup"),
+        };
+        assert!(b.vmvaultd.is_file(), "{} missing", b.vmvaultd.display());
+        assert!(b.vaultsetup.is_file(), "{} missing", b.vaultsetup.display());
+        b
+    })
+}
+
+// ------------------------------------------------------------------------------------
+// Daemon
+
+struct Daemon {
+    child: Child,
+    run_dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(run_dir: &Path) -> Daemon {
+        std::fs::create_dir_all(run_dir).unwrap();
+        let log = std::fs::File::create(run_dir.with_extension("log")).unwrap();
+        let child = Command::new(&bins().vmvaultd)
+            .arg("--run-dir")
+            .arg(run_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn vmvaultd");
+        let d = Daemon {
+            child,
+            run_dir: run_dir.to_path_buf(),
+        };
+        let t0 = Instant::now();
+        loop {
+            if let Ok(mut c) = dm_vmvault::client::Client::connect(run_dir) {
+                if c.ping().is_ok() {
+                    return d;
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "vmvaultd did not come up: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn client(&self) -> dm_vmvault::client::Client {
+        dm_vmvault::client::Client::connect(&self.run_dir).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.run_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    fn shutdown(mut self) {
+        let r = self.client().shutdown();
+        assert!(r.is_ok(), "shutdown: {r:?}");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Ok(mut c) = dm_vmvault::client::Client::connect(&self.run_dir) {
+                let _ = c.shutdown();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// LUKS images made by cryptsetup
+
+struct Luks {
+    path: PathBuf,
+    key: Vec<u8>,
+    cipher: String,
+    /// Data offset, 512-byte sectors.
+    offset: u64,
+    sector_size: u32,
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A 96 MiB LUKS2 file (aes-xts-plain64, 512-bit key, 4096-byte sectors, fast PBKDF2);
+/// the volume key comes from `cryptsetup luksDump --dump-volume-key`.
+fn make_luks(dir: &Path, name: &str) -> Luks {
+    let path = dir.join(name);
+    let pass = dir.join(format!("{name}.pass"));
+    std::fs::write(&pass, format!("residency passphrase {name}")).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(96 << 20)
+        .unwrap();
+    run(Command::new("cryptsetup")
+        .args([
+            "luksFormat",
+            "--batch-mode",
+            "--type",
+            "luks2",
+            "--cipher",
+            "aes-xts-plain64",
+            "--key-size",
+            "512",
+            "--sector-size",
+            "4096",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+        ])
+        .arg(&pass)
+        .arg(&path));
+    let dump = run(Command::new("cryptsetup")
+        .args([
+            "luksDump",
+            "--batch-mode",
+            "--dump-volume-key",
+            "--key-file",
+        ])
+        .arg(&pass)
+        .arg(&path));
+    let mut key_hex = String::new();
+    let mut in_key = false;
+    for line in dump.lines() {
+        if let Some(rest) = line.strip_prefix("MK dump:") {
+            in_key = true;
+            key_hex.push_str(rest);
+        } else if in_key && line.starts_with(char::is_whitespace) {
+            key_hex.push_str(line);
+        } else {
+            in_key = false;
+        }
+    }
+    let key = hex_decode(&key_hex);
+    assert_eq!(key.len(), 64, "volume key from luksDump:\n{dump}");
+    let info = run(Command::new("cryptsetup").arg("luksDump").arg(&path));
+    let field = |name: &str| -> String {
+        let seg = info
+            .split("Data segments:")
+            .nth(1)
+            .expect("Data segments in luksDump");
+        seg.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("{name} in luksDump:\n{info}"))
+    };
+    let offset_bytes: u64 = field("offset:")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sector_size: u32 = field("sector:")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    Luks {
+        path,
+        key,
+        cipher: field("cipher:"),
+        offset: offset_bytes / 512,
+        sector_size,
+    }
+}
+
+/// Places `key` in the user keyring as a `user` key readable by the daemon (uid 0):
+/// the hand-off vaultsetup does. Returns the serial.
+fn keyring_add(key: &[u8], tag: &str) -> i32 {
+    let desc = format!("vmvault-residency:{}:{tag}", std::process::id());
+    let mut child = Command::new("keyctl")
+        .args(["padd", "user", &desc, "@u"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("keyctl");
+    child.stdin.take().unwrap().write_all(key).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "keyctl padd failed");
+    let serial: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    run(Command::new("keyctl").args(["setperm", &serial.to_string(), "0x3f030000"]));
+    serial
+}
+
+/// Opens `luks` as `name` through the daemon's control socket with a keyring key.
+fn open_via_keyring(d: &Daemon, luks: &Luks, name: &str, backend: BackendChoice) -> String {
+    // Built from JSON so fields added to the protocol later take their defaults.
+    let req: OpenRequest = serde_json::from_value(serde_json::json!({
+        "name": name,
+        "backing": luks.path,
+        "cipher": luks.cipher,
+        "key_size": luks.key.len() * 8,
+        "sector_size": luks.sector_size,
+        "offset": luks.offset,
+        "backend": backend,
+        "key_serial": keyring_add(&luks.key, name),
+    }))
+    .expect("OpenRequest from JSON");
+    let st = d
+        .client()
+        .open(req)
+        .unwrap_or_else(|e| panic!("open {name}: {e}\n{}", d.log()));
+    assert_eq!(st.backend, backend.as_str(), "{st:?}");
+    st.device
+}
+
+/// Runs `vaultsetup VERB --run-dir RUN ARGS...`; panics with its output on failure.
+fn vaultsetup(d: &Daemon, verb: &str, args: &[&str]) -> String {
+    run(Command::new(&bins().vaultsetup)
+        .arg(verb)
+        .arg("--run-dir")
+        .arg(&d.run_dir)
+        .args(args)
+        .stdin(Stdio::null()))
+}
+
+/// `vaultsetup open` with the passphrase file: the passphrase path (vaultsetup recovers
+/// the key and hands the daemon only a keyring key). Returns the plaintext device.
+fn open_via_passphrase(d: &Daemon, luks: &Luks, name: &str, backend: &str) -> String {
+    let pass = luks.path.with_file_name(format!(
+        "{}.pass",
+        luks.path.file_name().unwrap().to_str().unwrap()
+    ));
+    vaultsetup(
+        d,
+        "open",
+        &[
+            "--backend",
+            backend,
+            "--key-file",
+            pass.to_str().unwrap(),
+            luks.path.to_str().unwrap(),
+            name,
+        ],
+    );
+    let st = d.client().status(name).unwrap();
+    assert_eq!(st.backend, backend, "{st:?}");
+    st.device
+}
+
+/// `vaultsetup open --volume-key-keyring DESC` with the volume key placed in the user
+/// keyring by `keyctl padd` (as another tool would; `@u`, not `@s`: a test run without a
+/// session keyring would give `keyctl` a throw-away one). Returns the plaintext device.
+fn open_via_volume_key_keyring(d: &Daemon, luks: &Luks, name: &str, backend: &str) -> String {
+    let desc = format!("vmvault-residency:{}:{name}:vk", std::process::id());
+    let mut child = Command::new("keyctl")
+        .args(["padd", "user", &desc, "@u"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("keyctl");
+    child.stdin.take().unwrap().write_all(&luks.key).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "keyctl padd failed");
+    vaultsetup(
+        d,
+        "open",
+        &[
+            "--backend",
+            backend,
+            "--volume-key-keyring",
+            &desc,
+            luks.path.to_str().unwrap(),
+            name,
+        ],
+    );
+    let st = d.client().status(name).unwrap();
+    assert_eq!(st.backend, backend, "{st:?}");
+    st.device
+}
+
+/// Writes then reads 64 MiB through the device (O_DIRECT and through the page cache).
+fn heavy_io(dev: &str) {
+    run(Command::new("dd").args([
+        "if=/dev/urandom",
+        &format!("of={dev}"),
+        "bs=1M",
+        "count=48",
+        "oflag=direct",
+        "status=none",
+    ]));
+    run(Command::new("dd").args([
+        "if=/dev/zero",
+        &format!("of={dev}"),
+        "bs=64k",
+        "count=256",
+        "seek=768",
+        "conv=fsync",
+        "status=none",
+    ]));
+    run(Command::new("dd").args([
+        &format!("if={dev}"),
+        "of=/dev/null",
+        "bs=1M",
+        "count=64",
+        "iflag=direct",
+        "status=none",
+    ]));
+}
+
+// ------------------------------------------------------------------------------------
+// Scans
+
+/// The `--run-dir` argument of the vmvaultd with this pid.
+fn daemon_run_dir(pid: u32) -> PathBuf {
+    let c = std::fs::read(format!("/proc/{pid}/cmdline")).expect("vmvaultd cmdline");
+    let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+    let i = args
+        .iter()
+        .position(|a| *a == b"--run-dir")
+        .expect("vmvaultd started with --run-dir");
+    PathBuf::from(String::from_utf8_lossy(args[i + 1]).into_owned())
+}
+
+/// Findings of a test's stages; [`Findings::finish`] fails the test with all of them,
+/// so one leak does not hide the stages after it.
+#[derive(Default)]
+struct Findings(Vec<String>);
+
+impl Findings {
+    /// Scans keyrings, vmvaultd (minus `exclude`) and any live vaultsetup process for
+    /// `key`; records every hit. Returns vmvaultd's report.
+    fn nowhere(
+        &mut self,
+        stage: &str,
+        key: &[u8],
+        daemon_pid: u32,
+        exclude: &[&str],
+    ) -> ScanReport {
+        let n = Needles::for_volume_key(key);
+        let kr = scan_keyrings(&n);
+        eprintln!("[{stage}] {kr}");
+        if !kr.is_clean() {
+            self.0
+                .push(format!("[{stage}] key material in a keyring:\n{kr}"));
+        }
+        // Also PROT_NONE memory (guard pages, reserved arena space): /proc/PID/mem reads
+        // it with FOLL_FORCE.
+        let opts = ScanOptions {
+            force_unreadable: true,
+            ..ScanOptions::excluding(exclude)
+        };
+        let rep = scan_process(daemon_pid, &n, &opts).expect("scan vmvaultd");
+        eprintln!("[{stage}] vmvaultd {rep}");
+        assert!(
+            rep.mappings_scanned > 10 && rep.bytes_scanned > 1 << 20,
+            "[{stage}] implausibly small scan: {rep}"
+        );
+        if !rep.is_clean() {
+            self.0
+                .push(format!("[{stage}] key material in vmvaultd:\n{rep}"));
+        }
+        // vaultsetup exits once the volume is open; scan any of this test's (same run
+        // directory) that is still alive.
+        let run_dir = format!("{}", daemon_run_dir(daemon_pid).display());
+        for pid in pids_named("vaultsetup").into_iter().filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&run_dir))
+                .unwrap_or(false)
+        }) {
+            if let Ok(r) = scan_process(pid, &n, &ScanOptions::default()) {
+                eprintln!("[{stage}] vaultsetup {r}");
+                if !r.is_clean() {
+                    self.0
+                        .push(format!("[{stage}] key material in vaultsetup:\n{r}"));
+                }
+            }
+        }
+        rep
+    }
+
+    /// Records a failure.
+    fn fail(&mut self, msg: String) {
+        self.0.push(msg);
+    }
+
+    /// Panics with every finding, if any.
+    fn finish(self) {
+        assert!(
+            self.0.is_empty(),
+            "{} finding(s):\n{}",
+            self.0.len(),
+            self.0.join("\n")
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Positive control: planted keys in a child process
+
+const PLANT_ENV: &str = "VMVAULT_RESIDENCY_PLANT";
+
+/// Child side of the positive control (runs only when re-executed with `PLANT_ENV`):
+/// plants the byte strings it is given, prints READY and waits for stdin to close.
+#[test]
+#[ignore = "helper process of scanner_finds_planted_keys_in_a_child"]
+fn plant_child() {
+    let Ok(spec) = std::env::var(PLANT_ENV) else {
+        return;
+    };
+    let parts: Vec<Vec<u8>> = spec.split(',').map(hex_decode).collect();
+    let [heap, schedule, mut stack_bytes, mut guest, mut secret]: [Vec<u8>; 5] =
+        parts.try_into().expect("bad plant spec");
+    // Heap: the raw key and a partial schedule (separate allocations, one copy each).
+    let heap = std::hint::black_box(heap);
+    let schedule = std::hint::black_box(schedule);
+    // Stack of this (test) thread.
+    let mut on_stack = [0u8; 16];
+    on_stack.copy_from_slice(&stack_bytes);
+    let on_stack = std::hint::black_box(on_stack);
+    // A memfd named like the vault's guest memory.
+    // SAFETY: plain memfd_create/mmap of a fresh descriptor, written only here.
+    unsafe {
+        let fd = libc::memfd_create(c"vmvault-guest".as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0);
+        assert_eq!(libc::ftruncate(fd, 65536), 0);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            65536,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        std::ptr::copy_nonoverlapping(guest.as_ptr(), p.cast::<u8>().add(12345), guest.len());
+    }
+    // memfd_secret, if the kernel has it.
+    // SAFETY: memfd_secret takes one flags argument; mapping as above.
+    let secret_ok = unsafe {
+        let fd = libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) as i32;
+        if fd >= 0 && libc::ftruncate(fd, 4096) == 0 {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            if p != libc::MAP_FAILED {
+                std::ptr::copy_nonoverlapping(secret.as_ptr(), p.cast::<u8>(), secret.len());
+                true
+            } else {
+                false
+            }
+        } else {
+            false
+        }
+    };
+    // Only the planted copies may remain: wipe the decoded ones.
+    for v in [&mut stack_bytes, &mut guest, &mut secret] {
+        v.fill(0);
+        std::hint::black_box(&v);
+    }
+    println!("READY {}", if secret_ok { "secret" } else { "nosecret" });
+    std::io::stdout().flush().unwrap();
+    let mut s = String::new();
+    let _ = std::io::stdin().read_line(&mut s);
+    std::hint::black_box((&heap, &schedule, &on_stack));
+}
+
+/// Deterministic, distinct test keys.
+fn test_key(seed: u8) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (u64::from(seed) * 0x1000_0000_01b3);
+    (0..64)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn scanner_finds_planted_keys_in_a_child() {
+    if !require(&[]) {
+        return;
+    }
+    let (ka, kb, kc, kd, kf, unrelated) = (
+        test_key(1),
+        test_key(2),
+        test_key(3),
+        test_key(4),
+        test_key(6),
+        test_key(7),
+    );
+    // B: round keys 4..=9 of the tweak key's encryption schedule (no raw bytes).
+    let b_enc = aes::expand_key(&kb[32..]);
+    let b_partial = aes::flatten(&b_enc[4..10]);
+    // C: full aesimc decryption schedule of the data key, in the vault's memfd.
+    let c_dec = aes::flatten(&aes::decryption_schedule_reversed(&aes::expand_key(
+        &kc[..32],
+    )));
+    let spec = [
+        hex_encode(&ka),
+        hex_encode(&b_partial),
+        hex_encode(&kd[8..24]),
+        hex_encode(&c_dec),
+        hex_encode(&kf),
+    ]
+    .join(",");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["plant_child", "--exact", "--ignored", "--nocapture"])
+        .env(PLANT_ENV, spec)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "child exited early");
+        if line.starts_with("READY") {
+            break;
+        }
+    }
+    let secret_ok = line.contains("READY secret");
+    let pid = child.id();
+    let all = ScanOptions::default();
+
+    let r = scan_process(pid, &Needles::for_volume_key(&ka), &all).unwrap();
+    eprintln!("A (raw key on the heap): {r}");
+    assert!(
+        r.hits.iter().any(|h| h.what.contains("all 64 bytes")),
+        "{r}"
+    );
+
+    let r = scan_process(pid, &Needles::for_volume_key(&kb), &all).unwrap();
+    eprintln!("B (partial encryption schedule): {r}");
+    assert_eq!(r.hits.len(), 1, "{r}");
+    assert!(
+        r.hits[0].what.contains("bytes 32..64")
+            && r.hits[0]
+                .what
+                .contains("encryption schedule, round keys 4..=9"),
+        "{r}"
+    );
+
+    let r = scan_process(pid, &Needles::for_volume_key(&kd), &all).unwrap();
+    eprintln!("D (16 key bytes on a stack): {r}");
+    assert!(r.hits.iter().any(|h| h.what.contains("bytes 8..24")), "{r}");
+
+    // C sits only in the "vmvault-guest" memfd: found there, not when excluded.
+    let nc = Needles::for_volume_key(&kc);
+    let r = scan_process(pid, &nc, &all).unwrap();
+    eprintln!("C (aesimc schedule in a vmvault-guest memfd): {r}");
+    assert!(
+        r.hits_in(GUEST_MEMFD_PATH).iter().any(|h| h
+            .what
+            .contains("decryption schedule (aesimc, decryption order), round keys 0..=14")
+            && h.offset_in_mapping() == 12345),
+        "{r}"
+    );
+    let r = scan_process(pid, &nc, &ScanOptions::excluding(&[GUEST_MEMFD_PATH])).unwrap();
+    assert!(r.is_clean() && r.excluded.len() == 1, "{r}");
+    let r = scan_mapping(pid, GUEST_MEMFD_PATH, &nc).unwrap();
+    assert!(!r.is_clean(), "{r}");
+
+    // memfd_secret pages: present but refused by /proc/PID/mem.
+    let r = scan_process(pid, &Needles::for_volume_key(&kf), &all).unwrap();
+    eprintln!("F (key in memfd_secret): {r}");
+    if secret_ok {
+        assert!(r.is_clean(), "{r}");
+        assert_eq!(r.refused_bytes_in(SECRETMEM_PATH), 4096, "{r}");
+        eprintln!("memfd_secret pages are not readable through /proc/PID/mem (as expected)");
+    } else {
+        eprintln!("memfd_secret unavailable on this kernel: that part not checked");
+    }
+
+    // An unrelated key is nowhere.
+    let r = scan_process(pid, &Needles::for_volume_key(&unrelated), &all).unwrap();
+    assert!(r.is_clean(), "{r}");
+
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
+#[test]
+fn keyring_scan_finds_a_planted_key() {
+    if !require(&["keyctl"]) {
+        return;
+    }
+    let k = test_key(9);
+    let serial = keyring_add(&k, "planted");
+    let rep = scan_keyrings(&Needles::for_volume_key(&k));
+    run(Command::new("keyctl").args(["invalidate", &serial.to_string()]));
+    eprintln!("{rep}");
+    assert!(
+        rep.hits
+            .iter()
+            .any(|h| h.key.serial == serial && h.what.contains("all 64 bytes")),
+        "{rep}"
+    );
+}
+
+// ------------------------------------------------------------------------------------
+// The daemon, for real
+
+/// The in-process backend keeps the schedules in vmvaultd's heap on purpose: the scan of
+/// the daemon must find them (the daemon scan can fail).
+#[test]
+fn daemon_scan_finds_in_process_backend_keys() {
+    if !require(NEEDS) {
+        return;
+    }
+    let t = TempDir::new("inproc");
+    let luks = make_luks(t.path(), "a.img");
+    let d = Daemon::start(&t.path().join("run"));
+    open_via_keyring(&d, &luks, "inproc", BackendChoice::InProcess);
+    let rep = scan_process(
+        d.pid(),
+        &Needles::for_volume_key(&luks.key),
+        &ScanOptions::default(),
+    )
+    .unwrap();
+    eprintln!("in-process backend: {rep}");
+    assert!(
+        !rep.is_clean(),
+        "the in-process backend's keys were not found in vmvaultd:\n{rep}"
+    );
+    d.client().close("inproc").unwrap();
+    d.shutdown();
+}
+
+/// kvm: volume A opened by passphrase, volume B by `--volume-key-keyring`; scans after
+/// open, after heavy I/O, and after A's close (B keeps the shared vault up, so the
+/// guest memory that held A's key is still there to scan).
+#[test]
+fn kvm_key_only_in_guest_memory() {
+    let mut needs = NEEDS.to_vec();
+    needs.push("kvm");
+    if !require(&needs) {
+        return;
+    }
+    let t = TempDir::new("kvm");
+    let a = make_luks(t.path(), "a.img");
+    let b = make_luks(t.path(), "b.img");
+    let d = Daemon::start(&t.path().join("run"));
+    let pid = d.pid();
+    let ex = &[GUEST_MEMFD_PATH];
+    let mut f = Findings::default();
+
+    let dev_a = open_via_passphrase(&d, &a, "resa", "kvm");
+    f.nowhere("kvm, A after open (passphrase)", &a.key, pid, ex);
+    // Positive control: the vault holds the key in its guest memory.
+    let na = Needles::for_volume_key(&a.key);
+    let g = scan_mapping(pid, GUEST_MEMFD_PATH, &na).expect("guest memory mapping");
+    eprintln!("guest memory while A is open: {g}");
+    if g.is_clean() {
+        f.fail(format!(
+            "key not found in the vault's guest memory while open: the scan cannot see it\n{g}"
+        ));
+    }
+    heavy_io(&dev_a);
+    f.nowhere("kvm, A after 64 MiB of I/O", &a.key, pid, ex);
+
+    let dev_b = open_via_volume_key_keyring(&d, &b, "resb", "kvm");
+    f.nowhere("kvm, B after open (--volume-key-keyring)", &b.key, pid, ex);
+    heavy_io(&dev_b);
+    f.nowhere("kvm, B after 64 MiB of I/O", &b.key, pid, ex);
+    f.nowhere("kvm, A after I/O on B", &a.key, pid, ex);
+
+    // Close A while B keeps the vault up.
+    vaultsetup(&d, "close", &["resa"]);
+    let g = scan_mapping(pid, GUEST_MEMFD_PATH, &na).expect("guest memory mapping");
+    eprintln!("guest memory after close of A: {g}");
+    if !g.is_clean() {
+        f.fail(format!("key of a closed volume in guest memory:\n{g}"));
+    }
+    let gb = scan_mapping(pid, GUEST_MEMFD_PATH, &Needles::for_volume_key(&b.key)).unwrap();
+    if gb.is_clean() {
+        f.fail(format!("vault not holding B any more?\n{gb}"));
+    }
+    f.nowhere("kvm, A after close", &a.key, pid, ex);
+    vaultsetup(&d, "close", &["resb"]);
+    f.nowhere("kvm, B after close", &b.key, pid, ex);
+    d.shutdown();
+    f.finish();
+}
+
+/// Same through the control socket directly, with a keyring key made here (the
+/// hand-off without vaultsetup in between).
+#[test]
+fn kvm_key_only_in_guest_memory_client_keyring() {
+    let mut needs = NEEDS.to_vec();
+    needs.push("kvm");
+    if !require(&needs) {
+        return;
+    }
+    let t = TempDir::new("kvm-client");
+    let a = make_luks(t.path(), "a.img");
+    let d = Daemon::start(&t.path().join("run"));
+    let pid = d.pid();
+    let dev = open_via_keyring(&d, &a, "resc", BackendChoice::Kvm);
+    let mut f = Findings::default();
+    f.nowhere("kvm client, after open", &a.key, pid, &[GUEST_MEMFD_PATH]);
+    heavy_io(&dev);
+    f.nowhere("kvm client, after I/O", &a.key, pid, &[GUEST_MEMFD_PATH]);
+    d.client().close("resc").unwrap();
+    d.shutdown();
+    f.finish();
+}
+
+/// soft: nothing readable holds the key; the memfd_secret pages are refused by
+/// `/proc/PID/mem` (so "found only in secretmem" means: found nowhere readable).
+#[test]
+fn soft_key_only_in_secretmem() {
+    if !require(NEEDS) {
+        return;
+    }
+    let t = TempDir::new("soft");
+    let a = make_luks(t.path(), "a.img");
+    let b = make_luks(t.path(), "b.img");
+    let d = Daemon::start(&t.path().join("run"));
+    let pid = d.pid();
+    let mut f = Findings::default();
+    let dev = open_via_passphrase(&d, &a, "softa", "soft");
+    let rep = f.nowhere("soft, A after open (passphrase)", &a.key, pid, &[]);
+    if rep.refused_bytes_in(SECRETMEM_PATH) == 0 {
+        f.fail(format!(
+            "no refused memfd_secret mapping in vmvaultd (soft backend):\n{rep}"
+        ));
+    }
+    eprintln!(
+        "soft: {} bytes of {SECRETMEM_PATH} are not readable through /proc/{pid}/mem \
+         (the keys' only permitted place; not searchable)",
+        rep.refused_bytes_in(SECRETMEM_PATH)
+    );
+    let dev_b = open_via_volume_key_keyring(&d, &b, "softb", "soft");
+    f.nowhere(
+        "soft, B after open (--volume-key-keyring)",
+        &b.key,
+        pid,
+        &[],
+    );
+    heavy_io(&dev);
+    heavy_io(&dev_b);
+    f.nowhere("soft, A after 64 MiB of I/O", &a.key, pid, &[]);
+    f.nowhere("soft, B after 64 MiB of I/O", &b.key, pid, &[]);
+    vaultsetup(&d, "close", &["softa"]);
+    vaultsetup(&d, "close", &["softb"]);
+    f.nowhere("soft, A after close", &a.key, pid, &[]);
+    d.shutdown();
+    f.finish();
+}
