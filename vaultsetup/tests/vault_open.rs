@@ -668,7 +668,7 @@ fn bad_segments_and_arguments() {
     // Integrity (authenticated encryption) is refused with a clear message, exit 1,
     // before any passphrase work or daemon start.
     let img = w.path().join("int.img");
-    sparse(&img, 8);
+    sparse(&img, 24);
     let kf = pass_file(&w);
     // A LUKS2 header whose segment claims integrity: rewrite the JSON.
     run_ok(
@@ -724,5 +724,43 @@ fn bad_segments_and_arguments() {
         None,
     );
     assert_eq!(rc, 1, "{err}");
+    // Dynamic size on a device whose data is not a whole number of 4096-byte sectors.
+    rewrite_luks2_json(
+        &img,
+        |j| {
+            j["segments"]["0"]["size"] = serde_json::json!("dynamic");
+            j["segments"]["0"]["iv_tweak"] = serde_json::json!("8");
+        },
+        |t| t,
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len((24 << 20) + 512)
+        .unwrap();
+    let (rc, _, err) = w.vs(
+        &["open", "--key-file", &kf, img.to_str().unwrap(), "int"],
+        None,
+    );
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("not aligned"), "{err}");
     assert!(w.volumes().is_empty());
+    // Aligned again: opens, iv_tweak maps to the IV offset, size = device - offset.
+    if !require("iv_tweak mapping", BASE) {
+        return;
+    }
+    let _g = lock();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(24 << 20)
+        .unwrap();
+    w.vs_ok(&["open", "--key-file", &kf, img.to_str().unwrap(), "tw"]);
+    let st = w.status_json("tw");
+    assert_eq!(st["iv_offset"], 8, "{st}");
+    assert_eq!(st["offset"], 32768, "{st}");
+    assert_eq!(st["size"], 24 * 2048 - 32768, "{st}");
+    w.vs_ok(&["close", "tw"]);
 }
