@@ -28,16 +28,32 @@ fn secs() -> Duration {
     Duration::from_secs_f64(s)
 }
 
-fn pin_submitter() {
-    if let Ok(cpus) = std::env::var("VAULT_BENCH_SUBMIT_CPUS") {
-        // SAFETY: a zeroed cpu_set_t is empty; sets the affinity of this thread only.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            for c in cpus.split(',').filter_map(|c| c.trim().parse().ok()) {
-                libc::CPU_SET(c, &mut set);
+/// Keeps a submitting thread off the CPUs the vCPUs are pinned to (as a deployment
+/// would), or on `VAULT_BENCH_SUBMIT_CPUS`.
+fn pin_submitter(vault: &Vault) {
+    let cpus: Vec<usize> = match std::env::var("VAULT_BENCH_SUBMIT_CPUS") {
+        Ok(c) => c.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
+        Err(_) => {
+            let pinned = vault.vcpu_cpus();
+            if pinned.is_empty() {
+                return;
             }
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            let n = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            (0..n).filter(|c| !pinned.contains(c)).collect()
         }
+    };
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is empty; sets the affinity of this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -97,7 +113,7 @@ impl Ctx<'_> {
     }
 
     fn vault_loop(&self, req: usize, stop: &AtomicBool, times: &mut Vec<f64>) -> u64 {
-        pin_submitter();
+        pin_submitter(self.vault);
         let mut buf = self.vault.window().alloc(req).unwrap();
         let (mut n, mut sector) = (0u64, 0u64);
         while !stop.load(Ordering::Relaxed) {
@@ -201,6 +217,11 @@ fn main() {
     .unwrap();
     let slot = vault.import_key(spec, &key).unwrap();
     let mut buf = vault.window().alloc(4096).unwrap();
+    pin_submitter(&vault);
+    println!(
+        "-- latency (vCPU pinned to {:?}, submitter kept off it)",
+        vault.vcpu_cpus()
+    );
     let mut lat = Vec::new();
     let deadline = Instant::now() + secs() / 2;
     while Instant::now() < deadline {

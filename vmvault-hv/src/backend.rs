@@ -19,6 +19,10 @@ pub(crate) trait Backend: Send + Sync {
     fn vcpus(&self) -> usize;
     /// The data window.
     fn window(&self) -> &Arc<Window>;
+    /// CPUs the vCPU threads are pinned to (empty: not pinned).
+    fn vcpu_cpus(&self) -> Vec<usize> {
+        Vec::new()
+    }
     /// The key transfer page (`abi::TRANSFER_SIZE` bytes).
     fn transfer(&self) -> *mut u8;
     /// Sends a request to server `lane % vcpus()` and waits for the response.

@@ -60,6 +60,7 @@ pub(crate) struct KvmBackend {
     window: Arc<Window>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     vcpus: usize,
+    cpus: Option<Vec<usize>>,
     stopped: AtomicBool,
 }
 
@@ -124,6 +125,7 @@ impl KvmBackend {
         });
 
         let mut threads = Vec::new();
+        let cpus = vcpu::pin_plan(vcpus);
         let boot = vcpu::Boot {
             entry: header.entry,
             vcpus,
@@ -135,9 +137,10 @@ impl KvmBackend {
             match vcpu::setup(&kvm, &vm, i, &boot) {
                 Ok(fd) => {
                     let sh = Arc::clone(&shared);
+                    let cpu = cpus.as_ref().map(|c| c[i]);
                     let t = std::thread::Builder::new()
                         .name(format!("vault-vcpu{i}"))
-                        .spawn(move || vcpu::run(fd, i, vcpus, sh))
+                        .spawn(move || vcpu::run(fd, i, cpu, sh))
                         .map_err(|err| HvError::Os {
                             what: "spawning a vCPU thread",
                             err,
@@ -163,6 +166,7 @@ impl KvmBackend {
             window,
             threads: Mutex::new(threads),
             vcpus,
+            cpus,
             stopped: AtomicBool::new(false),
         };
         if let Some(e) = err {
@@ -235,6 +239,10 @@ impl Backend for KvmBackend {
 
     fn window(&self) -> &Arc<Window> {
         &self.window
+    }
+
+    fn vcpu_cpus(&self) -> Vec<usize> {
+        self.cpus.clone().unwrap_or_default()
     }
 
     fn transfer(&self) -> *mut u8 {

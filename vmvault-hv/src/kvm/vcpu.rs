@@ -171,36 +171,41 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// Pins vCPU `i` to one CPU. By default, when there are more CPUs than vCPUs, vCPU `i`
-/// takes the `i`-th CPU from the top of the allowed set, so the scheduler keeps the
-/// submitting threads on the others: a vCPU woken by a submitter would otherwise be
-/// placed on the submitter's CPU, and its idle polling would then keep the submitter
-/// from seeing its completion. `VMVAULT_VCPU_CPUS=3,2` picks the CPUs, `none` disables.
-fn pin(i: usize, vcpus: usize) {
+/// The CPU each vCPU is pinned to (`None`: not pinned). By default, when there are more
+/// CPUs than vCPUs, vCPU `i` takes the `i`-th CPU from the top of the allowed set, so
+/// the scheduler keeps the submitting threads on the others: a vCPU woken by a
+/// submitter would otherwise be placed on the submitter's CPU, and its idle polling
+/// would then keep the submitter from seeing its completion. `VMVAULT_VCPU_CPUS=3,2`
+/// picks the CPUs, `none` disables pinning.
+pub(super) fn pin_plan(vcpus: usize) -> Option<Vec<usize>> {
     let cpus: Vec<usize> = match std::env::var("VMVAULT_VCPU_CPUS") {
-        Ok(v) if v == "none" => return,
+        Ok(v) if v == "none" => return None,
         Ok(v) => v.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
         Err(_) => {
             let allowed = allowed_cpus();
             if allowed.len() <= vcpus {
-                return;
+                return None;
             }
             allowed.into_iter().rev().collect()
         }
     };
     if cpus.is_empty() {
-        return;
+        return None;
     }
+    Some((0..vcpus).map(|i| cpus[i % cpus.len()]).collect())
+}
+
+fn pin(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is empty; sets the affinity of this thread only.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpus[i % cpus.len()], &mut set);
+        libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
 /// The `KVM_RUN` loop of vCPU `i`.
-pub(super) fn run(mut fd: VcpuFd, i: usize, vcpus: usize, sh: Arc<Shared>) {
+pub(super) fn run(mut fd: VcpuFd, i: usize, cpu: Option<usize>, sh: Arc<Shared>) {
     let ring = &sh.rings[i];
     // Optional CPU weight for the vCPU threads (VMVAULT_VCPU_NICE, needs CAP_SYS_NICE).
     // Off by default: a vCPU woken by a submitting thread tends to land on that
@@ -212,7 +217,9 @@ pub(super) fn run(mut fd: VcpuFd, i: usize, vcpus: usize, sh: Arc<Shared>) {
         // SAFETY: gettid/setpriority on this thread only.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
     }
-    pin(i, vcpus);
+    if let Some(cpu) = cpu {
+        pin(cpu);
+    }
     loop {
         let exit = match fd.run() {
             Ok(exit) => exit,
