@@ -24,10 +24,10 @@ TGT=${CARGO_TARGET_DIR:-$REPO/target}
 case $TGT in /*) ;; *) TGT=$REPO/$TGT;; esac
 if [ "${VMVAULT_VM_NO_BUILD:-0}" != 1 ]; then
   log "cargo build --release (vaultsetup, vmvaultd, vmvault-hv)"
-  (cd "$REPO" && cargo build --release -q -p vaultsetup -p dm-vmvault -p vmvault-hv) \
+  (cd "$REPO" && "${CARGO:-cargo}" build --release -q -p vaultsetup -p dm-vmvault -p vmvault-hv) \
     || die "cargo build --release failed"
   log "cargo test --release --no-run -p vmvault-hv (the vault suite for nested KVM)"
-  (cd "$REPO" && cargo test --release --no-run -q -p vmvault-hv --message-format=json) \
+  (cd "$REPO" && "${CARGO:-cargo}" test --release --no-run -q -p vmvault-hv --message-format=json) \
     > "$OUT/hv-tests.json" || die "building vmvault-hv's test executables failed"
 fi
 for b in vaultsetup vmvaultd vmvault-hv; do

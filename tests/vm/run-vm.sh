@@ -40,4 +40,4 @@ echo "# qemu rc=$rc, wall ${WALL} s, ${npass} PASS, ${nfail} FAIL, log $LOG" | t
 if ! grep -q '^@@VMVAULT-DONE' "$LOG"; then
   echo "# the VM did not finish (no @@VMVAULT-DONE; timeout ${TMO}s or crash)" | tee -a "$LOG"; exit 2
 fi
-[ "$nfail" = 0 ] || { grep -o 'RESULT [^ ]* FAIL.*' "$LOG" | sed 's/^/# /'; exit 1; }
+[ "$nfail" = 0 ] || { grep -o 'RESULT [^ ]* FAIL.*' "$LOG" | sed 's/^RESULT /# FAILED: /'; exit 1; }
