@@ -5,7 +5,7 @@
 # Exit status: 0 when the run finished (@@VMVAULT-DONE) and every RESULT is PASS,
 # 1 when a RESULT failed, 2 when the VM did not finish (timeout, crash).
 # env: VMVAULT_VM_SUITES=a,b (default: all)  VMVAULT_VM_BACKEND=kvm|soft|auto
-#      VMVAULT_VM_TIMEOUT=seconds (whole run, default 840)  VMVAULT_VM_SMP=2  VMVAULT_VM_MEM=2048
+#      VMVAULT_VM_TIMEOUT=seconds (whole run, default 840)  VMVAULT_VM_SUITE_TIMEOUT=420 (each suite)  VMVAULT_VM_SMP=2  VMVAULT_VM_MEM=2048
 #      QEMU=qemu-system-x86_64
 set -euo pipefail
 # shellcheck source=tests/vm/common.sh
@@ -18,7 +18,7 @@ INITRD=$OUT/initramfs.cpio.gz
 QEMU=${QEMU:-qemu-system-x86_64}
 command -v "$QEMU" >/dev/null || die "$QEMU not found: run tests/vm/setup.sh"
 TMO=${VMVAULT_VM_TIMEOUT:-840}
-APPEND="console=ttyS0 quiet panic=-1 vmvault.suite_timeout=$((TMO - 30))"
+APPEND="console=ttyS0 quiet panic=-1 vmvault.suite_timeout=${VMVAULT_VM_SUITE_TIMEOUT:-420}"
 [ -n "${VMVAULT_VM_SUITES:-}" ] && APPEND="$APPEND vmvault.suites=$VMVAULT_VM_SUITES"
 [ -n "${VMVAULT_VM_BACKEND:-}" ] && APPEND="$APPEND vmvault.backend=$VMVAULT_VM_BACKEND"
 LOG=$OUT/run-$(date +%Y%m%d-%H%M%S).log
