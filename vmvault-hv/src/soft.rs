@@ -66,11 +66,12 @@ impl SoftBackend {
     }
 }
 
-/// Overwrites a stretch of this thread's stack below the caller (key copies left by
-/// key expansion).
+/// Overwrites a stretch of this thread's stack below the caller: key copies left by key
+/// expansion, and round keys the engine spilled while it encrypted or decrypted (the
+/// soft backend runs the engine on the caller's thread, e.g. a FUSE worker).
 #[inline(never)]
-fn burn_stack() {
-    let mut scratch = [0u8; 32 * 1024];
+fn burn_stack<const N: usize>() {
+    let mut scratch = [0u8; N];
     // SAFETY: writing our own local array.
     unsafe { ptr::write_bytes(scratch.as_mut_ptr(), 0, scratch.len()) };
     std::hint::black_box(&mut scratch);
@@ -135,7 +136,9 @@ impl Backend for SoftBackend {
         let resp = self.service().handle(&copy, &mut counters);
         drop(counters);
         if matches!(copy.op, op::IMPORT_KEY | op::DROP_KEY) {
-            burn_stack();
+            burn_stack::<{ 32 * 1024 }>();
+        } else {
+            burn_stack::<{ 8 * 1024 }>();
         }
         debug_assert!(resp.status != status::OK || resp.id == req.id);
         Ok(resp)
@@ -149,7 +152,7 @@ impl Backend for SoftBackend {
         self.service().wipe_transfer();
         self.slots.wipe();
         self.window.wipe();
-        burn_stack();
+        burn_stack::<{ 32 * 1024 }>();
         Ok(())
     }
 }
