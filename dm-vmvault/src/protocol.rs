@@ -62,6 +62,35 @@ impl BackendChoice {
     }
 }
 
+/// Which frontend gives the kernel the plaintext block device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FrontendChoice {
+    /// The plaintext as a file in a FUSE mount, attached to a loop device.
+    Fuse,
+    /// A ublk block device served by vmvaultd through io_uring.
+    Ublk,
+    /// `ublk` where `/dev/ublk-control` exists (and the daemon was built with it), else
+    /// `fuse`.
+    #[default]
+    Auto,
+}
+
+impl FrontendChoice {
+    /// Name as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrontendChoice::Fuse => "fuse",
+            FrontendChoice::Ublk => "ublk",
+            FrontendChoice::Auto => "auto",
+        }
+    }
+
+    fn is_auto(&self) -> bool {
+        *self == FrontendChoice::Auto
+    }
+}
+
 fn default_sector_size() -> u32 {
     512
 }
@@ -114,6 +143,13 @@ pub struct OpenRequest {
     /// What the client opened, for `status` (e.g. `LUKS2`); informational.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_type: Option<String>,
+    /// The volume's uuid (the LUKS header's), for the device-mapper uuid
+    /// `VMVAULT-<type>-<uuid>-NAME` that udev rules see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_uuid: Option<String>,
+    /// Frontend; absent means `auto` (older clients).
+    #[serde(default, skip_serializing_if = "FrontendChoice::is_auto")]
+    pub frontend: FrontendChoice,
 }
 
 /// A request line.
@@ -151,7 +187,8 @@ pub struct VolumeStatus {
     pub name: String,
     /// The plaintext block device (`/dev/mapper/NAME` or the loop device).
     pub device: String,
-    /// The loop device under it.
+    /// The frontend's block device under it: `/dev/loopN` (`fuse+loop`) or
+    /// `/dev/ublkbN` (`ublk`). The name predates the ublk frontend.
     pub loop_device: String,
     /// Backing file or device.
     pub backing: String,
@@ -177,9 +214,9 @@ pub struct VolumeStatus {
     pub backend: String,
     /// Protection level in words (DESIGN.md §1).
     pub protection: String,
-    /// Frontend (`fuse+loop`).
+    /// Frontend (`fuse+loop` or `ublk`).
     pub frontend: String,
-    /// Whether the loop device does direct I/O on the FUSE file.
+    /// Whether the loop device does direct I/O on the FUSE file (false for `ublk`).
     pub direct_io: bool,
     /// The target table line (a vault slot reference, never a key).
     pub table: String,
@@ -256,6 +293,13 @@ mod tests {
         assert_eq!(c, Request::Close { name: "v".into() });
         let b: BackendChoice = serde_json::from_str(r#""in-process""#).unwrap();
         assert_eq!(b, BackendChoice::InProcess);
+        // frontend: optional, absent = auto, and auto is not sent (older daemons).
+        assert_eq!(o.frontend, FrontendChoice::Auto);
+        assert!(!serde_json::to_string(&r).unwrap().contains("frontend"));
+        let u: Request =
+            serde_json::from_str(&line.replace("}", r#","frontend":"ublk"}"#)).unwrap();
+        let Request::Open(u) = u else { panic!() };
+        assert_eq!(u.frontend, FrontendChoice::Ublk);
     }
 
     #[test]

@@ -102,6 +102,8 @@ fn req(name: &str, img: &Path, serial: i32, ring: Option<i32>) -> OpenRequest {
         keep_key: false,
         key_ring: ring,
         volume_type: None,
+        volume_uuid: None,
+        frontend: Default::default(),
     }
 }
 

@@ -377,6 +377,10 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     for l in host::clean_stale(&mnt_root) {
         eprintln!("vmvaultd: {l}");
     }
+    #[cfg(feature = "ublk")]
+    for l in crate::frontend::ublk::clean_stale() {
+        eprintln!("vmvaultd: {l}");
+    }
     let sock = socket_path(&run_dir);
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).map_err(|source| DaemonError::Socket {

@@ -1,4 +1,5 @@
-//! One open volume: key → crypt backend → I/O engine → FUSE file → loop → /dev/mapper.
+//! One open volume: key → crypt backend → I/O engine → frontend (FUSE file → loop, or
+//! ublk) → /dev/mapper.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use crate::frontend::loopdev::{LoopDevice, LoopError};
 use crate::frontend::mapper::{MapperDevice, MapperError};
 use crate::io::{IoConfig, IoEngine, IoError};
 use crate::keyring::KeyError;
-use crate::protocol::{code, OpenRequest, VolumeStatus};
+use crate::protocol::{code, FrontendChoice, OpenRequest, VolumeStatus};
 use crate::table::{KeyRef, Table, TargetOptions};
 
 /// Errors opening or closing a volume; each maps to a cryptsetup exit code.
@@ -51,6 +52,13 @@ pub enum VolumeError {
     /// device-mapper problems.
     #[error(transparent)]
     Mapper(#[from] MapperError),
+    /// ublk problems.
+    #[cfg(feature = "ublk")]
+    #[error(transparent)]
+    Ublk(#[from] crate::frontend::ublk::UblkError),
+    /// The requested frontend is not available here.
+    #[error("{0}")]
+    NoFrontend(String),
 }
 
 impl From<BackendError> for VolumeError {
@@ -73,7 +81,11 @@ impl VolumeError {
             VolumeError::Key(_) => code::PERMISSION,
             VolumeError::Backend(_) | VolumeError::Io(_) | VolumeError::Fuse(_) => code::DEVICE,
             VolumeError::Loop(LoopError::Busy(_)) => code::BUSY,
-            VolumeError::Loop(_) | VolumeError::Mapper(_) => code::DEVICE,
+            VolumeError::Loop(_) | VolumeError::Mapper(_) | VolumeError::NoFrontend(_) => {
+                code::DEVICE
+            }
+            #[cfg(feature = "ublk")]
+            VolumeError::Ublk(_) => code::DEVICE,
         }
     }
 }
@@ -95,12 +107,40 @@ pub fn check_name(name: &str) -> Result<(), VolumeError> {
     }
 }
 
+/// The frontend serving a volume's block device.
+enum Frontend {
+    /// FUSE file + loop device.
+    Fuse { fuse: FuseExport, lo: LoopDevice },
+    /// ublk device.
+    #[cfg(feature = "ublk")]
+    Ublk(crate::frontend::ublk::UblkDevice),
+}
+
+/// Resolves `auto`: ublk where it works (and is built), else FUSE + loop.
+fn pick_frontend(choice: FrontendChoice) -> Result<FrontendChoice, VolumeError> {
+    #[cfg(feature = "ublk")]
+    let ublk = || crate::frontend::ublk::available();
+    #[cfg(not(feature = "ublk"))]
+    let ublk = || false;
+    match choice {
+        FrontendChoice::Fuse => Ok(FrontendChoice::Fuse),
+        FrontendChoice::Auto if ublk() => Ok(FrontendChoice::Ublk),
+        FrontendChoice::Auto => Ok(FrontendChoice::Fuse),
+        FrontendChoice::Ublk if ublk() => Ok(FrontendChoice::Ublk),
+        FrontendChoice::Ublk if cfg!(feature = "ublk") => Err(VolumeError::NoFrontend(
+            "frontend ublk: /dev/ublk-control is missing (this kernel has no ublk_drv)".into(),
+        )),
+        FrontendChoice::Ublk => Err(VolumeError::NoFrontend(
+            "frontend ublk: vmvaultd was built without the `ublk` feature".into(),
+        )),
+    }
+}
+
 /// An open volume.
 pub struct Volume {
     status: VolumeStatus,
     engine: Arc<IoEngine>,
-    fuse: Option<FuseExport>,
-    lo: Option<LoopDevice>,
+    front: Option<Frontend>,
     mapper: Option<MapperDevice>,
 }
 
@@ -230,28 +270,59 @@ impl Volume {
             },
         };
 
-        let mountpoint = mnt_root.join(&req.name);
-        let fuse = FuseExport::mount(
-            engine.clone(),
-            &mountpoint,
-            "volume",
-            &format!("vmvault:{}", req.name),
-            fuse_threads,
-        )?;
-        let lo = LoopDevice::attach(fuse.file(), req.readonly, req.sector_size)?;
-        let loop_path = lo.path().display().to_string();
-        let (major, minor) = lo
-            .dev_numbers()
-            .map_err(|e| VolumeError::Device(format!("{loop_path}: {e}")))?;
-        let mapper = MapperDevice::create(&req.name, major, minor, len)?;
+        let (front, front_path, (major, minor), direct_io, front_name) =
+            match pick_frontend(req.frontend)? {
+                #[cfg(feature = "ublk")]
+                FrontendChoice::Ublk => {
+                    use crate::frontend::ublk::{UblkDevice, UblkOptions};
+                    let opts = UblkOptions {
+                        discards: req.allow_discards,
+                        ..Default::default()
+                    };
+                    let u = UblkDevice::start(engine.clone(), opts)?;
+                    let p = u.path().display().to_string();
+                    let d = u.dev_numbers();
+                    (Frontend::Ublk(u), p, d, false, "ublk")
+                }
+                _ => {
+                    let mountpoint = mnt_root.join(&req.name);
+                    let fuse = FuseExport::mount(
+                        engine.clone(),
+                        &mountpoint,
+                        "volume",
+                        &format!("vmvault:{}", req.name),
+                        fuse_threads,
+                    )?;
+                    let lo = LoopDevice::attach(fuse.file(), req.readonly, req.sector_size)?;
+                    let p = lo.path().display().to_string();
+                    let d = lo
+                        .dev_numbers()
+                        .map_err(|e| VolumeError::Device(format!("{p}: {e}")))?;
+                    let dio = lo.direct_io();
+                    (Frontend::Fuse { fuse, lo }, p, d, dio, "fuse+loop")
+                }
+            };
+        let uuid = crate::frontend::mapper::dm_uuid(
+            &req.name,
+            req.volume_type.as_deref(),
+            req.volume_uuid.as_deref(),
+        );
+        let mapper = match MapperDevice::create(&req.name, &uuid, (major, minor), len, req.readonly)
+        {
+            Ok(m) => m,
+            Err(e) => {
+                close_frontend(front);
+                return Err(e.into());
+            }
+        };
         let device = mapper
             .as_ref()
             .map(|m| m.path().display().to_string())
-            .unwrap_or_else(|| loop_path.clone());
+            .unwrap_or_else(|| front_path.clone());
         let status = VolumeStatus {
             name: req.name.clone(),
             device,
-            loop_device: loop_path,
+            loop_device: front_path,
             backing: backing.display().to_string(),
             cipher: req.cipher.clone(),
             key_size: req.key_size,
@@ -264,8 +335,8 @@ impl Volume {
             allow_discards: req.allow_discards,
             backend: backend_name,
             protection,
-            frontend: "fuse+loop".into(),
-            direct_io: lo.direct_io(),
+            frontend: front_name.into(),
+            direct_io,
             table: table.to_string(),
             daemon_pid: std::process::id(),
             volume_type: req.volume_type.clone(),
@@ -273,8 +344,7 @@ impl Volume {
         Ok(Volume {
             status,
             engine,
-            fuse: Some(fuse),
-            lo: Some(lo),
+            front: Some(front),
             mapper,
         })
     }
@@ -291,9 +361,7 @@ impl Volume {
             v.push(d);
         }
         if let Some(m) = &self.mapper {
-            if let Some(d) = block_dev_numbers(m.path()) {
-                v.push(d);
-            }
+            v.push(m.dev_numbers());
         }
         v
     }
@@ -313,20 +381,38 @@ impl Volume {
         }
     }
 
-    /// Tears the volume down: mapper, loop, FUSE, then the key (dropped with the engine).
+    /// Tears the volume down: mapper, then the frontend (loop and FUSE, or ublk), then
+    /// the key (dropped with the engine).
     pub fn close(mut self) -> Result<(), VolumeError> {
         if let Some(m) = self.mapper.take() {
             m.remove()?;
         }
-        if let Some(lo) = self.lo.take() {
-            lo.detach()?;
-        }
-        if let Some(f) = self.fuse.take() {
-            f.unmount()?;
+        match self.front.take() {
+            Some(Frontend::Fuse { fuse, lo }) => {
+                lo.detach()?;
+                fuse.unmount()?;
+            }
+            #[cfg(feature = "ublk")]
+            Some(Frontend::Ublk(u)) => u.stop()?,
+            None => {}
         }
         // Last reference: drops the crypt backend and with it the key slot.
         drop(self.engine);
         Ok(())
+    }
+}
+
+/// Best-effort teardown of a frontend whose volume failed to open.
+fn close_frontend(front: Frontend) {
+    match front {
+        Frontend::Fuse { fuse, lo } => {
+            let _ = lo.detach();
+            let _ = fuse.unmount();
+        }
+        #[cfg(feature = "ublk")]
+        Frontend::Ublk(u) => {
+            let _ = u.stop();
+        }
     }
 }
 

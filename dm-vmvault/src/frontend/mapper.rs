@@ -1,8 +1,19 @@
 //! `/dev/mapper/NAME` as a dm-linear device over the frontend's block device, when the
 //! kernel has device-mapper (`/dev/mapper/control` exists). On kernels without it this
 //! module does nothing, and the frontend device is the volume's device.
+//!
+//! The device is created the way `dmsetup create`/cryptsetup do it, udev-friendly:
+//! `DM_DEV_CREATE` with a uuid `VMVAULT-<type>-<uuid>-NAME` (cryptsetup's
+//! `CRYPT-LUKS2-<uuid>-NAME` pattern), `DM_TABLE_LOAD`, then a resume whose uevent
+//! carries a udev cookie with no `DM_UDEV_DISABLE_*` flags, so the stock dm rules run in
+//! full (`/dev/mapper/NAME`, `/dev/disk/by-id/dm-name-NAME`, `dm-uuid-…`). When udev
+//! runs, the resume and the remove wait on the cookie's semaphore until udev has
+//! processed the event (the devicemapper crate implements libdevmapper's protocol);
+//! without udev, this module makes and removes the `/dev/mapper` node itself, as
+//! libdevmapper does.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Errors of the device-mapper naming layer.
 #[derive(Debug, thiserror::Error)]
@@ -30,11 +41,57 @@ pub fn available() -> bool {
         .is_ok()
 }
 
+/// Whether udev is running (its control socket exists), as libdevmapper decides.
+pub fn udev_running() -> bool {
+    Path::new("/run/udev/control").exists()
+}
+
+/// Waits (at most `max`) until udev's event queue is empty, like `udevadm settle`:
+/// systemd-udevd keeps `/run/udev/queue` while events are queued. Returns whether it
+/// settled (immediately true when udev is not running).
+pub fn udev_settle(max: Duration) -> bool {
+    if !udev_running() {
+        return true;
+    }
+    let t0 = Instant::now();
+    while Path::new("/run/udev/queue").exists() {
+        if t0.elapsed() >= max {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// The device-mapper uuid of volume `name`: `VMVAULT-<TYPE>-<uuid without dashes>-NAME`
+/// (cryptsetup's `CRYPT-<TYPE>-<uuid>-NAME`), `VMVAULT-<TYPE>-NAME` without a uuid,
+/// `VMVAULT-NAME` with neither; cut at the 128 bytes device-mapper allows. The prefix is
+/// what udev rules match (`ENV{DM_UUID}=="VMVAULT-*"`).
+pub fn dm_uuid(name: &str, volume_type: Option<&str>, volume_uuid: Option<&str>) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "._+".contains(*c))
+            .collect()
+    };
+    let mut u = String::from("VMVAULT-");
+    if let Some(t) = volume_type.map(clean).filter(|t| !t.is_empty()) {
+        u += &t;
+        u.push('-');
+    }
+    if let Some(id) = volume_uuid.map(clean).filter(|t| !t.is_empty()) {
+        u += &id;
+        u.push('-');
+    }
+    u += name;
+    u.truncate(128);
+    u
+}
+
 /// A `/dev/mapper/NAME` linear device (present only when device-mapper exists).
 pub struct MapperDevice {
-    #[cfg(feature = "devicemapper")]
-    dev: devicemapper::LinearDev,
+    name: String,
     path: PathBuf,
+    dev: (u32, u32),
     made_node: bool,
 }
 
@@ -44,84 +101,134 @@ impl MapperDevice {
         &self.path
     }
 
-    /// Creates `/dev/mapper/NAME` mapping `len_sectors` sectors linearly onto the block
-    /// device `(major, minor)`. Returns `Ok(None)` when device-mapper is absent (or the
-    /// crate was built without the `devicemapper` feature).
+    /// `(major, minor)` of the dm device.
+    pub fn dev_numbers(&self) -> (u32, u32) {
+        self.dev
+    }
+
+    /// Creates `/dev/mapper/NAME` (device-mapper uuid `uuid`, see [`dm_uuid`]) mapping
+    /// `len_sectors` sectors linearly onto the block device `(major, minor)`. Returns
+    /// `Ok(None)` when device-mapper is absent (or the crate was built without the
+    /// `devicemapper` feature). `readonly` loads the table read-only, as cryptsetup does
+    /// for `--readonly`.
     pub fn create(
         name: &str,
-        major: u32,
-        minor: u32,
+        uuid: &str,
+        (major, minor): (u32, u32),
         len_sectors: u64,
+        readonly: bool,
     ) -> Result<Option<Self>, MapperError> {
         if !available() {
             return Ok(None);
         }
-        Self::create_dm(name, major, minor, len_sectors)
+        Self::create_dm(name, uuid, (major, minor), len_sectors, readonly)
     }
 
     #[cfg(feature = "devicemapper")]
     fn create_dm(
         name: &str,
-        major: u32,
-        minor: u32,
+        uuid: &str,
+        (major, minor): (u32, u32),
         len_sectors: u64,
+        readonly: bool,
     ) -> Result<Option<Self>, MapperError> {
-        use devicemapper::{
-            Device, DmDevice, DmName, DmUuid, LinearDev, LinearDevTargetParams, LinearTargetParams,
-            Sectors, TargetLine, DM,
-        };
+        use devicemapper::{DevId, DmFlags, DmName, DmOptions, DmUuid, DM};
         let e = |x: devicemapper::DmError| MapperError::Dm(x.to_string());
         let dm = DM::new().map_err(e)?;
         let dm_name = DmName::new(name).map_err(e)?;
-        let uuid = format!("VMVAULT-{name}");
-        let dm_uuid = DmUuid::new(&uuid).map_err(e)?;
-        let line = TargetLine::new(
-            Sectors(0),
-            Sectors(len_sectors),
-            LinearDevTargetParams::Linear(LinearTargetParams::new(
-                Device { major, minor },
-                Sectors(0),
-            )),
-        );
-        let dev = LinearDev::setup(&dm, dm_name, Some(dm_uuid), vec![line]).map_err(e)?;
-        let path = PathBuf::from(format!("/dev/mapper/{name}"));
-        // Without udev (minimal systems) nobody makes the node: make it ourselves, as
-        // libdevmapper does when udev is not running.
-        let mut made_node = false;
-        if !path.exists() {
-            let d = dev.device();
-            mknod_block(&path, d.major, d.minor).map_err(|source| MapperError::Node {
-                path: path.clone(),
-                source,
-            })?;
-            made_node = true;
+        let dm_uuid = DmUuid::new(uuid).map_err(e)?;
+        let id = DevId::Name(dm_name);
+        // Default options: no DM_UDEV_DISABLE_* flags, so udev's dm rules run in full.
+        let info = dm
+            .device_create(dm_name, Some(dm_uuid), DmOptions::default())
+            .map_err(e)?;
+        let table = vec![(
+            0u64,
+            len_sectors,
+            "linear".to_string(),
+            format!("{major}:{minor} 0"),
+        )];
+        let load_opts = if readonly {
+            DmOptions::default().set_flags(DmFlags::DM_READONLY)
+        } else {
+            DmOptions::default()
+        };
+        let loaded = dm
+            .table_load(&id, &table, load_opts)
+            // Resume: activates the table; the uevent carries the udev cookie, and the
+            // call returns once udev has run the rules for it (when udev runs).
+            .and_then(|_| dm.device_suspend(&id, DmOptions::default()));
+        if let Err(err) = loaded {
+            let _ = dm.device_remove(&id, DmOptions::default());
+            return Err(e(err));
         }
-        Ok(Some(MapperDevice {
-            dev,
-            path,
-            made_node,
-        }))
+        let d = info.device();
+        let mut dev = MapperDevice {
+            name: name.to_string(),
+            path: PathBuf::from(format!("/dev/mapper/{name}")),
+            dev: (d.major, d.minor),
+            made_node: false,
+        };
+        // Without udev (minimal systems) nobody makes the node: make it ourselves, as
+        // libdevmapper does when udev is not running. With udev, its rules made it while
+        // we waited on the cookie; give a late or cookie-less udev a moment first.
+        if udev_running() {
+            let t0 = Instant::now();
+            while !dev.path.exists() && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if !dev.path.exists() {
+            if let Err(source) = mknod_block(&dev.path, d.major, d.minor) {
+                let path = dev.path.clone();
+                let _ = dev.remove();
+                return Err(MapperError::Node { path, source });
+            }
+            dev.made_node = true;
+        }
+        Ok(Some(dev))
     }
 
     #[cfg(not(feature = "devicemapper"))]
     fn create_dm(
         _name: &str,
-        _major: u32,
-        _minor: u32,
+        _uuid: &str,
+        _dev: (u32, u32),
         _len: u64,
+        _readonly: bool,
     ) -> Result<Option<Self>, MapperError> {
         Ok(None)
     }
 
-    /// Removes the device (and the node if this process made it).
+    /// Removes the device (and the node if this process made it). Like `dmsetup
+    /// remove`, waits for udev to finish with the device first (its rules open it to
+    /// probe after every close of a writer), retries while it is busy, and waits on the
+    /// remove's udev cookie so the links are gone when this returns.
     pub fn remove(self) -> Result<(), MapperError> {
         #[cfg(feature = "devicemapper")]
         {
-            use devicemapper::{DmDevice, DM};
-            let mut dev = self.dev;
-            let dm = DM::new().map_err(|x| MapperError::Dm(x.to_string()))?;
-            dev.teardown(&dm)
-                .map_err(|x| MapperError::Dm(x.to_string()))?;
+            use devicemapper::{DevId, DmName, DmOptions, DM};
+            let e = |x: devicemapper::DmError| MapperError::Dm(x.to_string());
+            let dm = DM::new().map_err(e)?;
+            let id = DevId::Name(DmName::new(&self.name).map_err(e)?);
+            let mut tries = 0;
+            loop {
+                udev_settle(Duration::from_secs(10));
+                // device_remove itself retries EBUSY 5 times, 200 ms apart.
+                match dm.device_remove(&id, DmOptions::default()) {
+                    Ok(_) => break,
+                    Err(err) => {
+                        let gone = dm.device_info(&id).is_err();
+                        if gone {
+                            break;
+                        }
+                        tries += 1;
+                        if tries >= 3 {
+                            return Err(e(err));
+                        }
+                    }
+                }
+            }
         }
         if self.made_node {
             let _ = std::fs::remove_file(&self.path);
@@ -146,4 +253,25 @@ fn mknod_block(path: &Path, major: u32, minor: u32) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dm_uuid_like_cryptsetup() {
+        assert_eq!(
+            dm_uuid(
+                "vol",
+                Some("LUKS2"),
+                Some("2f6a2e6d-1b2c-4d5e-8f90-0123456789ab")
+            ),
+            "VMVAULT-LUKS2-2f6a2e6d1b2c4d5e8f900123456789ab-vol"
+        );
+        assert_eq!(dm_uuid("vol", Some("LUKS1"), None), "VMVAULT-LUKS1-vol");
+        assert_eq!(dm_uuid("vol", None, None), "VMVAULT-vol");
+        let long = "n".repeat(127);
+        assert_eq!(dm_uuid(&long, Some("LUKS2"), Some("abc")).len(), 128);
+    }
 }

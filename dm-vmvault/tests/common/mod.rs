@@ -279,5 +279,7 @@ pub fn open_req(
         keep_key: false,
         key_ring: None,
         volume_type: None,
+        volume_uuid: None,
+        frontend: Default::default(),
     }
 }

@@ -8,9 +8,12 @@
 //! page and invalidates it; this process zeroizes its copy before talking to the daemon.
 
 use dm_vmvault::client::{connect_or_spawn, Client, ClientError};
-use dm_vmvault::protocol::{BackendChoice, OpenRequest, VolumeStatus};
+use dm_vmvault::protocol::{BackendChoice, FrontendChoice, OpenRequest, VolumeStatus};
 
-use super::{fail, read_volume, BackendArg, Cli, CloseArgs, Failure, OpenArgs, Output, StatusArgs};
+use super::{
+    fail, read_volume, BackendArg, Cli, CloseArgs, Failure, FrontendArg, OpenArgs, Output,
+    StatusArgs,
+};
 use crate::activation::{verify_volume_key, CryptParams, KeyCheck};
 use crate::exit::{ExitCode, HasExitCode};
 use crate::keyring::{self, KeyringError, StagedKey};
@@ -50,6 +53,14 @@ fn backend_choice(b: BackendArg) -> BackendChoice {
         BackendArg::Kvm => BackendChoice::Kvm,
         BackendArg::Soft => BackendChoice::Soft,
         BackendArg::Auto => BackendChoice::Auto,
+    }
+}
+
+fn frontend_choice(f: FrontendArg) -> FrontendChoice {
+    match f {
+        FrontendArg::Fuse => FrontendChoice::Fuse,
+        FrontendArg::Ublk => FrontendChoice::Ublk,
+        FrontendArg::Auto => FrontendChoice::Auto,
     }
 }
 
@@ -185,6 +196,11 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
         keep_key: false,
         key_ring: Some(ring),
         volume_type: Some(format!("LUKS{}", vol.version())),
+        volume_uuid: Some(match &vol {
+            Volume::Luks1(h) => h.uuid.clone(),
+            Volume::Luks2(h) => h.bin.uuid.clone(),
+        }),
+        frontend: frontend_choice(a.frontend),
     };
     let resp = client.call_raw(&dm_vmvault::protocol::Request::Open(req));
     drop(staged);
@@ -258,7 +274,12 @@ fn human_status(st: &VolumeStatus) -> String {
     s += &format!("  protection: {}\n", st.protection);
     s += &format!("  device:  {}\n", st.backing);
     if st.loop_device != st.device {
-        s += &format!("  loop:    {}\n", st.loop_device);
+        let label = if st.frontend == "ublk" {
+            "ublk"
+        } else {
+            "loop"
+        };
+        s += &format!("  {label}:    {}\n", st.loop_device);
     }
     s += &format!("  sector size:  {}\n", st.sector_size);
     s += &format!("  offset:  {} sectors\n", st.offset);

@@ -98,6 +98,17 @@ pub enum BackendArg {
     Auto,
 }
 
+/// Frontend of the plaintext block device (`--frontend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FrontendArg {
+    /// The plaintext as a file in a FUSE mount, attached to a loop device.
+    Fuse,
+    /// A ublk block device (needs ublk_drv, /dev/ublk-control).
+    Ublk,
+    /// ublk where /dev/ublk-control exists, else fuse.
+    Auto,
+}
+
 /// Where vmvaultd runs.
 #[derive(Debug, Args, Clone)]
 pub struct DaemonArgs {
@@ -136,6 +147,9 @@ pub struct OpenArgs {
     /// Vault backend.
     #[arg(long = "backend", value_enum, default_value = "auto")]
     pub backend: BackendArg,
+    /// Block device frontend.
+    #[arg(long = "frontend", value_enum, default_value = "auto")]
+    pub frontend: FrontendArg,
     /// Use the volume key in this `user` key (description, %user:DESC, or serial) instead of a passphrase.
     #[arg(long = "volume-key-keyring", value_name = "DESC")]
     pub volume_key_keyring: Option<String>,
