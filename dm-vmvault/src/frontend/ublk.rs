@@ -55,12 +55,15 @@ pub enum UblkError {
 }
 
 /// Whether ublk can be used: `/dev/ublk-control` exists. When it does not, one cheap
-/// attempt is made to load `ublk_drv` (only if the module file exists for this kernel).
+/// attempt per process is made to load `ublk_drv` (only if the module file exists for
+/// this kernel).
 pub fn available() -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TRIED_MODPROBE: AtomicBool = AtomicBool::new(false);
     if Path::new("/dev/ublk-control").exists() {
         return true;
     }
-    if !module_installed("ublk_drv") {
+    if TRIED_MODPROBE.swap(true, Ordering::SeqCst) || !module_installed("ublk_drv") {
         return false;
     }
     let _ = std::process::Command::new("modprobe")
