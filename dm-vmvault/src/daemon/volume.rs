@@ -285,6 +285,14 @@ impl Volume {
                     (Frontend::Ublk(u), p, d, false, "ublk")
                 }
                 _ => {
+                    if req.allow_discards {
+                        warnings.push(
+                            "the fuse+loop frontend does not pass discards to the backing device \
+                             (the loop driver cannot tell them from write-zeroes); use the ublk \
+                             frontend for discards"
+                                .into(),
+                        );
+                    }
                     let mountpoint = mnt_root.join(&req.name);
                     let fuse = FuseExport::mount(
                         engine.clone(),

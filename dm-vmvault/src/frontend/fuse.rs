@@ -240,8 +240,13 @@ impl Filesystem for VolumeFs {
         if ino != FILE_INO {
             return reply.error(Errno::EISDIR);
         }
+        // The loop driver turns both a discard and a write-zeroes without NOUNMAP into
+        // PUNCH_HOLE, and after PUNCH_HOLE reads must return zeros. Passing it on as a
+        // discard of the backing file would make later reads decrypt to garbage where the
+        // kernel expects zeros, so it is refused: the kernel then falls back to writing
+        // zero pages, and discards are simply not passed through by this frontend.
         let r = if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
-            self.engine.discard(offset, length)
+            Err(crate::io::IoError::Unsupported)
         } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
             self.engine.write_zeroes(offset, length).map(|_| ())
         } else if offset.saturating_add(length) <= self.engine.size() {
