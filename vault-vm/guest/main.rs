@@ -86,13 +86,14 @@ pub unsafe extern "C" fn _start(vcpu: u64, nvcpus: u64, window_len: u64, idle_sp
     // may change concurrently are atomics or read with volatile copies.
     let ring = unsafe { &*(abi::ring_gpa(vcpu) as *const Ring) };
     doorbell(vcpu, abi::EXIT_READY);
-    serve(vcpu, &svc, ring, idle_spins.max(1))
+    serve(vcpu, &svc, ring, idle_spins.clamp(1, abi::MAX_IDLE_SPINS))
 }
 
 fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
     let mut counters = Counters::default();
     let mut next = 0usize;
     let mut idle = 0u64;
+    let mut episode = 0u64;
     loop {
         if ring.header.stop.load(Ordering::Relaxed) != 0 {
             wipe_stack(vcpu);
@@ -119,11 +120,30 @@ fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
         }
         if served {
             idle = 0;
+            episode += 1;
+            let max = ring.header.episode_max.load(Ordering::Relaxed);
+            if max == 0 || episode < u64::from(max) {
+                continue;
+            }
+            // Served enough for whoever runs this vCPU: exit now (other threads' requests
+            // stay SUBMITTED; their submitters see `sleeping` and run the vCPU again).
+            episode = 0;
+            ring.header.sleeping.store(1, Ordering::SeqCst);
+            counters.sleeps += 1;
+            doorbell(vcpu, abi::EXIT_SLEEP);
+            ring.header.sleeping.store(0, Ordering::SeqCst);
             continue;
         }
         core::hint::spin_loop();
         idle += 1;
-        if idle >= idle_spins {
+        // The host's hint (any value is safe: clamped), else the boot value.
+        let hint = u64::from(ring.header.idle_spins.load(Ordering::Relaxed));
+        let budget = if hint == 0 {
+            idle_spins
+        } else {
+            hint.min(abi::MAX_IDLE_SPINS)
+        };
+        if idle >= budget {
             idle = 0;
             ring.header.sleeping.store(1, Ordering::SeqCst);
             if any_submitted(ring) {
@@ -131,6 +151,7 @@ fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
                 continue;
             }
             counters.sleeps += 1;
+            episode = 0;
             doorbell(vcpu, abi::EXIT_SLEEP);
             ring.header.sleeping.store(0, Ordering::SeqCst);
         }

@@ -5,7 +5,7 @@ use vault_vm::abi::{Request, Response};
 use crate::error::Result;
 use crate::ring::Racer;
 use crate::window::Window;
-use crate::BackendKind;
+use crate::{BackendKind, RunMode};
 use std::sync::Arc;
 
 /// A vault implementation (`kvm` or `soft`). Cloud-hypervisor's `hypervisor` crate is the
@@ -22,6 +22,10 @@ pub(crate) trait Backend: Send + Sync {
     /// CPUs the vCPU threads are pinned to (empty: not pinned).
     fn vcpu_cpus(&self) -> Vec<usize> {
         Vec::new()
+    }
+    /// Who runs the vCPUs ([`RunMode::Caller`] for in-process backends).
+    fn run_mode(&self) -> RunMode {
+        RunMode::Caller
     }
     /// The key transfer page (`abi::TRANSFER_SIZE` bytes).
     fn transfer(&self) -> *mut u8;

@@ -13,17 +13,26 @@
 //! copy and answers bad ones with an error status.
 //!
 //! Tuning (environment, read when a vault opens):
-//! - `VMVAULT_IDLE_SPINS`: ring scans a vCPU makes before it sleeps (default 4000,
-//!   about 100 µs here). A sleeping vCPU costs a VM exit (~57 µs on this PVM host) and a
-//!   wake-up on the next request.
+//! - `VMVAULT_RUN=thread|caller`: who runs a sleeping vCPU when [`VaultConfig::run`] is
+//!   [`RunMode::Auto`] (default: `caller` when the vCPUs would take half the usable CPUs
+//!   or more, as on a 2-CPU machine; `thread` otherwise). See [`RunMode`].
+//! - `VMVAULT_IDLE_SPINS`: base idle spin of a vCPU thread before it sleeps (default
+//!   4000 ring scans, about 100 µs here). It adapts: doubled (up to 16×) each time the
+//!   thread is woken less than 2 ms after it slept, back to the base after 50 ms of
+//!   quiet. A sleeping vCPU costs a VM exit (~25–60 µs on this PVM host).
+//! - `VMVAULT_CALLER_SPINS`: idle spin when a submitting thread runs the vCPU (default
+//!   400, ~10 µs: picks up requests submitted meanwhile, then returns to the caller).
+//! - `VMVAULT_ASSIST=0`: in thread mode, do not let a submitter that finds the vCPU
+//!   asleep serve the ring itself while the vCPU thread is being woken.
 //! - `VMVAULT_VCPU_CPUS=3,2` pins vCPU `i` to the `i`-th listed CPU; `none` disables the
-//!   default pinning (vCPUs on the highest CPUs when CPUs outnumber vCPUs).
+//!   default pinning (thread mode: vCPUs on the highest CPUs when CPUs outnumber vCPUs;
+//!   caller mode pins nothing).
 //! - `VMVAULT_VCPU_NICE=-10`: CPU weight of the vCPU threads (needs CAP_SYS_NICE).
 //!
 //! ```no_run
 //! use vmvault_hv::{Vault, VaultConfig, BackendKind};
 //! use vault_vm::engine::{CipherSpec, Geometry};
-//! let vault = Vault::open(&VaultConfig { backend: BackendKind::Auto, vcpus: 1, window_size: 16 << 20 })?;
+//! let vault = Vault::open(&VaultConfig { backend: BackendKind::Auto, vcpus: 1, window_size: 16 << 20, ..Default::default() })?;
 //! let slot = vault.import_key(CipherSpec::parse("aes-xts-plain64").unwrap(), &[7u8; 64])?;
 //! let mut buf = vault.window().alloc(4096)?;
 //! vault.encrypt(slot, &Geometry::new(4096, false, 0).unwrap(), 0, &mut buf)?;
@@ -93,6 +102,25 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// Who runs a vCPU of the `kvm` backend ([`VaultConfig::run`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RunMode {
+    /// `VMVAULT_RUN=thread|caller` if set, else [`RunMode::Caller`] when the vCPUs
+    /// would take half the usable CPUs or more, [`RunMode::Thread`] otherwise.
+    #[default]
+    Auto,
+    /// One thread per vCPU polls its ring (~1 µs hand-off, full throughput per vCPU) and
+    /// sleeps after an adaptive idle spin; a submitter that finds it asleep serves the
+    /// ring itself until the thread is back. Needs CPUs to spare for the polling.
+    Thread,
+    /// Run to completion on the caller: a submitter that finds the vCPU asleep enters
+    /// `KVM_RUN` itself and the guest serves the ring until it is drained; nobody polls
+    /// between bursts. Each burst costs one VM exit (~25–60 µs on PVM, 1–3 µs on VMX/SVM
+    /// hardware) but there is no cross-CPU hand-off and no polling thread competing with
+    /// the submitters: the better choice on small machines.
+    Caller,
+}
+
 /// How to open a vault.
 #[derive(Clone, Debug)]
 pub struct VaultConfig {
@@ -102,6 +130,8 @@ pub struct VaultConfig {
     pub vcpus: usize,
     /// Size of the data window in bytes (rounded up to 2 MiB).
     pub window_size: u64,
+    /// Who runs the vCPUs (`kvm` backend).
+    pub run: RunMode,
 }
 
 impl Default for VaultConfig {
@@ -110,6 +140,7 @@ impl Default for VaultConfig {
             backend: BackendKind::Auto,
             vcpus: 1,
             window_size: 16 << 20,
+            run: RunMode::Auto,
         }
     }
 }
@@ -218,10 +249,11 @@ impl Vault {
                     cfg.vcpus,
                     window,
                     idle_spins,
+                    cfg.run,
                 )?),
                 BackendKind::Soft => Box::new(soft::SoftBackend::open(cfg.vcpus, window)?),
                 BackendKind::Auto if kvm::KvmBackend::available() => Box::new(
-                    kvm::KvmBackend::open(GUEST_IMAGE, cfg.vcpus, window, idle_spins)?,
+                    kvm::KvmBackend::open(GUEST_IMAGE, cfg.vcpus, window, idle_spins, cfg.run)?,
                 ),
                 BackendKind::Auto => Box::new(soft::SoftBackend::open(cfg.vcpus, window)?),
             };
@@ -253,6 +285,11 @@ impl Vault {
     /// submit many requests do best on the other CPUs.
     pub fn vcpu_cpus(&self) -> Vec<usize> {
         self.backend.vcpu_cpus()
+    }
+
+    /// Who runs the vCPUs (never `Auto`; `Caller` for the soft backend).
+    pub fn run_mode(&self) -> RunMode {
+        self.backend.run_mode()
     }
 
     /// Size in bytes of the embedded guest image.

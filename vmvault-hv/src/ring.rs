@@ -29,12 +29,22 @@ const WAIT_SLEEP: Duration = Duration::from_micros(10);
 pub(crate) struct Wake {
     pub lock: Mutex<()>,
     pub cv: Condvar,
+    /// Set by `notify`, consumed by `take`: the vCPU thread was asked to run.
+    kicked: AtomicBool,
 }
 
 impl Wake {
     pub fn notify(&self) {
+        if self.kicked.swap(true, Ordering::SeqCst) {
+            return; // already asked, not yet served
+        }
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.cv.notify_all();
+    }
+
+    /// Whether `notify` was called since the last `take`.
+    pub fn take(&self) -> bool {
+        self.kicked.swap(false, Ordering::SeqCst)
     }
 
     /// Waits until `ready()` holds (rechecked every few milliseconds as a safety net).
@@ -82,6 +92,11 @@ impl RingClient {
         unsafe { &*self.ring }
     }
 
+    /// Whether the vCPU must stop.
+    pub fn header_stop(&self) -> bool {
+        self.ring().header.stop.load(Ordering::SeqCst) != 0
+    }
+
     /// Whether work is waiting (or the vCPU must stop).
     pub fn has_work(&self) -> bool {
         let r = self.ring();
@@ -91,12 +106,21 @@ impl RingClient {
                 .any(|e| e.state.load(Ordering::SeqCst) == ENTRY_SUBMITTED)
     }
 
-    /// Submits `req` and waits for the response.
+    /// Whether the vCPU is (about to be) outside the guest, waiting to be run again.
+    pub fn vcpu_sleeping(&self) -> bool {
+        self.ring().header.sleeping.load(Ordering::SeqCst) != 0
+    }
+
+    /// Submits `req` and waits for the response. `wake` gets a sleeping vCPU going again
+    /// (it notifies the vCPU thread, or runs the vCPU on the calling thread); it is
+    /// called after the submission if the vCPU sleeps, and again whenever the wait finds
+    /// the vCPU asleep with the request still pending.
     pub fn call(
         &self,
         req: &Request,
         failed: &AtomicBool,
         racer: Option<Racer<'_>>,
+        wake: &(dyn Fn() + Sync),
     ) -> Result<Response> {
         let ring = self.ring();
         let mut spins = Backoff::new(SPIN);
@@ -123,8 +147,8 @@ impl RingClient {
         unsafe { vault_vm::abi::write_request(req_ptr, req) };
         e.state.store(ENTRY_SUBMITTED, Ordering::SeqCst);
         ring.header.head.fetch_add(1, Ordering::Relaxed);
-        if ring.header.sleeping.load(Ordering::SeqCst) != 0 {
-            self.wake.notify();
+        if self.vcpu_sleeping() {
+            wake();
         }
         let done = || e.state.load(Ordering::Acquire) == ENTRY_DONE;
         let bytes: u64 = req
@@ -135,13 +159,20 @@ impl RingClient {
             .fold(0, u64::saturating_add);
         let expected = Duration::from_micros((bytes / EXPECTED_BYTES_PER_US).min(10_000));
         let wait = || {
-            if expected > 2 * SPIN {
+            if expected > 2 * SPIN && !done() && !self.vcpu_sleeping() {
                 precise_sleep(expected - SPIN);
             }
             let mut spins = Backoff::new(SPIN);
+            let mut n = 0u32;
             loop {
                 if done() {
                     return Ok(());
+                }
+                n = n.wrapping_add(1);
+                if (spins.sleeping || n.is_multiple_of(64)) && self.vcpu_sleeping() && !done() {
+                    // Missed or not yet effective wake-up (the vCPU went to sleep while
+                    // another thread ran it, or its thread has not been scheduled).
+                    wake();
                 }
                 if failed.load(Ordering::Relaxed) {
                     return Err(HvError::VaultFailed(

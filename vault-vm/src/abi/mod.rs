@@ -17,7 +17,9 @@
 //! A vCPU with no work spins for a while, then sets [`RingHeader::sleeping`], checks
 //! the ring once more and exits to the host with an MMIO write of [`EXIT_SLEEP`] to
 //! [`DOORBELL_GPA`]. The host re-enters `KVM_RUN` when a request is submitted to a
-//! ring whose `sleeping` word is set.
+//! ring whose `sleeping` word is set (from the vCPU's own thread, or from the submitting
+//! thread itself). The length of the idle spin is the host's [`RingHeader::idle_spins`]
+//! hint, clamped by the vault.
 
 mod validate;
 
@@ -407,6 +409,10 @@ pub const ENTRY_SUBMITTED: u32 = 2;
 /// it works on it, so the state line moves between the CPUs only twice per request).
 pub const ENTRY_DONE: u32 = 4;
 
+/// Largest idle spin count the vault accepts in [`RingHeader::idle_spins`] (about 25 ms
+/// of polling at ~25 ns per spin).
+pub const MAX_IDLE_SPINS: u64 = 1 << 20;
+
 /// Entries per ring.
 pub const RING_ENTRIES: usize = 16;
 
@@ -422,7 +428,16 @@ pub struct RingHeader {
     /// 1 while the vCPU is (about to be) outside the guest waiting for work. Set by the
     /// vault before its sleep exit, cleared by the host before it re-enters the vCPU.
     pub sleeping: AtomicU32,
-    _pad2: [u8; 60],
+    /// Idle spins before the next sleep exit (host writes, the vault reads it every time
+    /// it idles; 0 = the boot value). The host shortens it when a submitting thread runs
+    /// the vCPU itself and lengthens it while requests keep arriving; the vault clamps
+    /// it to [`MAX_IDLE_SPINS`].
+    pub idle_spins: AtomicU32,
+    /// Most requests to serve before the next sleep exit even if more are waiting (host
+    /// writes; 0 = no limit). A submitting thread that runs the vCPU itself sets it so
+    /// that it is not kept in the guest indefinitely serving other threads' requests.
+    pub episode_max: AtomicU32,
+    _pad2: [u8; 52],
     /// Non-zero: the vCPU must stop (host writes).
     pub stop: AtomicU32,
     _pad3: [u8; 60],
@@ -454,6 +469,8 @@ pub struct Ring {
 const _: () = assert!(size_of::<RingHeader>() == 256);
 const _: () = assert!(offset_of!(RingHeader, tail) == 64);
 const _: () = assert!(offset_of!(RingHeader, sleeping) == 128);
+const _: () = assert!(offset_of!(RingHeader, idle_spins) == 132);
+const _: () = assert!(offset_of!(RingHeader, episode_max) == 136);
 const _: () = assert!(offset_of!(RingHeader, stop) == 192);
 const _: () = assert!(offset_of!(RingEntry, resp) == 8);
 const _: () = assert!(offset_of!(RingEntry, req) == 64);

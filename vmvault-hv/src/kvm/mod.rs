@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vault_vm::abi::{self, Request, Response};
 
 use crate::backend::Backend;
@@ -19,7 +19,7 @@ use crate::layout;
 use crate::memory::SharedMem;
 use crate::ring::{Racer, RingClient};
 use crate::window::Window;
-use crate::BackendKind;
+use crate::{BackendKind, RunMode};
 
 /// Name of the guest RAM memfd (scanners look for `/memfd:vmvault-guest`).
 pub const GUEST_MEMFD_NAME: &CStr = c"vmvault-guest";
@@ -30,10 +30,47 @@ pub const WINDOW_MEMFD_NAME: &CStr = c"vmvault-window";
 /// about 25 ns here: 4000 spins are about 100 µs). Override with `VMVAULT_IDLE_SPINS`.
 pub const DEFAULT_IDLE_SPINS: u64 = 4_000;
 
+/// Default idle spins of the guest when a submitting thread runs the vCPU itself
+/// (about 10 µs: catches requests submitted meanwhile, then gives the thread back).
+/// Override with `VMVAULT_CALLER_SPINS`.
+pub const DEFAULT_CALLER_SPINS: u64 = 400;
+
+/// Resolves [`RunMode::Auto`]: `VMVAULT_RUN=thread|caller` if set, else caller mode
+/// when the vCPUs would take half the CPUs this process may use or more (each polling
+/// vCPU keeps a CPU busy; on small machines the submitters need them).
+pub fn resolve_run_mode(mode: RunMode, vcpus: usize) -> RunMode {
+    match mode {
+        RunMode::Auto => match std::env::var("VMVAULT_RUN").as_deref() {
+            Ok("thread") => RunMode::Thread,
+            Ok("caller") => RunMode::Caller,
+            _ if vcpu::allowed_cpus().len() < 2 * vcpus + 2 => RunMode::Caller,
+            _ => RunMode::Thread,
+        },
+        m => m,
+    }
+}
+
+/// One vCPU: its fd (whoever holds the lock is the only thread in `KVM_RUN`) and its
+/// idle budgets.
+pub(crate) struct Runner {
+    pub fd: Mutex<VcpuFd>,
+    /// Set when the vCPU stopped or failed: nobody runs it again.
+    pub over: AtomicBool,
+    /// The vCPU thread is awake and waiting for `fd` to run the vCPU.
+    pub thread_coming: AtomicBool,
+    pub idle_spins: u32,
+    pub caller_spins: u32,
+}
+
 /// State shared by the front end and the vCPU threads.
 pub(crate) struct Shared {
     pub guest: SharedMem,
     pub rings: Vec<RingClient>,
+    pub runners: Vec<Runner>,
+    pub caller_runs: bool,
+    /// Thread mode: a submitter that finds the vCPU asleep also serves the ring itself
+    /// until the vCPU thread takes over (`VMVAULT_ASSIST=0` disables).
+    pub assist: bool,
     pub failed: AtomicBool,
     pub failure: Mutex<Option<String>>,
     pub ready: Mutex<usize>,
@@ -70,7 +107,13 @@ impl KvmBackend {
         Kvm::new().and_then(|k| k.create_vm()).is_ok()
     }
 
-    pub fn open(image: &[u8], vcpus: usize, window_len: u64, idle_spins: u64) -> Result<Self> {
+    pub fn open(
+        image: &[u8],
+        vcpus: usize,
+        window_len: u64,
+        idle_spins: u64,
+        mode: RunMode,
+    ) -> Result<Self> {
         let header = layout::parse_image(image)?;
         let kvm = Kvm::new().map_err(|e| HvError::KvmUnavailable(format!("/dev/kvm: {e}")))?;
         let vm = kvm.create_vm().map_err(|err| HvError::Kvm {
@@ -110,6 +153,28 @@ impl KvmBackend {
             })?;
         }
 
+        let boot = vcpu::Boot {
+            entry: header.entry,
+            vcpus,
+            window_len,
+            idle_spins,
+        };
+        let caller_spins = std::env::var("VMVAULT_CALLER_SPINS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(DEFAULT_CALLER_SPINS);
+        let clamp = |n: u64| n.clamp(1, abi::MAX_IDLE_SPINS) as u32;
+        let mut runners = Vec::new();
+        for i in 0..vcpus {
+            runners.push(Runner {
+                fd: Mutex::new(vcpu::setup(&kvm, &vm, i, &boot)?),
+                over: AtomicBool::new(false),
+                thread_coming: AtomicBool::new(false),
+                idle_spins: clamp(idle_spins),
+                caller_spins: clamp(caller_spins),
+            });
+        }
+        let mode = resolve_run_mode(mode, vcpus);
         let rings = (0..vcpus)
             // SAFETY: ring i lies inside guest RAM, which `Shared` owns for as long as
             // the clients live.
@@ -118,6 +183,9 @@ impl KvmBackend {
         let shared = Arc::new(Shared {
             guest,
             rings,
+            runners,
+            caller_runs: mode == RunMode::Caller,
+            assist: std::env::var("VMVAULT_ASSIST").map_or(true, |v| v != "0"),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             ready: Mutex::new(0),
@@ -125,34 +193,24 @@ impl KvmBackend {
         });
 
         let mut threads = Vec::new();
-        let cpus = vcpu::pin_plan(vcpus);
-        let boot = vcpu::Boot {
-            entry: header.entry,
-            vcpus,
-            window_len,
-            idle_spins,
+        // Caller mode: the vCPUs run on the submitting threads; nothing to pin.
+        let cpus = match mode {
+            RunMode::Thread => vcpu::pin_plan(vcpus),
+            _ => None,
         };
         let mut err = None;
         for i in 0..vcpus {
-            match vcpu::setup(&kvm, &vm, i, &boot) {
-                Ok(fd) => {
-                    let sh = Arc::clone(&shared);
-                    let cpu = cpus.as_ref().map(|c| c[i]);
-                    let t = std::thread::Builder::new()
-                        .name(format!("vault-vcpu{i}"))
-                        .spawn(move || vcpu::run(fd, i, cpu, sh))
-                        .map_err(|err| HvError::Os {
-                            what: "spawning a vCPU thread",
-                            err,
-                        });
-                    match t {
-                        Ok(t) => threads.push(t),
-                        Err(e) => {
-                            err = Some(e);
-                            break;
-                        }
-                    }
-                }
+            let sh = Arc::clone(&shared);
+            let cpu = cpus.as_ref().map(|c| c[i]);
+            let t = std::thread::Builder::new()
+                .name(format!("vault-vcpu{i}"))
+                .spawn(move || vcpu::run(i, cpu, sh))
+                .map_err(|err| HvError::Os {
+                    what: "spawning a vCPU thread",
+                    err,
+                });
+            match t {
+                Ok(t) => threads.push(t),
                 Err(e) => {
                     err = Some(e);
                     break;
@@ -245,6 +303,14 @@ impl Backend for KvmBackend {
         self.cpus.clone().unwrap_or_default()
     }
 
+    fn run_mode(&self) -> RunMode {
+        if self.shared.caller_runs {
+            RunMode::Caller
+        } else {
+            RunMode::Thread
+        }
+    }
+
     fn transfer(&self) -> *mut u8 {
         // SAFETY: TRANSFER_GPA is inside guest RAM.
         unsafe { self.shared.guest.ptr().add(abi::TRANSFER_GPA as usize) }
@@ -257,7 +323,19 @@ impl Backend for KvmBackend {
         if self.shared.failed.load(Ordering::SeqCst) {
             return Err(HvError::VaultFailed(self.failure()));
         }
-        let r = self.shared.rings[lane % self.vcpus].call(req, &self.shared.failed, racer);
+        let i = lane % self.vcpus;
+        let ring = &self.shared.rings[i];
+        let wake = || {
+            if !self.shared.caller_runs {
+                // The vCPU thread resumes polling; until it is scheduled, serve the
+                // ring from here (a cross-CPU wake-up costs ~100 µs on this host).
+                ring.wake.notify();
+            }
+            if self.shared.caller_runs || self.shared.assist {
+                vcpu::run_on_caller(i, &self.shared);
+            }
+        };
+        let r = ring.call(req, &self.shared.failed, racer, &wake);
         r.map_err(|e| match e {
             HvError::VaultFailed(_) => HvError::VaultFailed(self.failure()),
             e => e,

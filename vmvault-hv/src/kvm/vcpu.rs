@@ -158,7 +158,7 @@ pub(super) fn setup(kvm: &Kvm, vm: &VmFd, i: usize, boot: &Boot) -> Result<VcpuF
 }
 
 /// The CPUs this process may run on.
-fn allowed_cpus() -> Vec<usize> {
+pub(super) fn allowed_cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it for this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -204,9 +204,110 @@ fn pin(cpu: usize) {
     }
 }
 
-/// The `KVM_RUN` loop of vCPU `i`.
-pub(super) fn run(mut fd: VcpuFd, i: usize, cpu: Option<usize>, sh: Arc<Shared>) {
+/// How a vCPU's `KVM_RUN` episode ended.
+pub(super) enum Episode {
+    /// The guest found no work and exited to sleep.
+    Sleep,
+    /// The vCPU stopped for good (shutdown) or failed; nobody may run it again.
+    Over,
+}
+
+/// Runs vCPU `i` (the caller holds its runner lock) until the guest sleeps or stops.
+pub(super) fn drive(fd: &mut VcpuFd, i: usize, sh: &Shared) -> Episode {
+    let runner = &sh.runners[i];
     let ring = &sh.rings[i];
+    if runner.over.load(Ordering::SeqCst) || sh.failed.load(Ordering::SeqCst) {
+        return Episode::Over;
+    }
+    ring.ring().header.sleeping.store(0, Ordering::SeqCst);
+    let over = |why: Option<String>| {
+        runner.over.store(true, Ordering::SeqCst);
+        if let Some(why) = why {
+            sh.fail(why);
+        }
+        Episode::Over
+    };
+    loop {
+        let exit = match fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                if ring.ring().header.stop.load(Ordering::SeqCst) != 0 {
+                    return over(None); // kicked at shutdown: the guest did not stop by itself
+                }
+                continue;
+            }
+            Err(e) => return over(Some(format!("KVM_RUN on vCPU {i} failed: {e}"))),
+        };
+        match exit {
+            VcpuExit::MmioWrite(addr, data) if addr == abi::DOORBELL_GPA => {
+                let code = u32::from(data.first().copied().unwrap_or(0));
+                match code {
+                    abi::EXIT_SLEEP => return Episode::Sleep,
+                    abi::EXIT_READY => {
+                        *sh.ready.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                        sh.ready_cv.notify_all();
+                    }
+                    abi::EXIT_STOPPED => return over(None),
+                    abi::EXIT_PANIC => {
+                        return over(Some(format!("the vault guest panicked on vCPU {i}")))
+                    }
+                    c => return over(Some(format!("unknown doorbell code {c} from vCPU {i}"))),
+                }
+            }
+            VcpuExit::MmioWrite(addr, _) | VcpuExit::MmioRead(addr, _) => {
+                return over(Some(format!(
+                    "vCPU {i} accessed unbacked guest address {addr:#x}"
+                )));
+            }
+            VcpuExit::Intr => {}
+            VcpuExit::Shutdown => {
+                return over(Some(format!(
+                    "vCPU {i} faulted (shutdown exit: an exception with no IDT)"
+                )));
+            }
+            VcpuExit::InternalError => {
+                return over(Some(format!(
+                    "vCPU {i}: KVM internal error (emulation failure)"
+                )));
+            }
+            other => return over(Some(format!("vCPU {i}: unexpected exit {other:?}"))),
+        }
+    }
+}
+
+/// Most requests a submitting thread serves in one `KVM_RUN` before it gets its thread
+/// back (its own request is among the first: the ring holds 16).
+const CALLER_EPISODE_MAX: u32 = 32;
+
+/// Runs a sleeping vCPU `i` on the calling (submitting) thread, unless another thread
+/// runs it: no hand-off to another thread, no wake-up of an idle CPU. The guest serves
+/// the ring until it has been idle for the short caller budget, then exits.
+pub(super) fn run_on_caller(i: usize, sh: &Shared) {
+    let runner = &sh.runners[i];
+    let Ok(mut fd) = runner.fd.try_lock() else {
+        return; // somebody else runs it (or is about to)
+    };
+    let ring = &sh.rings[i];
+    // The lock holder is the only thread in KVM_RUN: re-check under it that the guest
+    // is out and work is waiting, and leave the vCPU to its own thread once that thread
+    // is awake and about to run it (assisting then would only add VM exits).
+    if !ring.vcpu_sleeping() || !ring.has_work() || runner.thread_coming.load(Ordering::SeqCst) {
+        return;
+    }
+    let h = &ring.ring().header;
+    h.idle_spins.store(runner.caller_spins, Ordering::Relaxed);
+    h.episode_max.store(CALLER_EPISODE_MAX, Ordering::Relaxed);
+    let _ = drive(&mut fd, i, sh);
+}
+
+/// The thread of vCPU `i`: boots it, then runs it whenever it sleeps with work waiting
+/// (thread mode: submitters notify it; caller mode: submitters run the vCPU themselves
+/// and this thread is only a safety net, plus start-up and shutdown). In thread mode
+/// the idle spin adapts: it doubles (up to 16× the base) while wake-ups follow a sleep
+/// closely, and falls back to the base after long quiet periods.
+pub(super) fn run(i: usize, cpu: Option<usize>, sh: Arc<Shared>) {
+    let ring = &sh.rings[i];
+    let runner = &sh.runners[i];
     // Optional CPU weight for the vCPU threads (VMVAULT_VCPU_NICE, needs CAP_SYS_NICE).
     // Off by default: a vCPU woken by a submitting thread tends to land on that
     // thread's CPU, and a heavier vCPU would then starve the thread waiting for it.
@@ -220,51 +321,49 @@ pub(super) fn run(mut fd: VcpuFd, i: usize, cpu: Option<usize>, sh: Arc<Shared>)
     if let Some(cpu) = cpu {
         pin(cpu);
     }
+    let base = if sh.caller_runs {
+        runner.caller_spins
+    } else {
+        runner.idle_spins
+    };
+    let max = (base.saturating_mul(16)).min(abi::MAX_IDLE_SPINS as u32);
+    let mut budget = base;
+    let mut first = true;
     loop {
-        let exit = match fd.run() {
-            Ok(exit) => exit,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                if ring.ring().header.stop.load(Ordering::SeqCst) != 0 {
-                    return; // kicked at shutdown: the guest did not stop by itself
-                }
-                continue;
-            }
-            Err(e) => return sh.fail(format!("KVM_RUN on vCPU {i} failed: {e}")),
-        };
-        match exit {
-            VcpuExit::MmioWrite(addr, data) if addr == abi::DOORBELL_GPA => {
-                let code = u32::from(data.first().copied().unwrap_or(0));
-                match code {
-                    abi::EXIT_SLEEP => {
-                        ring.wake.wait_until(|| ring.has_work());
-                        ring.ring().header.sleeping.store(0, Ordering::SeqCst);
-                    }
-                    abi::EXIT_READY => {
-                        *sh.ready.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                        sh.ready_cv.notify_all();
-                    }
-                    abi::EXIT_STOPPED => return,
-                    abi::EXIT_PANIC => {
-                        return sh.fail(format!("the vault guest panicked on vCPU {i}"))
-                    }
-                    c => return sh.fail(format!("unknown doorbell code {c} from vCPU {i}")),
+        {
+            runner.thread_coming.store(true, Ordering::SeqCst);
+            let mut fd = runner.fd.lock().unwrap_or_else(|e| e.into_inner());
+            runner.thread_coming.store(false, Ordering::SeqCst);
+            // Thread mode: woken by a submitter, run and poll (even if a submitter has
+            // meanwhile served the ring itself: more requests tend to follow).
+            if first || ring.header_stop() || !sh.caller_runs {
+                first = false;
+                let h = &ring.ring().header;
+                h.idle_spins.store(budget, Ordering::Relaxed);
+                h.episode_max.store(0, Ordering::Relaxed);
+                if let Episode::Over = drive(&mut fd, i, &sh) {
+                    return;
                 }
             }
-            VcpuExit::MmioWrite(addr, _) | VcpuExit::MmioRead(addr, _) => {
-                return sh.fail(format!(
-                    "vCPU {i} accessed unbacked guest address {addr:#x}"
-                ));
-            }
-            VcpuExit::Intr => {}
-            VcpuExit::Shutdown => {
-                return sh.fail(format!(
-                    "vCPU {i} faulted (shutdown exit: an exception with no IDT)"
-                ));
-            }
-            VcpuExit::InternalError => {
-                return sh.fail(format!("vCPU {i}: KVM internal error (emulation failure)"));
-            }
-            other => return sh.fail(format!("vCPU {i}: unexpected exit {other:?}")),
         }
+        if runner.over.load(Ordering::SeqCst) {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        ring.wake.wait_until(|| {
+            ring.header_stop()
+                || runner.over.load(Ordering::SeqCst)
+                || (!sh.caller_runs && (ring.wake.take() || ring.has_work()))
+        });
+        let slept = t0.elapsed();
+        budget = if sh.caller_runs {
+            base
+        } else if slept < std::time::Duration::from_millis(2) {
+            (budget.saturating_mul(2)).min(max)
+        } else if slept > std::time::Duration::from_millis(50) {
+            base
+        } else {
+            (budget / 2).max(base)
+        };
     }
 }

@@ -27,6 +27,7 @@ pub fn open(backend: BackendKind, vcpus: usize) -> Option<Vault> {
             backend,
             vcpus,
             window_size: 8 << 20,
+            ..Default::default()
         })
         .unwrap_or_else(|e| panic!("opening a {backend:?} vault: {e}")),
     )
