@@ -6,19 +6,22 @@
 //!     by other processes that a shared 2-core machine suffers;
 //!   * sustained: wall-clock bytes per second with three submitting threads per vCPU,
 //!     measured in slices alternating with the engine so outside load hits both alike;
-//! - the round-trip latency of one 4 KiB request (and after the vCPU went to sleep);
+//! - the round-trip latency of one 4 KiB request (and after the vCPU went to sleep), in
+//!   thread mode and in caller mode (`RunMode`);
 //! - the guest image size.
 //!
 //! `cargo bench -p vmvault-hv --bench vault`. Env: `VAULT_BENCH_SECS` (time per figure,
 //! default 3), `VAULT_BENCH_BACKEND=soft`, `VAULT_BENCH_SUBMIT_CPUS=0` (pin the
-//! submitting threads; pair with `VMVAULT_VCPU_CPUS=1` to give the vCPU its own core).
+//! submitting threads; pair with `VMVAULT_VCPU_CPUS=1` to give the vCPU its own core),
+//! `VAULT_BENCH_RUN=caller` (run mode of the throughput part; default thread: dedicated
+//! polling vCPUs, what "per vCPU" means).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use vault_vm::engine::{CipherSpec, Geometry, SectorCipher};
-use vmvault_hv::{BackendKind, SlotId, Vault, VaultConfig};
+use vmvault_hv::{BackendKind, RunMode, SlotId, Vault, VaultConfig};
 
 fn secs() -> Duration {
     let s: f64 = std::env::var("VAULT_BENCH_SECS")
@@ -190,16 +193,24 @@ fn main() {
     let rounds = 4;
     let slice = secs() / (rounds * 2);
     for vcpus in [1usize, 2] {
+        let mode = match std::env::var("VAULT_BENCH_RUN").as_deref() {
+            Ok("caller") => RunMode::Caller,
+            Ok("auto") => RunMode::Auto,
+            _ => RunMode::Thread,
+        };
         let vault = Vault::open(&VaultConfig {
             backend,
             vcpus,
             window_size: 64 << 20,
+            run: mode,
         })
         .unwrap();
         let slot = vault.import_key(spec, &key).unwrap();
         println!(
-            "-- {vcpus} vCPU(s) (vault: in-guest engine {})",
-            vault.selftest().unwrap().engine_backend
+            "-- {vcpus} vCPU(s) (vault: in-guest engine {}, run mode {:?}, vCPUs pinned to {:?})",
+            vault.selftest().unwrap().engine_backend,
+            vault.run_mode(),
+            vault.vcpu_cpus()
         );
         let ctx = Ctx {
             engine: &engine,
@@ -252,35 +263,54 @@ fn main() {
         vault.drop_key(slot).unwrap();
     }
 
-    // Round-trip latency of one 4 KiB request (1 vCPU, one submitting thread).
-    let vault = Vault::open(&VaultConfig {
-        backend,
-        vcpus: 1,
-        window_size: 8 << 20,
-    })
-    .unwrap();
-    let slot = vault.import_key(spec, &key).unwrap();
-    let mut buf = vault.window().alloc(4096).unwrap();
-    pin_submitter(&vault);
-    println!(
-        "-- latency (vCPU pinned to {:?}, submitter kept off it)",
-        vault.vcpu_cpus()
-    );
-    let mut lat = Vec::new();
-    let deadline = Instant::now() + secs() / 2;
-    while Instant::now() < deadline {
-        let t = Instant::now();
-        vault.encrypt(slot, &geom, 0, &mut buf).unwrap();
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+    // Round-trip latency of one 4 KiB request (1 vCPU, one submitting thread), with a
+    // polling vCPU thread and with the vCPU run on the submitting thread.
     let mut local = vec![0u8; 4096];
     let t = Instant::now();
     for _ in 0..10_000 {
         engine.encrypt(&geom, 0, &mut local).unwrap();
     }
     let eng_us = t.elapsed().as_secs_f64() * 1e6 / 10_000.0;
+    for mode in [RunMode::Thread, RunMode::Caller] {
+        std::thread::scope(|s| {
+            s.spawn(|| latency(backend, mode, spec, &key, &geom, eng_us));
+        });
+    }
+    println!("guest image size: {} bytes", Vault::guest_image_size());
+}
+
+fn latency(
+    backend: BackendKind,
+    run: RunMode,
+    spec: CipherSpec,
+    key: &[u8],
+    geom: &Geometry,
+    eng_us: f64,
+) {
+    let vault = Vault::open(&VaultConfig {
+        backend,
+        vcpus: 1,
+        window_size: 8 << 20,
+        run,
+    })
+    .unwrap();
+    let slot = vault.import_key(spec, key).unwrap();
+    let mut buf = vault.window().alloc(4096).unwrap();
+    pin_submitter(&vault);
+    println!(
+        "-- latency, run mode {:?} (vCPU pinned to {:?}, submitter kept off it)",
+        vault.run_mode(),
+        vault.vcpu_cpus()
+    );
+    let mut lat = Vec::new();
+    let deadline = Instant::now() + secs() / 2;
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        vault.encrypt(slot, geom, 0, &mut buf).unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
     println!(
         "4 KiB round trip: median {:.2} µs, p99 {:.2} µs, min {:.2} µs ({} requests; the engine alone takes {:.2} µs)",
         pct(0.5),
@@ -293,12 +323,11 @@ fn main() {
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(10));
         let t = Instant::now();
-        vault.encrypt(slot, &geom, 0, &mut buf).unwrap();
+        vault.encrypt(slot, geom, 0, &mut buf).unwrap();
         wake.push(t.elapsed().as_secs_f64() * 1e6);
     }
     println!(
         "4 KiB round trip to a sleeping vCPU: median {:.1} µs",
         median(&mut wake)
     );
-    println!("guest image size: {} bytes", Vault::guest_image_size());
 }
