@@ -5,9 +5,14 @@
 # Usage (root): dm-vmvault/benches/fio.sh [size_mib=256] [runtime_s=8]
 # Needs: fio, qemu-img, qemu-storage-daemon, keyctl, python3, a built vmvaultd
 # (cargo build --release -p dm-vmvault; VMVAULTD overrides the path).
+# Env: FIO_BACKENDS (default "kvm soft qsd-luks passthrough"), FIO_WORKLOADS (default
+# "seqread seqwrite randread randwrite"); VMVAULT_* tuning knobs reach vmvaultd.
 set -euo pipefail
 SIZE_MIB=${1:-256}
 RUNTIME=${2:-8}
+BACKENDS=${FIO_BACKENDS:-kvm soft qsd-luks passthrough}
+WORKLOADS=${FIO_WORKLOADS:-seqread seqwrite randread randwrite}
+want() { [[ " $BACKENDS " == *" $1 "* ]]; }
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VMVAULTD=${VMVAULTD:-${CARGO_TARGET_DIR:-$ROOT/target}/release/vmvaultd}
 [ -x "$VMVAULTD" ] || { echo "build vmvaultd first (cargo build --release -p dm-vmvault)"; exit 1; }
@@ -33,6 +38,7 @@ fio_all() { # $1 label, $2 device
   local dev=$2
   for spec in "seqread:read:1M" "seqwrite:write:1M" "randread:randread:4k" "randwrite:randwrite:4k"; do
     IFS=: read -r name rw bs <<<"$spec"
+    [[ " $WORKLOADS " == *" $name "* ]] || continue
     local depth=16; [ "$bs" = 1M ] && depth=4
     local out
     out=$(fio --name=$name --filename="$dev" --rw=$rw --bs=$bs --direct=1 --ioengine=libaio \
@@ -52,6 +58,7 @@ mkdir -p "$RUN"
 "$VMVAULTD" --run-dir "$RUN" >"$W/vmvaultd.log" 2>&1 &
 for _ in $(seq 100); do [ -S "$RUN/control" ] && break; sleep 0.05; done
 for b in kvm soft; do
+  want $b || continue
   fallocate -l ${SIZE_MIB}M "$W/vv-$b.img"
   serial=$(head -c 64 /dev/urandom | keyctl padd user "vmvault-fio-$b-$$" @u)
   keyctl setperm "$serial" 0x3f030000
@@ -73,12 +80,16 @@ qsd_export() { # $1 label, $2 blockdev json for the top node "top"; sets DEV
   local l; l=$(losetup --find --show --direct-io=on --sector-size 4096 "$file")
   LOOPS+=("$l"); DEV=$l
 }
+if want qsd-luks; then
 qemu-img create -q -f luks --object secret,id=sec0,data=benchpass -o key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,iter-time=10,preallocation=falloc "$W/qsd-luks.img" $((SIZE_MIB-16))M
 qsd_export qsd-luks '{"driver":"luks","node-name":"top","file":"f0","key-secret":"sec0"}'
 fio_all qsd-luks "$DEV" | tee -a "$RES"
+fi
+if want passthrough; then
 fallocate -l $((SIZE_MIB-16))M "$W/qsd-raw.img"
 qsd_export qsd-raw '{"driver":"raw","node-name":"top","file":"f0"}'
 fio_all passthrough "$DEV" | tee -a "$RES"
+fi
 
 python3 - "$RES" <<'PY'
 import sys, collections

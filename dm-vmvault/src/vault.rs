@@ -122,6 +122,12 @@ impl Crypt for VaultCrypt {
         self.geom
     }
 
+    /// A whole pooled buffer in one vault request: one ring round trip (and, when the
+    /// vCPU runs on the calling thread, one VM exit) per FUSE request.
+    fn max_request(&self) -> usize {
+        crate::io::MAX_IO
+    }
+
     fn backend(&self) -> String {
         self.vault.backend().name().to_string()
     }
@@ -182,6 +188,7 @@ impl VaultPool {
                 backend: kind,
                 vcpus: self.vcpus,
                 window_size: WINDOW_SIZE,
+                ..Default::default()
             })
             .map_err(VaultError::Hv)?,
         );
