@@ -8,7 +8,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use vault_vm::abi::{
-    Request, Response, Ring, ENTRY_CLAIMED, ENTRY_DONE, ENTRY_FREE, ENTRY_SUBMITTED,
+    Request, Response, Ring, ENTRY_CLAIMED, ENTRY_DONE, ENTRY_FREE, ENTRY_SUBMITTED, RING_ENTRIES,
 };
 
 use crate::error::{HvError, Result};
@@ -157,7 +157,18 @@ impl RingClient {
             .take(req.nsegs as usize)
             .map(|s| s.len)
             .fold(0, u64::saturating_add);
-        let expected = Duration::from_micros((bytes / EXPECTED_BYTES_PER_US).min(10_000));
+        // Requests ahead of this one (and this one) on the ring: waiting threads sleep
+        // through the queue instead of spinning on CPUs the vCPUs need (and waking up
+        // early, which preempts a vCPU: a VM exit).
+        let queued = ring
+            .header
+            .head
+            .load(Ordering::Relaxed)
+            .wrapping_sub(ring.header.tail.load(Ordering::Relaxed))
+            .clamp(1, RING_ENTRIES as u64);
+        let expected = Duration::from_micros(
+            (queued.saturating_mul(bytes) / EXPECTED_BYTES_PER_US).min(10_000),
+        );
         let wait = || {
             if expected > 2 * SPIN && !done() && !self.vcpu_sleeping() {
                 precise_sleep(expected - SPIN);

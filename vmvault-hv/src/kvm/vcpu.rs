@@ -284,8 +284,11 @@ const CALLER_EPISODE_MAX: u32 = 32;
 /// the ring until it has been idle for the short caller budget, then exits.
 pub(super) fn run_on_caller(i: usize, sh: &Shared) {
     let runner = &sh.runners[i];
-    let Ok(mut fd) = runner.fd.try_lock() else {
-        return; // somebody else runs it (or is about to)
+    let mut fd = match runner.fd.try_lock() {
+        Ok(fd) => fd,
+        // A thread that panicked while running the vCPU: the fd itself is fine.
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return, // somebody else runs it
     };
     let ring = &sh.rings[i];
     // The lock holder is the only thread in KVM_RUN: re-check under it that the guest
