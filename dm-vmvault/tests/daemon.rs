@@ -28,7 +28,7 @@ fn ext4_cycle(backend: dm_vmvault::protocol::BackendChoice) {
     let img = t.path().join("img");
     sparse_image(&img, 41);
     let key = test_key(64, 3);
-    let d = Daemon::start(&rundir);
+    let d = start_daemon(&rundir);
     let mut req = open_req("ext4vol", &img, &key, 4096);
     req.backend = backend;
     let serial = req.key_serial;
@@ -97,7 +97,7 @@ fn second_open_of_active_name_is_code_5_and_bad_requests_are_refused() {
     sparse_image(&img, 9);
     sparse_image(&img2, 9);
     let key = test_key(64, 4);
-    let d = Daemon::start(&rundir);
+    let d = start_daemon(&rundir);
     d.client().open(open_req("dup", &img, &key, 512)).unwrap();
     let e = d
         .client()
@@ -152,15 +152,7 @@ fn read_at(path: &Path, pos: u64, len: usize) -> Vec<u8> {
 
 #[test]
 fn sectors_decrypt_with_python_cryptography() {
-    if !require(&["fuse", "loop", "keyctl", "python3"]) {
-        return;
-    }
-    let py_ok = Command::new("python3")
-        .args(["-c", "import cryptography"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !py_ok && !require(&["python3-cryptography"]) {
+    if !require(&["fuse", "loop", "keyctl", "python3", "python3-cryptography"]) {
         return;
     }
     for (backend, ss) in vault_backends()
@@ -172,7 +164,7 @@ fn sectors_decrypt_with_python_cryptography() {
         let img = t.path().join("img");
         sparse_image(&img, 5);
         let key = test_key(64, 9);
-        let d = Daemon::start(&rundir);
+        let d = start_daemon(&rundir);
         let mut req = open_req("compat", &img, &key, ss);
         req.backend = backend;
         let st = d.client().open(req).unwrap();
@@ -249,7 +241,7 @@ fn backing_io_errors_reach_the_user_as_eio() {
     let img = small.join("img");
     sparse_image(&img, 17); // 17 MiB sparse file on a 4 MiB tmpfs
     let key = test_key(64, 5);
-    let d = Daemon::start(&rundir);
+    let d = start_daemon(&rundir);
     let st = d.client().open(open_req("eio", &img, &key, 4096)).unwrap();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -312,7 +304,7 @@ fn sigkill_during_writes_no_hang_restart_reopen_fsynced_data_intact() {
     let img = t.path().join("img");
     sparse_image(&img, 41);
     let key = test_key(64, 6);
-    let mut d = Daemon::start(&rundir);
+    let mut d = start_daemon(&rundir);
     let st = d
         .client()
         .open(open_req("killvol", &img, &key, 4096))
@@ -370,7 +362,7 @@ fn sigkill_during_writes_no_hang_restart_reopen_fsynced_data_intact() {
     // A restarted daemon cleans the stale FUSE mount and reopens the volume.
     let d2 = within(30, "restart", {
         let rundir = rundir.clone();
-        move || Daemon::start(&rundir)
+        move || start_daemon(&rundir)
     });
     let stale: Vec<_> = std::fs::read_to_string("/proc/self/mounts")
         .unwrap()
@@ -488,7 +480,7 @@ fn zeroout_reads_back_zeros_with_and_without_discards() {
         let img = t.path().join("img");
         sparse_image(&img, 9);
         let key = test_key(64, 9);
-        let d = Daemon::start(&rundir);
+        let d = start_daemon(&rundir);
         let mut req = open_req("zvol", &img, &key, 4096);
         req.allow_discards = allow_discards;
         let st = d.client().open(req).unwrap();

@@ -19,13 +19,19 @@
 //! `SKIPPED: ...` otherwise.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "../support/mod.rs"]
+mod support;
 
 use dm_vmvault::protocol::{BackendChoice, OpenRequest};
+use support::{
+    cargo_build, hex_decode, hex_encode, keyctl_padd, keyring_add, luks_format,
+    luks_volume_key_hex, require, run, Daemon, TempDir,
+};
 use vmvault_tests::residency::{
     aes, pids_named, scan_keyrings, scan_mapping, scan_process, Needles, ScanOptions, ScanReport,
     GUEST_MEMFD_PATH, SECRETMEM_PATH,
@@ -34,99 +40,7 @@ use vmvault_tests::residency::{
 // ------------------------------------------------------------------------------------
 // Environment
 
-/// True when everything is there; else SKIPPED (or a panic when `CI` is set).
-fn require(what: &[&str]) -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for w in what {
-        let ok = match *w {
-            "fuse" => Path::new("/dev/fuse").exists(),
-            "loop" => Path::new("/dev/loop-control").exists(),
-            "kvm" => std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/kvm")
-                .is_ok(),
-            tool => which(tool),
-        };
-        if !ok {
-            missing.push((*w).to_string());
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("SKIPPED: missing {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg} (CI is set: this test must run)");
-    }
-    eprintln!("{msg}");
-    false
-}
-
-fn which(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
-}
-
 const NEEDS: &[&str] = &["fuse", "loop", "cryptsetup", "keyctl", "dd"];
-
-/// Runs a command, panicking with its output on failure; returns stdout.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A temporary directory, lazily unmounted below and removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "vmvault-residency-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Ok(m) = std::fs::read_to_string("/proc/self/mounts") {
-            let mut mps: Vec<&str> = m
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|mp| Path::new(mp).starts_with(&self.0))
-                .collect();
-            mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
-            for mp in mps {
-                let _ = Command::new("umount").arg("-l").arg(mp).status();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 // ------------------------------------------------------------------------------------
 // Binaries: release vmvaultd (and vaultsetup), built once under a file lock.
@@ -159,31 +73,10 @@ fn bins() -> &'static Bins {
             };
         }
         let target = target_dir();
-        std::fs::create_dir_all(&target).unwrap();
-        let lock = std::fs::File::create(target.join(".vmvault-tests-build.lock")).unwrap();
-        // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
-        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let out = Command::new(&cargo)
-            .current_dir(workspace)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "dm-vmvault",
-                "-p",
-                "vaultsetup",
-                "--bins",
-                "--target-dir",
-            ])
-            .arg(&target)
-            .output()
-            .unwrap_or_else(|e| panic!("spawn {cargo:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "cargo build --release -p dm-vmvault -p vaultsetup failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        cargo_build(
+            &target,
+            true,
+            &["-p", "dm-vmvault", "-p", "vaultsetup", "--bins"],
         );
         let b = Bins {
             vmvaultd: target.join("release/vmvaultd"),
@@ -195,76 +88,9 @@ fn bins() -> &'static Bins {
     })
 }
 
-// ------------------------------------------------------------------------------------
-// Daemon
-
-struct Daemon {
-    child: Child,
-    run_dir: PathBuf,
-}
-
-impl Daemon {
-    fn start(run_dir: &Path) -> Daemon {
-        std::fs::create_dir_all(run_dir).unwrap();
-        let log = std::fs::File::create(run_dir.with_extension("log")).unwrap();
-        let child = Command::new(&bins().vmvaultd)
-            .arg("--run-dir")
-            .arg(run_dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn vmvaultd");
-        let d = Daemon {
-            child,
-            run_dir: run_dir.to_path_buf(),
-        };
-        let t0 = Instant::now();
-        loop {
-            if let Ok(mut c) = dm_vmvault::client::Client::connect(run_dir) {
-                if c.ping().is_ok() {
-                    return d;
-                }
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "vmvaultd did not come up: {}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn client(&self) -> dm_vmvault::client::Client {
-        dm_vmvault::client::Client::connect(&self.run_dir).unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.run_dir.with_extension("log")).unwrap_or_default()
-    }
-
-    fn shutdown(mut self) {
-        let r = self.client().shutdown();
-        assert!(r.is_ok(), "shutdown: {r:?}");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            if let Ok(mut c) = dm_vmvault::client::Client::connect(&self.run_dir) {
-                let _ = c.shutdown();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Starts the release vmvaultd on `run_dir` (up within 20 s).
+fn start_daemon(run_dir: &Path) -> Daemon {
+    Daemon::start_within(&bins().vmvaultd, run_dir, Duration::from_secs(20))
 }
 
 // ------------------------------------------------------------------------------------
@@ -279,31 +105,17 @@ struct Luks {
     sector_size: u32,
 }
 
-fn hex_decode(s: &str) -> Vec<u8> {
-    let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
-}
-
-fn hex_encode(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// A 96 MiB LUKS2 file (aes-xts-plain64, 512-bit key, 4096-byte sectors, fast PBKDF2);
 /// the volume key comes from `cryptsetup luksDump --dump-volume-key`.
 fn make_luks(dir: &Path, name: &str) -> Luks {
     let path = dir.join(name);
     let pass = dir.join(format!("{name}.pass"));
     std::fs::write(&pass, format!("residency passphrase {name}")).unwrap();
-    std::fs::File::create(&path)
-        .unwrap()
-        .set_len(96 << 20)
-        .unwrap();
-    run(Command::new("cryptsetup")
-        .args([
-            "luksFormat",
-            "--batch-mode",
+    luks_format(
+        &path,
+        96,
+        &pass,
+        &[
             "--type",
             "luks2",
             "--cipher",
@@ -316,33 +128,11 @@ fn make_luks(dir: &Path, name: &str) -> Luks {
             "pbkdf2",
             "--pbkdf-force-iterations",
             "1000",
-            "--key-file",
-        ])
-        .arg(&pass)
-        .arg(&path));
-    let dump = run(Command::new("cryptsetup")
-        .args([
-            "luksDump",
-            "--batch-mode",
-            "--dump-volume-key",
-            "--key-file",
-        ])
-        .arg(&pass)
-        .arg(&path));
-    let mut key_hex = String::new();
-    let mut in_key = false;
-    for line in dump.lines() {
-        if let Some(rest) = line.strip_prefix("MK dump:") {
-            in_key = true;
-            key_hex.push_str(rest);
-        } else if in_key && line.starts_with(char::is_whitespace) {
-            key_hex.push_str(line);
-        } else {
-            in_key = false;
-        }
-    }
+        ],
+    );
+    let key_hex = luks_volume_key_hex(&path, &pass);
     let key = hex_decode(&key_hex);
-    assert_eq!(key.len(), 64, "volume key from luksDump:\n{dump}");
+    assert_eq!(key.len(), 64, "volume key from luksDump: {key_hex}");
     let info = run(Command::new("cryptsetup").arg("luksDump").arg(&path));
     let field = |name: &str| -> String {
         let seg = info
@@ -374,24 +164,6 @@ fn make_luks(dir: &Path, name: &str) -> Luks {
     }
 }
 
-/// Places `key` in the user keyring as a `user` key readable by the daemon (uid 0):
-/// the hand-off vaultsetup does. Returns the serial.
-fn keyring_add(key: &[u8], tag: &str) -> i32 {
-    let desc = format!("vmvault-residency:{}:{tag}", std::process::id());
-    let mut child = Command::new("keyctl")
-        .args(["padd", "user", &desc, "@u"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("keyctl");
-    child.stdin.take().unwrap().write_all(key).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "keyctl padd failed");
-    let serial: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    run(Command::new("keyctl").args(["setperm", &serial.to_string(), "0x3f030000"]));
-    serial
-}
-
 /// Opens `luks` as `name` through the daemon's control socket with a keyring key.
 fn open_via_keyring(d: &Daemon, luks: &Luks, name: &str, backend: BackendChoice) -> String {
     // Built from JSON so fields added to the protocol later take their defaults.
@@ -403,7 +175,7 @@ fn open_via_keyring(d: &Daemon, luks: &Luks, name: &str, backend: BackendChoice)
         "sector_size": luks.sector_size,
         "offset": luks.offset,
         "backend": backend,
-        "key_serial": keyring_add(&luks.key, name),
+        "key_serial": keyring_add(&luks.key),
     }))
     .expect("OpenRequest from JSON");
     let st = d
@@ -453,15 +225,7 @@ fn open_via_passphrase(d: &Daemon, luks: &Luks, name: &str, backend: &str) -> St
 /// session keyring would give `keyctl` a throw-away one). Returns the plaintext device.
 fn open_via_volume_key_keyring(d: &Daemon, luks: &Luks, name: &str, backend: &str) -> String {
     let desc = format!("vmvault-residency:{}:{name}:vk", std::process::id());
-    let mut child = Command::new("keyctl")
-        .args(["padd", "user", &desc, "@u"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("keyctl");
-    child.stdin.take().unwrap().write_all(&luks.key).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "keyctl padd failed");
+    keyctl_padd("user", &desc, &luks.key);
     vaultsetup(
         d,
         "open",
@@ -795,7 +559,7 @@ fn keyring_scan_finds_a_planted_key() {
         return;
     }
     let k = test_key(9);
-    let serial = keyring_add(&k, "planted");
+    let serial = keyring_add(&k);
     let rep = scan_keyrings(&Needles::for_volume_key(&k));
     run(Command::new("keyctl").args(["invalidate", &serial.to_string()]));
     eprintln!("{rep}");
@@ -817,9 +581,9 @@ fn daemon_scan_finds_in_process_backend_keys() {
     if !require(NEEDS) {
         return;
     }
-    let t = TempDir::new("inproc");
+    let t = TempDir::new("residency-inproc");
     let luks = make_luks(t.path(), "a.img");
-    let d = Daemon::start(&t.path().join("run"));
+    let d = start_daemon(&t.path().join("run"));
     open_via_keyring(&d, &luks, "inproc", BackendChoice::InProcess);
     let rep = scan_process(
         d.pid(),
@@ -846,10 +610,10 @@ fn kvm_key_only_in_guest_memory() {
     if !require(&needs) {
         return;
     }
-    let t = TempDir::new("kvm");
+    let t = TempDir::new("residency-kvm");
     let a = make_luks(t.path(), "a.img");
     let b = make_luks(t.path(), "b.img");
-    let d = Daemon::start(&t.path().join("run"));
+    let d = start_daemon(&t.path().join("run"));
     let pid = d.pid();
     let ex = &[GUEST_MEMFD_PATH];
     let mut f = Findings::default();
@@ -901,9 +665,9 @@ fn kvm_key_only_in_guest_memory_client_keyring() {
     if !require(&needs) {
         return;
     }
-    let t = TempDir::new("kvm-client");
+    let t = TempDir::new("residency-kvm-client");
     let a = make_luks(t.path(), "a.img");
-    let d = Daemon::start(&t.path().join("run"));
+    let d = start_daemon(&t.path().join("run"));
     let pid = d.pid();
     let dev = open_via_keyring(&d, &a, "resc", BackendChoice::Kvm);
     let mut f = Findings::default();
@@ -922,10 +686,10 @@ fn soft_key_only_in_secretmem() {
     if !require(NEEDS) {
         return;
     }
-    let t = TempDir::new("soft");
+    let t = TempDir::new("residency-soft");
     let a = make_luks(t.path(), "a.img");
     let b = make_luks(t.path(), "b.img");
-    let d = Daemon::start(&t.path().join("run"));
+    let d = start_daemon(&t.path().join("run"));
     let pid = d.pid();
     let mut f = Findings::default();
     let dev = open_via_passphrase(&d, &a, "softa", "soft");

@@ -90,7 +90,7 @@ fn not_luks() {
     // below when it is installed; 4 is for a device that does not exist / cannot open.
     let d = tmp();
     let zero = d.path().join("zero.img");
-    sparse(&zero, 2);
+    sparse_image(&zero, 2);
     let rnd = d.path().join("random.img");
     let bytes: Vec<u8> = (0..1_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -108,7 +108,7 @@ fn not_luks() {
         assert!(err.contains("is not a valid LUKS device."), "{err}");
         assert_eq!(sha256_file(img), before);
         if need("cryptsetup", "not_luks peer") {
-            let o = run(
+            let o = run_with_input(
                 std::process::Command::new("cryptsetup").args(["open", "--test-passphrase", p]),
                 Some(b"x\n"),
             );

@@ -5,84 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dm_vmvault::client::Client;
+use common::{require_for, start_daemon};
 use dm_vmvault::protocol::{BackendChoice, OpenRequest, Request};
 use vaultsetup::keyring::{self, StagedKey, STAGED_KEY_PERM};
-
-fn ready() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ok = root && Path::new("/dev/fuse").exists() && Path::new("/dev/loop-control").exists();
-    if !ok {
-        let msg = "SKIPPED: keyring hand-over needs root, /dev/fuse and loop devices";
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg} (CI is set)");
-        }
-        eprintln!("{msg}");
-    }
-    ok
-}
-
-fn vmvaultd() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_vaultsetup"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let cand = dir.join("vmvaultd");
-    if !cand.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "dm-vmvault", "--bin", "vmvaultd"])
-            .arg("--target-dir")
-            .arg(dir.parent().unwrap())
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if dir.file_name().unwrap() == "release" {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().unwrap().success(), "building vmvaultd failed");
-    }
-    cand
-}
-
-struct Daemon {
-    child: Child,
-    run: PathBuf,
-}
-
-impl Daemon {
-    fn start(run: &Path) -> Daemon {
-        let child = Command::new(vmvaultd())
-            .arg("--run-dir")
-            .arg(run)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Client::connect(run).and_then(|mut c| c.ping()).is_err() {
-            assert!(Instant::now() < deadline, "vmvaultd did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon {
-            child,
-            run: run.to_path_buf(),
-        }
-    }
-    fn client(&self) -> Client {
-        Client::connect(&self.run).unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.client().shutdown();
-        let _ = self.child.wait();
-    }
-}
 
 fn req(name: &str, img: &Path, serial: i32, ring: Option<i32>) -> OpenRequest {
     OpenRequest {
@@ -109,7 +37,7 @@ fn req(name: &str, img: &Path, serial: i32, ring: Option<i32>) -> OpenRequest {
 
 #[test]
 fn possessor_only_key_reaches_the_vault_only_through_the_request_keyring() {
-    if !ready() {
+    if !require_for("keyring hand-over", &["fuse", "loop"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -118,7 +46,7 @@ fn possessor_only_key_reaches_the_vault_only_through_the_request_keyring() {
         .unwrap()
         .set_len(8 << 20)
         .unwrap();
-    let d = Daemon::start(&dir.path().join("run"));
+    let d = start_daemon(&dir.path().join("run"));
     let key: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(29) ^ 0x5c).collect();
 
     let staged = StagedKey::new(&key).unwrap();

@@ -14,7 +14,7 @@ mod common;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 
 use common::*;
@@ -29,47 +29,6 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Returns false (SKIPPED) or panics (CI) when something is missing.
-fn require(test: &str, what: &[&str]) -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for w in what {
-        let ok = match *w {
-            "fuse" => Path::new("/dev/fuse").exists(),
-            "loop" => Path::new("/dev/loop-control").exists(),
-            "kvm" => std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/kvm")
-                .is_ok(),
-            "python3-cryptography" => Command::new("python3")
-                .args(["-c", "import cryptography"])
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false),
-            tool => std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-                .unwrap_or(false),
-        };
-        if !ok {
-            missing.push((*w).to_string());
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("SKIPPED: {test}: missing {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg} (CI is set: this test must run)");
-    }
-    eprintln!("{msg}");
-    false
-}
-
 const BASE: &[&str] = &[
     "fuse",
     "loop",
@@ -78,35 +37,6 @@ const BASE: &[&str] = &[
     "mkfs.ext4",
     "fsck.ext4",
 ];
-
-/// The vmvaultd binary: next to vaultsetup, else built with cargo (once, under a lock).
-fn vmvaultd() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut g = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = &*g {
-        return p.clone();
-    }
-    let vs = PathBuf::from(env!("CARGO_BIN_EXE_vaultsetup"));
-    let dir = vs.parent().unwrap().to_path_buf();
-    let cand = dir.join("vmvaultd");
-    if !cand.is_file() {
-        let target = dir.parent().unwrap();
-        let profile = dir.file_name().unwrap().to_str().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "dm-vmvault", "--bin", "vmvaultd"])
-            .arg("--target-dir")
-            .arg(target)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile == "release" {
-            cmd.arg("--release");
-        }
-        run_ok(&mut cmd, None);
-        assert!(cand.is_file(), "vmvaultd not at {}", cand.display());
-    }
-    *g = Some(cand.clone());
-    cand
-}
 
 /// A private daemon world: temp dir, run dir; shuts the daemon down on drop.
 struct World {
@@ -128,7 +58,7 @@ impl World {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         full.insert(1, "--run-dir".into());
         full.insert(2, self.run.display().to_string());
-        let o = run(vaultsetup().args(&full).env("VMVAULTD", vmvaultd()), stdin);
+        let o = run_with_input(vaultsetup().args(&full).env("VMVAULTD", vmvaultd()), stdin);
         (
             o.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -192,18 +122,10 @@ impl Drop for World {
 
 fn format(w: &World, name: &str, args: &[&str], mib: u64) -> PathBuf {
     let img = w.path().join(name);
-    sparse(&img, mib);
-    let kf = w.path().join("pass");
-    std::fs::write(&kf, PASS).unwrap();
-    run_ok(
-        Command::new("cryptsetup")
-            .args(["luksFormat", "--batch-mode", "--pbkdf", "pbkdf2"])
-            .args(["--pbkdf-force-iterations", "1000", "--key-file"])
-            .arg(&kf)
-            .args(args)
-            .arg(&img),
-        None,
-    );
+    let kf = pass_file(w);
+    let mut a = vec!["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+    a.extend_from_slice(args);
+    support::luks_format(&img, mib, Path::new(&kf), &a);
     img
 }
 
@@ -221,10 +143,6 @@ fn open(w: &World, img: &Path, name: &str, extra: &[&str]) {
     a.push(&img);
     a.push(name);
     w.vs_ok(&a);
-}
-
-fn sh(cmd: &mut Command) -> String {
-    String::from_utf8_lossy(&run_ok(cmd, None).stdout).into_owned()
 }
 
 fn no_staged_keys() {
@@ -255,23 +173,23 @@ fn ext4_cycle(w: &World, img: &Path, name: &str, backend: &str, ty: &str) {
     );
     assert!(human.contains("  mode:    read/write"), "{human}");
 
-    sh(Command::new("mkfs.ext4")
+    run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
         .arg(&dev));
     let mp = w.path().join(format!("mnt-{name}"));
     std::fs::create_dir_all(&mp).unwrap();
-    sh(Command::new("mount").arg(&dev).arg(&mp));
+    run(Command::new("mount").arg(&dev).arg(&mp));
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
     std::fs::write(mp.join("big.bin"), &big).unwrap();
     std::fs::create_dir(mp.join("d")).unwrap();
     for i in 0..20 {
         std::fs::write(mp.join(format!("d/{i}")), format!("{i}\n").repeat(i + 1)).unwrap();
     }
-    sh(&mut Command::new("sync"));
+    run(&mut Command::new("sync"));
     // Busy while mounted.
     let (rc, _, err) = w.vs(&["close", name], None);
     assert_eq!(rc, 5, "close while mounted: {err}");
-    sh(Command::new("umount").arg(&mp));
+    run(Command::new("umount").arg(&mp));
     w.vs_ok(&["close", name]);
     let (rc, out, _) = w.vs(&["status", name], None);
     assert_eq!(rc, 4, "status after close");
@@ -280,8 +198,8 @@ fn ext4_cycle(w: &World, img: &Path, name: &str, backend: &str, ty: &str) {
 
     open(w, img, name, &["--backend", backend]);
     let dev = w.device(name);
-    sh(Command::new("fsck.ext4").arg("-fn").arg(&dev));
-    sh(Command::new("mount").arg(&dev).arg(&mp));
+    run(Command::new("fsck.ext4").arg("-fn").arg(&dev));
+    run(Command::new("mount").arg(&dev).arg(&mp));
     assert_eq!(std::fs::read(mp.join("big.bin")).unwrap(), big);
     for i in 0..20 {
         assert_eq!(
@@ -289,13 +207,13 @@ fn ext4_cycle(w: &World, img: &Path, name: &str, backend: &str, ty: &str) {
             format!("{i}\n").repeat(i + 1)
         );
     }
-    sh(Command::new("umount").arg(&mp));
+    run(Command::new("umount").arg(&mp));
     w.vs_ok(&["close", name]);
 }
 
 #[test]
 fn luks2_kvm_ext4_reopen_fsck_and_second_open_is_5() {
-    if !require("luks2 kvm", &[BASE, &["kvm"]].concat()) {
+    if !require_for("luks2 kvm", &[BASE, &["kvm"]].concat()) {
         return;
     }
     let _g = lock();
@@ -343,7 +261,7 @@ fn luks2_kvm_ext4_reopen_fsck_and_second_open_is_5() {
 
 #[test]
 fn luks2_soft_and_luks1_ext4_reopen_fsck() {
-    if !require("luks2 soft + luks1", BASE) {
+    if !require_for("luks2 soft + luks1", BASE) {
         return;
     }
     let _g = lock();
@@ -351,16 +269,7 @@ fn luks2_soft_and_luks1_ext4_reopen_fsck() {
     let img = format(&w, "l2.img", &["--type", "luks2"], 40);
     ext4_cycle(&w, &img, "l2soft", "soft", "LUKS2");
     let img1 = format(&w, "l1.img", &["--type", "luks1"], 40);
-    let backend = if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-    {
-        "kvm"
-    } else {
-        "soft"
-    };
+    let backend = if kvm_usable() { "kvm" } else { "soft" };
     ext4_cycle(&w, &img1, "l1", backend, "LUKS1");
 }
 
@@ -425,7 +334,7 @@ with open(img, 'r+b') as f:
 
 #[test]
 fn luks2_python_cryptography_both_directions_512_and_4096() {
-    if !require(
+    if !require_for(
         "python cryptography compat",
         &[BASE, &["python3-cryptography"]].concat(),
     ) {
@@ -456,7 +365,7 @@ fn luks2_python_cryptography_both_directions_512_and_4096() {
         write_direct(&dev, first * ss as u64, &data);
         w.vs_ok(&["close", &name]);
         let out = w.path().join(format!("dec-{ss}"));
-        sh(Command::new("python3")
+        run(Command::new("python3")
             .arg(&py)
             .arg("decrypt")
             .arg(&img)
@@ -475,7 +384,7 @@ fn luks2_python_cryptography_both_directions_512_and_4096() {
         let data2 = pattern((count * ss as u64) as usize, ss + 1);
         std::fs::write(&src, &data2).unwrap();
         let first2 = 20u64;
-        sh(Command::new("python3")
+        run(Command::new("python3")
             .arg(&py)
             .arg("encrypt")
             .arg(&img)
@@ -500,7 +409,7 @@ fn luks2_python_cryptography_both_directions_512_and_4096() {
 
 #[test]
 fn luks1_qemu_io_both_directions() {
-    if !require("qemu-io compat", &[BASE, &["qemu-img", "qemu-io"]].concat()) {
+    if !require_for("qemu-io compat", &[BASE, &["qemu-img", "qemu-io"]].concat()) {
         return;
     }
     let _g = lock();
@@ -508,7 +417,7 @@ fn luks1_qemu_io_both_directions() {
     let img = w.path().join("q.luks");
     let secret = std::str::from_utf8(PASS).unwrap();
     let obj = format!("secret,id=sec0,data={secret}");
-    sh(Command::new("qemu-img")
+    run(Command::new("qemu-img")
         .args(["create", "-q", "--object", &obj, "-f", "luks"])
         .args(["-o", "key-secret=sec0,iter-time=10"])
         .arg(&img)
@@ -547,33 +456,9 @@ fn luks1_qemu_io_both_directions() {
     w.vs_ok(&["close", "q1"]);
 }
 
-fn keyctl_add(ty: &str, desc: &str, payload: &[u8]) -> String {
-    let o = run_ok(
-        Command::new("keyctl").args(["padd", ty, desc, "@u"]),
-        Some(payload),
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn key_exists(serial: &str) -> bool {
-    Command::new("keyctl")
-        .args(["describe", serial])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
-}
-
 #[test]
 fn volume_key_keyring_good_bad_and_keep() {
-    if !require("--volume-key-keyring", BASE) {
+    if !require_for("--volume-key-keyring", BASE) {
         return;
     }
     let _g = lock();
@@ -593,7 +478,7 @@ fn volume_key_keyring_good_bad_and_keep() {
 
     // Wrong size: 2.
     let d = format!("vmvault-t:{tag}:short");
-    let s_short = keyctl_add("user", &d, &key[..32]);
+    let s_short = keyctl_padd("user", &d, &key[..32]);
     let (rc, _, err) = open_kr(&d, &[]);
     assert_eq!(rc, 2, "{err}");
     assert!(
@@ -604,7 +489,7 @@ fn volume_key_keyring_good_bad_and_keep() {
     let d = format!("vmvault-t:{tag}:bad");
     let mut bad = key.clone();
     bad[7] ^= 1;
-    let s_bad = keyctl_add("user", &d, &bad);
+    let s_bad = keyctl_padd("user", &d, &bad);
     let (rc, _, err) = open_kr(&d, &[]);
     assert_eq!(rc, 2, "{err}");
     assert!(err.contains("does not match the volume"), "{err}");
@@ -614,8 +499,8 @@ fn volume_key_keyring_good_bad_and_keep() {
     assert!(err.contains("not found"), "{err}");
     // A logon key: cannot be read from userspace, 2.
     let d = format!("vmvault-t:{tag}:logon");
-    let s_logon = keyctl_add("logon", &d, &key);
-    for spec in [d.clone(), format!("%logon:{d}"), s_logon.clone()] {
+    let s_logon = keyctl_padd("logon", &d, &key);
+    for spec in [d.clone(), format!("%logon:{d}"), s_logon.to_string()] {
         let (rc, _, err) = open_kr(&spec, &[]);
         assert_eq!(rc, 2, "{spec}: {err}");
         assert!(
@@ -626,28 +511,36 @@ fn volume_key_keyring_good_bad_and_keep() {
     // None of these imported anything; the daemon (if it runs) has no volume; the
     // refused keys are left as they were.
     assert!(w.volumes().is_empty(), "{:?}", w.volumes());
-    assert!(key_exists(&s_short) && key_exists(&s_bad) && key_exists(&s_logon));
-    for s in [&s_short, &s_bad, &s_logon] {
-        let _ = Command::new("keyctl").args(["invalidate", s]).status();
+    assert!(keyring_exists(s_short) && keyring_exists(s_bad) && keyring_exists(s_logon));
+    for s in [s_short, s_bad, s_logon] {
+        let _ = Command::new("keyctl")
+            .args(["invalidate", &s.to_string()])
+            .status();
     }
 
     // The right key with --keep-keyring-key: opened, key kept, a warning.
     let d = format!("vmvault-t:{tag}:good");
-    let s_good = keyctl_add("user", &d, &key);
+    let s_good = keyctl_padd("user", &d, &key);
     let (rc, _, err) = open_kr(&d, &["--keep-keyring-key"]);
     assert_eq!(rc, 0, "{err}\n{}", w.log());
     assert!(
         err.contains("WARNING") && err.contains("stays in the kernel keyring"),
         "{err}"
     );
-    assert!(key_exists(&s_good), "--keep-keyring-key must keep the key");
+    assert!(
+        keyring_exists(s_good),
+        "--keep-keyring-key must keep the key"
+    );
     assert_eq!(w.volumes(), vec!["kr".to_string()]);
     no_staged_keys();
     w.vs_ok(&["close", "kr"]);
     // Without it (by %user:DESC): opened and the key is invalidated.
     let (rc, _, err) = open_kr(&format!("%user:{d}"), &[]);
     assert_eq!(rc, 0, "{err}");
-    assert!(!key_exists(&s_good), "the keyring key must be invalidated");
+    assert!(
+        !keyring_exists(s_good),
+        "the keyring key must be invalidated"
+    );
     // Same data as a passphrase open sees: write, close, reopen with the passphrase.
     let dev = w.device("kr");
     write_direct(&dev, 4096, &[0x5a; 4096]);
@@ -661,14 +554,14 @@ fn volume_key_keyring_good_bad_and_keep() {
 
 #[test]
 fn bad_segments_and_arguments() {
-    if !require("bad segments", &["cryptsetup"]) {
+    if !require_for("bad segments", &["cryptsetup"]) {
         return;
     }
     let w = World::new();
     // Integrity (authenticated encryption) is refused with a clear message, exit 1,
     // before any passphrase work or daemon start.
     let img = w.path().join("int.img");
-    sparse(&img, 24);
+    sparse_image(&img, 24);
     let kf = pass_file(&w);
     // A LUKS2 header whose segment claims integrity: rewrite the JSON.
     run_ok(
@@ -747,7 +640,7 @@ fn bad_segments_and_arguments() {
     assert!(err.contains("not aligned"), "{err}");
     assert!(w.volumes().is_empty());
     // Aligned again: opens, iv_tweak maps to the IV offset, size = device - offset.
-    if !require("iv_tweak mapping", BASE) {
+    if !require_for("iv_tweak mapping", BASE) {
         return;
     }
     let _g = lock();

@@ -2,11 +2,30 @@
 //! temp dir, checksums, running the `vaultsetup` binary.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
+
+#[path = "../../../tests/support/mod.rs"]
+pub mod support;
+
+#[allow(unused_imports)]
+pub use support::{
+    hex_decode, keyctl_padd, keyring_exists, kvm_usable, require_for, run, run_ok, run_with_input,
+    skip, sparse_image, Daemon,
+};
+
+/// The vmvaultd binary: next to `vaultsetup` (where `cargo test --workspace` builds it),
+/// else built with cargo into the same target dir.
+pub fn vmvaultd() -> PathBuf {
+    support::vmvaultd_next_to(Path::new(env!("CARGO_BIN_EXE_vaultsetup")))
+}
+
+/// Starts [`vmvaultd`] on `run_dir` (up within 10 s).
+pub fn start_daemon(run_dir: &Path) -> Daemon {
+    Daemon::start_within(&vmvaultd(), run_dir, std::time::Duration::from_secs(10))
+}
 
 /// True if `tool` is runnable. Missing: panics under `CI`, else prints SKIPPED and returns false.
 pub fn need(tool: &str, test: &str) -> bool {
@@ -16,66 +35,17 @@ pub fn need(tool: &str, test: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok();
-    if ok {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: `{tool}` is required but not installed (run .ci/setup: cryptsetup-bin, qemu-utils)");
-    }
-    eprintln!("SKIPPED: {test}: `{tool}` is not installed");
-    false
+    ok || skip(&format!(
+        "{test}: `{tool}` is not installed (run .ci/setup: cryptsetup-bin, qemu-utils)"
+    ))
 }
 
-/// Runs a command with optional stdin; returns its output.
-pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    if let Some(data) = stdin {
-        let mut si = child.stdin.take().unwrap();
-        let _ = si.write_all(data);
-    }
-    child.wait_with_output().unwrap()
-}
-
-/// Runs and asserts success.
-pub fn run_ok(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
-    let dbg = format!("{cmd:?}");
-    let o = run(cmd, stdin);
-    assert!(
-        o.status.success(),
-        "{dbg} failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-/// A sparse file of `mib` MiB.
-pub fn sparse(path: &Path, mib: u64) {
-    let f = std::fs::File::create(path).unwrap();
-    f.set_len(mib << 20).unwrap();
-}
-
-/// `cryptsetup luksFormat --batch-mode` with the passphrase from a key file.
+/// `cryptsetup luksFormat --batch-mode` of a 20 MiB image with the passphrase from a key file.
 pub fn luks_format(dir: &Path, name: &str, pass: &[u8], args: &[&str]) -> PathBuf {
     let img = dir.join(name);
-    sparse(&img, 20);
     let kf = dir.join(format!("{name}.pass"));
     std::fs::write(&kf, pass).unwrap();
-    run_ok(
-        Command::new("cryptsetup")
-            .args(["luksFormat", "--batch-mode", "--key-file"])
-            .arg(&kf)
-            .args(args)
-            .arg(&img),
-        None,
-    );
+    support::luks_format(&img, 20, &kf, args);
     img
 }
 
@@ -119,34 +89,7 @@ pub fn add_key(dir: &Path, img: &Path, old: &[u8], new: &[u8], slot: u32, extra:
 pub fn cryptsetup_volume_key(dir: &Path, img: &Path, pass: &[u8]) -> String {
     let kf = dir.join("dump.key");
     std::fs::write(&kf, pass).unwrap();
-    let o = run_ok(
-        Command::new("cryptsetup")
-            .args([
-                "luksDump",
-                "--dump-volume-key",
-                "--batch-mode",
-                "--key-file",
-            ])
-            .arg(&kf)
-            .arg(img),
-        None,
-    );
-    let text = String::from_utf8(o.stdout).unwrap();
-    let mut hex = String::new();
-    let mut on = false;
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("MK dump:") {
-            on = true;
-            hex.push_str(rest);
-        } else if on && line.starts_with('\t') {
-            hex.push_str(line);
-        } else if on {
-            break;
-        }
-    }
-    let hex: String = hex.split_whitespace().collect();
-    assert!(!hex.is_empty(), "no MK dump in cryptsetup output:\n{text}");
-    hex
+    support::luks_volume_key_hex(img, &kf)
 }
 
 /// Our volume key for `img` as hex, through the library API.
@@ -174,7 +117,7 @@ pub fn vaultsetup() -> Command {
 
 /// Runs `vaultsetup args` with stdin; returns (exit code, stdout, stderr).
 pub fn vs(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
-    let o = run(vaultsetup().args(args), stdin);
+    let o = run_with_input(vaultsetup().args(args), stdin);
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),
