@@ -3,9 +3,11 @@
 //! Layout of the run directory (default `/run/vmvault`, or `--run-dir`/`VMVAULT_RUN_DIR`):
 //! `control` (the root-only control socket), `vmvaultd.pid` (flocked single-instance
 //! lock), `mnt/<name>/volume` (each volume's FUSE export), `vmvaultd.log` (when spawned
-//! on demand).
+//! on demand), `dm/<name>` (the `/dev/mapper` names this daemon created, see
+//! [`stale`]).
 
 pub mod host;
+pub mod stale;
 pub mod volume;
 
 use std::collections::{HashMap, HashSet};
@@ -91,6 +93,7 @@ struct State {
 pub struct Daemon {
     cfg: DaemonConfig,
     mnt_root: PathBuf,
+    mapper_records: stale::MapperRecords,
     state: Mutex<State>,
     stop: AtomicBool,
     vaults: crate::vault::VaultPool,
@@ -149,6 +152,23 @@ impl Daemon {
         }
         let own = self.own_devices();
         let mut warnings = Vec::new();
+        // Record the /dev/mapper name before creating it, so a successor can tell it is
+        // ours if this daemon dies (see `stale`).
+        let recorded = crate::frontend::mapper::available();
+        if recorded {
+            let uuid = crate::frontend::mapper::dm_uuid(
+                &req.name,
+                req.volume_type.as_deref(),
+                req.volume_uuid.as_deref(),
+            );
+            if let Err(e) = self.mapper_records.record(&req.name, &uuid) {
+                warnings.push(format!(
+                    "cannot record /dev/mapper/{} in the run directory ({e}): if vmvaultd \
+                     dies, remove it with `dmsetup remove {}`",
+                    req.name, req.name
+                ));
+            }
+        }
         let r = Volume::open(
             req,
             &self.mnt_root,
@@ -175,6 +195,9 @@ impl Daemon {
                 }
             }
             Err(e) => {
+                if recorded {
+                    self.mapper_records.forget(&req.name);
+                }
                 eprintln!("vmvaultd: open {} failed: {e}", req.name);
                 let mut r = Response::err(e.code(), e.to_string());
                 r.warnings = warnings;
@@ -199,6 +222,7 @@ impl Daemon {
         };
         match v.close() {
             Ok(()) => {
+                self.mapper_records.forget(name);
                 eprintln!("vmvaultd: closed {name}");
                 Response::ok()
             }
@@ -374,11 +398,18 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         what: format!("create {}", mnt_root.display()),
         source,
     })?;
-    for l in host::clean_stale(&mnt_root) {
+    // What a dead predecessor left: its /dev/mapper devices first (they hold its loop
+    // and ublk devices open, and tell which of those are ours), then ublk devices, loop
+    // devices and FUSE mounts.
+    let mapper_records = stale::MapperRecords::new(&run_dir);
+    for l in stale::clean_stale_mappers(&mapper_records, &mnt_root) {
         eprintln!("vmvaultd: {l}");
     }
     #[cfg(feature = "ublk")]
     for l in crate::frontend::ublk::clean_stale() {
+        eprintln!("vmvaultd: {l}");
+    }
+    for l in host::clean_stale(&mnt_root) {
         eprintln!("vmvaultd: {l}");
     }
     let sock = socket_path(&run_dir);
@@ -398,6 +429,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         vaults,
         cfg,
         mnt_root,
+        mapper_records,
         state: Mutex::new(State::default()),
         stop: AtomicBool::new(false),
     });

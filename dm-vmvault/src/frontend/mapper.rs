@@ -63,6 +63,9 @@ pub fn udev_settle(max: Duration) -> bool {
     true
 }
 
+/// The prefix of every device-mapper uuid vmvault gives (see [`dm_uuid`]).
+pub const UUID_PREFIX: &str = "VMVAULT-";
+
 /// The device-mapper uuid of volume `name`: `VMVAULT-<TYPE>-<uuid without dashes>-NAME`
 /// (cryptsetup's `CRYPT-<TYPE>-<uuid>-NAME`), `VMVAULT-<TYPE>-NAME` without a uuid,
 /// `VMVAULT-NAME` with neither; cut at the 128 bytes device-mapper allows. The prefix is
@@ -73,7 +76,7 @@ pub fn dm_uuid(name: &str, volume_type: Option<&str>, volume_uuid: Option<&str>)
             .filter(|c| c.is_ascii_alphanumeric() || "._+".contains(*c))
             .collect()
     };
-    let mut u = String::from("VMVAULT-");
+    let mut u = String::from(UUID_PREFIX);
     if let Some(t) = volume_type.map(clean).filter(|t| !t.is_empty()) {
         u += &t;
         u.push('-');
@@ -235,6 +238,124 @@ impl MapperDevice {
         }
         Ok(())
     }
+}
+
+/// What device-mapper says about an existing device (see [`query`]).
+#[derive(Clone, Debug, Default)]
+pub struct DmDeviceState {
+    /// Its uuid, if it has one.
+    pub uuid: Option<String>,
+    /// How many openers hold it.
+    pub open_count: i32,
+    /// The live table: `(start, length, target type, parameters)` per target.
+    pub table: Vec<(u64, u64, String, String)>,
+}
+
+/// The state of the device-mapper device `name`; `Ok(None)` when there is none (or
+/// device-mapper is absent).
+pub fn query(name: &str) -> Result<Option<DmDeviceState>, MapperError> {
+    if !available() {
+        return Ok(None);
+    }
+    query_dm(name)
+}
+
+#[cfg(feature = "devicemapper")]
+fn query_dm(name: &str) -> Result<Option<DmDeviceState>, MapperError> {
+    use devicemapper::{DevId, DmFlags, DmName, DmOptions, DM};
+    let e = |x: devicemapper::DmError| MapperError::Dm(x.to_string());
+    let dm = DM::new().map_err(e)?;
+    let id = DevId::Name(DmName::new(name).map_err(e)?);
+    let Ok(info) = dm.device_info(&id) else {
+        return Ok(None);
+    };
+    let (_, table) = dm
+        .table_status(
+            &id,
+            DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+        )
+        .map_err(e)?;
+    Ok(Some(DmDeviceState {
+        uuid: info.uuid().map(|u| u.to_string()),
+        open_count: info.open_count(),
+        table,
+    }))
+}
+
+#[cfg(not(feature = "devicemapper"))]
+fn query_dm(_name: &str) -> Result<Option<DmDeviceState>, MapperError> {
+    Ok(None)
+}
+
+/// How [`remove_stale`] got rid of a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StaleRemoval {
+    /// Removed now.
+    Removed,
+    /// Still held open (e.g. a filesystem mounted on it): its table now fails every
+    /// I/O (`error` target) and the kernel removes it when the last opener closes it
+    /// (deferred remove).
+    Deferred,
+}
+
+/// Removes the device-mapper device `name` left by a vmvaultd that died (the caller
+/// decides it is stale). When it is still held open, its table is replaced by an
+/// `error` target of the same length (so its holders fail fast instead of waiting on a
+/// dead frontend) and it is marked for deferred removal. Without udev, removes the
+/// `/dev/mapper/NAME` node as well.
+pub fn remove_stale(name: &str) -> Result<StaleRemoval, MapperError> {
+    let r = remove_stale_dm(name)?;
+    let node = Path::new("/dev/mapper").join(name);
+    if r == StaleRemoval::Removed && !udev_running() && node.exists() {
+        let _ = std::fs::remove_file(&node);
+    }
+    Ok(r)
+}
+
+#[cfg(feature = "devicemapper")]
+fn remove_stale_dm(name: &str) -> Result<StaleRemoval, MapperError> {
+    use devicemapper::{DevId, DmFlags, DmName, DmOptions, DM};
+    let e = |x: devicemapper::DmError| MapperError::Dm(x.to_string());
+    let dm = DM::new().map_err(e)?;
+    let id = DevId::Name(DmName::new(name).map_err(e)?);
+    udev_settle(Duration::from_secs(10));
+    // device_remove retries EBUSY 5 times, 200 ms apart.
+    let first = match dm.device_remove(&id, DmOptions::default()) {
+        Ok(_) => return Ok(StaleRemoval::Removed),
+        Err(err) if dm.device_info(&id).is_err() => {
+            let _ = err;
+            return Ok(StaleRemoval::Removed);
+        }
+        Err(err) => err,
+    };
+    // Held open: fail its I/O from now on, and let the last close remove it.
+    let len: u64 = dm
+        .table_status(
+            &id,
+            DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+        )
+        .map(|(_, t)| t.iter().map(|t| t.1).sum())
+        .unwrap_or(0);
+    if len > 0 {
+        let table = vec![(0u64, len, "error".to_string(), String::new())];
+        let quiet = DmOptions::default().set_flags(DmFlags::DM_NOFLUSH | DmFlags::DM_SKIP_LOCKFS);
+        let _ = dm
+            .table_load(&id, &table, DmOptions::default())
+            .and_then(|_| dm.device_suspend(&id, quiet));
+    }
+    match dm.device_remove(
+        &id,
+        DmOptions::default().set_flags(DmFlags::DM_DEFERRED_REMOVE),
+    ) {
+        Ok(_) if dm.device_info(&id).is_err() => Ok(StaleRemoval::Removed),
+        Ok(_) => Ok(StaleRemoval::Deferred),
+        Err(_) => Err(e(first)),
+    }
+}
+
+#[cfg(not(feature = "devicemapper"))]
+fn remove_stale_dm(_name: &str) -> Result<StaleRemoval, MapperError> {
+    Ok(StaleRemoval::Removed)
 }
 
 #[cfg(feature = "devicemapper")]
