@@ -426,7 +426,12 @@ pub fn clean_stale() -> Vec<String> {
             .get_target_type_from_json()
             .is_ok_and(|t| t == TARGET_NAME);
         if ours && !alive {
-            match c.del_dev() {
+            // DEL_DEV waits until the disk is released: a disk still held (a dm device
+            // over it that could not be removed) would block this start-up for good.
+            let held = std::fs::read_dir(format!("/sys/block/ublkb{id}/holders"))
+                .is_ok_and(|mut d| d.next().is_some());
+            let del = if held { c.del_dev_async() } else { c.del_dev() };
+            match del {
                 Ok(_) => log.push(format!(
                     "deleted stale /dev/ublkb{id} (server pid {pid} gone)"
                 )),
