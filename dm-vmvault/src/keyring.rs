@@ -1,4 +1,6 @@
-//! Reading volume keys from the kernel keyring into locked, non-dumpable memory.
+//! Reading volume keys from the kernel keyring into locked, non-dumpable memory, and
+//! the safe keyctl(2)/add_key(2) layer that vaultsetup's side of the key hand-over
+//! (`vaultsetup::keyring`) uses too.
 //!
 //! Vault backends do not use this module's [`SecretPage`]: vmvault-hv reads the key
 //! with `keyctl_read` straight into the vault's transfer page. Only the in-process
@@ -6,8 +8,26 @@
 
 use zeroize::Zeroize;
 
-const KEYCTL_INVALIDATE: libc::c_long = 21;
+const KEYCTL_SETPERM: libc::c_long = 5;
+const KEYCTL_DESCRIBE: libc::c_long = 6;
+const KEYCTL_LINK: libc::c_long = 8;
 const KEYCTL_READ: libc::c_long = 11;
+const KEYCTL_SET_TIMEOUT: libc::c_long = 15;
+const KEYCTL_INVALIDATE: libc::c_long = 21;
+/// `KEY_SPEC_PROCESS_KEYRING`: the calling process's keyring.
+pub const KEY_SPEC_PROCESS_KEYRING: i32 = -2;
+/// Possessor may view.
+pub const KEY_POS_VIEW: u32 = 0x0100_0000;
+/// Possessor may read.
+pub const KEY_POS_READ: u32 = 0x0200_0000;
+/// Possessor may search.
+pub const KEY_POS_SEARCH: u32 = 0x0800_0000;
+/// Possessor may link.
+pub const KEY_POS_LINK: u32 = 0x1000_0000;
+/// Possessor may view, read, write, search, link, set attributes.
+pub const KEY_POS_ALL: u32 = 0x3f00_0000;
+/// The owner (uid) may write: for a keyring, link keys into it.
+pub const KEY_USR_WRITE: u32 = 0x0004_0000;
 
 /// Errors reading a key. Messages never contain key bytes.
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +131,8 @@ fn keyctl(
     b: libc::c_long,
     c: libc::c_long,
 ) -> std::io::Result<libc::c_long> {
-    // SAFETY: keyctl(2) with integer arguments, or (for READ) a pointer/length pair the
-    // caller guarantees is a valid writable buffer.
+    // SAFETY: keyctl(2) with integer arguments, or (for DESCRIBE/READ) a pointer/length
+    // pair the caller guarantees is a valid writable buffer.
     let r = unsafe { libc::syscall(libc::SYS_keyctl, op, a, b, c) };
     if r < 0 {
         Err(std::io::Error::last_os_error())
@@ -121,13 +141,110 @@ fn keyctl(
     }
 }
 
+/// A keyctl operation that fills `buf` (READ, DESCRIBE): returns the full length, which
+/// may exceed `buf.len()` (then only `buf` is filled).
+fn keyctl_into(op: libc::c_long, serial: i32, buf: &mut [u8]) -> std::io::Result<usize> {
+    // The pointer/length pair is `buf`, valid and writable for the call.
+    keyctl(
+        op,
+        serial as libc::c_long,
+        buf.as_mut_ptr() as libc::c_long,
+        buf.len() as libc::c_long,
+    )
+    .map(|n| n as usize)
+}
+
+/// `KEYCTL_READ` of key `serial` into `buf` (no intermediate copy). Returns the
+/// payload's full length, which may exceed `buf.len()` (then only `buf` is filled).
+pub fn keyctl_read(serial: i32, buf: &mut [u8]) -> std::io::Result<usize> {
+    keyctl_into(KEYCTL_READ, serial, buf)
+}
+
+/// `KEYCTL_DESCRIBE` of key `serial` into `buf` (`type;uid;gid;perm;description`, NUL
+/// terminated). Returns the full length, which may exceed `buf.len()`.
+pub fn keyctl_describe(serial: i32, buf: &mut [u8]) -> std::io::Result<usize> {
+    keyctl_into(KEYCTL_DESCRIBE, serial, buf)
+}
+
+/// `KEYCTL_SETPERM`.
+pub fn keyctl_setperm(serial: i32, perm: u32) -> std::io::Result<()> {
+    keyctl(
+        KEYCTL_SETPERM,
+        serial as libc::c_long,
+        perm as libc::c_long,
+        0,
+    )
+    .map(|_| ())
+}
+
+/// `KEYCTL_SET_TIMEOUT`, seconds.
+pub fn keyctl_set_timeout(serial: i32, timeout_s: u32) -> std::io::Result<()> {
+    keyctl(
+        KEYCTL_SET_TIMEOUT,
+        serial as libc::c_long,
+        timeout_s as libc::c_long,
+        0,
+    )
+    .map(|_| ())
+}
+
+/// `KEYCTL_LINK`: links `key` into keyring `ring`.
+pub fn keyctl_link(key: i32, ring: i32) -> std::io::Result<()> {
+    keyctl(KEYCTL_LINK, key as libc::c_long, ring as libc::c_long, 0).map(|_| ())
+}
+
+/// `KEYCTL_INVALIDATE`.
+pub fn keyctl_invalidate(serial: i32) -> std::io::Result<()> {
+    keyctl(KEYCTL_INVALIDATE, serial as libc::c_long, 0, 0).map(|_| ())
+}
+
+/// add_key(2): a key of type `ty` (no payload: `payload` empty) in keyring `ring` (a
+/// serial or a `KEY_SPEC_*`). The kernel copies the payload. Returns the serial.
+pub fn add_key(ty: &str, desc: &str, payload: &[u8], ring: i32) -> std::io::Result<i32> {
+    let cstr = |s: &str| {
+        std::ffi::CString::new(s)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let ty = cstr(ty)?;
+    let desc = cstr(desc)?;
+    let (p, n) = if payload.is_empty() {
+        (std::ptr::null(), 0)
+    } else {
+        (payload.as_ptr(), payload.len())
+    };
+    // SAFETY: add_key(2) with valid C strings and a payload pointer/length pair (or
+    // NULL/0); the kernel copies the payload.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            ty.as_ptr(),
+            desc.as_ptr(),
+            p,
+            n,
+            ring as libc::c_long,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as i32)
+    }
+}
+
+/// Whether a keyctl error means "no such key" (never existed, expired or revoked).
+pub fn is_not_found(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOKEY | libc::EKEYEXPIRED | libc::EKEYREVOKED | libc::ENOENT)
+    )
+}
+
 /// Maps a keyctl errno to a [`KeyError`].
 pub fn map_err(serial: i32, e: std::io::Error) -> KeyError {
+    if is_not_found(&e) {
+        return KeyError::NotFound(serial);
+    }
     match e.raw_os_error() {
-        Some(libc::ENOKEY)
-        | Some(libc::EKEYEXPIRED)
-        | Some(libc::EKEYREVOKED)
-        | Some(libc::ENOENT) => KeyError::NotFound(serial),
         Some(libc::EACCES) | Some(libc::EOPNOTSUPP) | Some(libc::EPERM) => {
             KeyError::NotReadable(serial)
         }
@@ -139,13 +256,7 @@ pub fn map_err(serial: i32, e: std::io::Error) -> KeyError {
 /// size. The payload is read in place (no intermediate copy); on a size mismatch `dst`
 /// is zeroed.
 pub fn read_key_into(serial: i32, dst: &mut [u8]) -> Result<(), KeyError> {
-    let n = keyctl(
-        KEYCTL_READ,
-        serial as libc::c_long,
-        dst.as_mut_ptr() as libc::c_long,
-        dst.len() as libc::c_long,
-    )
-    .map_err(|e| map_err(serial, e))? as usize;
+    let n = keyctl_read(serial, dst).map_err(|e| map_err(serial, e))?;
     if n != dst.len() {
         dst.zeroize();
         return Err(KeyError::WrongSize {
@@ -174,19 +285,8 @@ pub fn read_key(serial: i32, len: usize) -> Result<SecretPage, KeyError> {
 
 /// Invalidates key `serial` (`KEYCTL_INVALIDATE`).
 pub fn invalidate(serial: i32) -> Result<(), KeyError> {
-    keyctl(KEYCTL_INVALIDATE, serial as libc::c_long, 0, 0)
-        .map(|_| ())
-        .map_err(|e| map_err(serial, e))
+    keyctl_invalidate(serial).map_err(|e| map_err(serial, e))
 }
-
-/// `KEY_SPEC_PROCESS_KEYRING`.
-const KEY_SPEC_PROCESS_KEYRING: libc::c_long = -2;
-const KEYCTL_SETPERM: libc::c_long = 5;
-const KEYCTL_SET_TIMEOUT: libc::c_long = 15;
-/// Possessor may view, read, write, search, link, set attributes.
-pub const KEY_POS_ALL: u32 = 0x3f00_0000;
-/// The owner (uid) may write: for a keyring, link keys into it.
-pub const KEY_USR_WRITE: u32 = 0x0004_0000;
 
 /// A per-request keyring in the daemon's process keyring (so the daemon *possesses*
 /// whatever is linked into it), writable by its owner uid 0 (so `vaultsetup`, which
@@ -198,43 +298,10 @@ pub const KEY_USR_WRITE: u32 = 0x0004_0000;
 /// keyring; reading then needs Read on the key, which the daemon has as a possessor
 /// through its process keyring.
 pub fn new_request_keyring(desc: &str, timeout_s: u32) -> Result<i32, KeyError> {
-    let ty = c"keyring";
-    let desc = std::ffi::CString::new(desc).map_err(|_| KeyError::Keyctl {
-        serial: 0,
-        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-    })?;
-    // SAFETY: add_key(2) with two valid C strings, no payload, and a special keyring id.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_add_key,
-            ty.as_ptr(),
-            desc.as_ptr(),
-            std::ptr::null::<u8>(),
-            0usize,
-            KEY_SPEC_PROCESS_KEYRING,
-        )
-    };
-    if r < 0 {
-        return Err(KeyError::Keyctl {
-            serial: 0,
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    let serial = r as i32;
-    let setup = keyctl(
-        KEYCTL_SET_TIMEOUT,
-        serial as libc::c_long,
-        timeout_s as libc::c_long,
-        0,
-    )
-    .and_then(|_| {
-        keyctl(
-            KEYCTL_SETPERM,
-            serial as libc::c_long,
-            (KEY_POS_ALL | KEY_USR_WRITE) as libc::c_long,
-            0,
-        )
-    });
+    let serial = add_key("keyring", desc, &[], KEY_SPEC_PROCESS_KEYRING)
+        .map_err(|source| KeyError::Keyctl { serial: 0, source })?;
+    let setup = keyctl_set_timeout(serial, timeout_s)
+        .and_then(|_| keyctl_setperm(serial, KEY_POS_ALL | KEY_USR_WRITE));
     if let Err(e) = setup {
         let _ = invalidate(serial);
         return Err(map_err(serial, e));

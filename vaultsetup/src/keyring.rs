@@ -14,26 +14,17 @@
 
 use std::ffi::CString;
 
+use dm_vmvault::keyring::{
+    add_key, is_not_found as not_found, keyctl_describe, keyctl_link, keyctl_read,
+    keyctl_set_timeout, keyctl_setperm, KEY_SPEC_PROCESS_KEYRING,
+};
+pub use dm_vmvault::keyring::{
+    keyctl_invalidate as invalidate, KEY_POS_ALL, KEY_POS_LINK, KEY_POS_READ, KEY_POS_SEARCH,
+    KEY_POS_VIEW,
+};
+
 use crate::secret::SecretBuf;
 
-const KEYCTL_DESCRIBE: libc::c_long = 6;
-const KEYCTL_SETPERM: libc::c_long = 5;
-const KEYCTL_LINK: libc::c_long = 8;
-const KEYCTL_READ: libc::c_long = 11;
-const KEYCTL_SET_TIMEOUT: libc::c_long = 15;
-const KEYCTL_INVALIDATE: libc::c_long = 21;
-const KEY_SPEC_PROCESS_KEYRING: libc::c_long = -2;
-
-/// Possessor may view.
-pub const KEY_POS_VIEW: u32 = 0x0100_0000;
-/// Possessor may read.
-pub const KEY_POS_READ: u32 = 0x0200_0000;
-/// Possessor may search.
-pub const KEY_POS_SEARCH: u32 = 0x0800_0000;
-/// Possessor may link.
-pub const KEY_POS_LINK: u32 = 0x1000_0000;
-/// Everything for the possessor.
-pub const KEY_POS_ALL: u32 = 0x3f00_0000;
 /// Permissions of the staged volume key: possessor view/read/search/link; no write or
 /// setattr (nobody can change it, its expiry or its permissions), nothing for others.
 pub const STAGED_KEY_PERM: u32 = KEY_POS_VIEW | KEY_POS_READ | KEY_POS_SEARCH | KEY_POS_LINK;
@@ -75,47 +66,8 @@ fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> KeyringError {
     move |source| KeyringError::Sys { what, source }
 }
 
-fn keyctl(
-    op: libc::c_long,
-    a: libc::c_long,
-    b: libc::c_long,
-    c: libc::c_long,
-) -> std::io::Result<libc::c_long> {
-    // SAFETY: keyctl(2) with integer arguments, or (DESCRIBE/READ) a pointer/length pair
-    // that the caller guarantees is a valid writable buffer.
-    let r = unsafe { libc::syscall(libc::SYS_keyctl, op, a, b, c) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 fn cstr(s: &str) -> std::io::Result<CString> {
     CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
-}
-
-fn add_key(ty: &str, desc: &str, payload: &[u8], ring: libc::c_long) -> std::io::Result<i32> {
-    let ty = cstr(ty)?;
-    let desc = cstr(desc)?;
-    let (p, n) = if payload.is_empty() {
-        (std::ptr::null(), 0)
-    } else {
-        (payload.as_ptr(), payload.len())
-    };
-    // SAFETY: add_key(2) with valid C strings and a payload pointer/length pair (the
-    // kernel copies the payload).
-    let r = unsafe { libc::syscall(libc::SYS_add_key, ty.as_ptr(), desc.as_ptr(), p, n, ring) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r as i32)
-    }
-}
-
-/// Invalidates a key or keyring (errors ignored by callers that clean up).
-pub fn invalidate(serial: i32) -> std::io::Result<()> {
-    keyctl(KEYCTL_INVALIDATE, serial as libc::c_long, 0, 0).map(|_| ())
 }
 
 /// Whether `serial` names a live key this process can see.
@@ -126,12 +78,7 @@ pub fn exists(serial: i32) -> bool {
 /// `(type, uid, gid, perm, description)` of a key.
 pub fn describe(serial: i32) -> std::io::Result<(String, u32, u32, u32, String)> {
     let mut buf = vec![0u8; 4096];
-    let n = keyctl(
-        KEYCTL_DESCRIBE,
-        serial as libc::c_long,
-        buf.as_mut_ptr() as libc::c_long,
-        buf.len() as libc::c_long,
-    )? as usize;
+    let n = keyctl_describe(serial, &mut buf)?;
     let s = String::from_utf8_lossy(&buf[..n.min(buf.len())]);
     let s = s.trim_end_matches('\0');
     let mut it = s.splitn(5, ';');
@@ -166,35 +113,13 @@ impl StagedKey {
         )
         .map_err(sys("add_key(keyring) in the process keyring"))?;
         let mut staged = StagedKey { ring, key: 0 };
-        keyctl(
-            KEYCTL_SETPERM,
-            ring as libc::c_long,
-            KEY_POS_ALL as libc::c_long,
-            0,
-        )
-        .map_err(sys("keyctl_setperm(private keyring)"))?;
-        staged.key = add_key(
-            "user",
-            &format!("vaultsetup:vk:{pid}"),
-            key,
-            ring as libc::c_long,
-        )
-        .map_err(sys("add_key(user) for the volume key"))?;
+        keyctl_setperm(ring, KEY_POS_ALL).map_err(sys("keyctl_setperm(private keyring)"))?;
+        staged.key = add_key("user", &format!("vaultsetup:vk:{pid}"), key, ring)
+            .map_err(sys("add_key(user) for the volume key"))?;
         // Timeout first: once setattr is dropped nobody can change it.
-        keyctl(
-            KEYCTL_SET_TIMEOUT,
-            staged.key as libc::c_long,
-            STAGED_KEY_TIMEOUT_S as libc::c_long,
-            0,
-        )
-        .map_err(sys("keyctl_set_timeout(volume key)"))?;
-        keyctl(
-            KEYCTL_SETPERM,
-            staged.key as libc::c_long,
-            STAGED_KEY_PERM as libc::c_long,
-            0,
-        )
-        .map_err(sys("keyctl_setperm(volume key)"))?;
+        keyctl_set_timeout(staged.key, STAGED_KEY_TIMEOUT_S)
+            .map_err(sys("keyctl_set_timeout(volume key)"))?;
+        keyctl_setperm(staged.key, STAGED_KEY_PERM).map_err(sys("keyctl_setperm(volume key)"))?;
         Ok(staged)
     }
 
@@ -205,14 +130,7 @@ impl StagedKey {
 
     /// Links the key into the daemon's request keyring `ring`.
     pub fn link_into(&self, ring: i32) -> Result<(), KeyringError> {
-        keyctl(
-            KEYCTL_LINK,
-            self.key as libc::c_long,
-            ring as libc::c_long,
-            0,
-        )
-        .map(|_| ())
-        .map_err(sys(format!(
+        keyctl_link(self.key, ring).map_err(sys(format!(
             "keyctl_link(volume key → vmvaultd key ring {ring})"
         )))
     }
@@ -246,13 +164,6 @@ fn request_key(ty: &str, desc: &str) -> std::io::Result<i32> {
     } else {
         Ok(r as i32)
     }
-}
-
-fn not_found(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOKEY | libc::EKEYEXPIRED | libc::EKEYREVOKED | libc::ENOENT)
-    )
 }
 
 /// Finds the key named by `--volume-key-keyring`, as cryptsetup and keyctl do: a numeric
@@ -303,18 +214,12 @@ pub fn find_user_key(spec: &str) -> Result<i32, KeyringError> {
 /// `max` bytes is reported by its length without being read whole.
 pub fn read_key(serial: i32, label: &str, max: usize) -> Result<(SecretBuf, usize), KeyringError> {
     let mut buf = SecretBuf::zeroed(max);
-    let n = keyctl(
-        KEYCTL_READ,
-        serial as libc::c_long,
-        buf.as_mut_slice().as_mut_ptr() as libc::c_long,
-        max as libc::c_long,
-    )
-    .map_err(|e| match e.raw_os_error() {
+    let n = keyctl_read(serial, buf.as_mut_slice()).map_err(|e| match e.raw_os_error() {
         Some(libc::EOPNOTSUPP) => KeyringError::Logon(label.to_string()),
         Some(libc::EACCES) => KeyringError::NotReadable(label.to_string()),
         _ if not_found(&e) => KeyringError::NotFound(label.to_string()),
         _ => sys(format!("keyctl_read({serial})"))(e),
-    })? as usize;
+    })?;
     if n <= max {
         buf.truncate(n);
     }
