@@ -331,58 +331,35 @@ fn luks2_binary_key_file() {
         Some(&key),
     );
     assert_eq!(rc, 0, "{err}");
-    // Embedded in a larger file: offset 100, size 512.
+    // Embedded in a larger file: offset 100, size 512. Without sizing the tail is part
+    // of the key: wrong key (2). Asking for more than the file holds: 1.
     let mut padded = vec![0xee; 100];
     padded.extend_from_slice(&key);
     padded.extend_from_slice(b"tail");
     let pf = d.path().join("padded.key");
     std::fs::write(&pf, &padded).unwrap();
     let pk = pf.to_str().unwrap();
-    let (rc, _, err) = vs(
-        &[
-            "open",
-            "--test-passphrase",
-            "-d",
-            pk,
-            "--keyfile-offset",
-            "100",
-            "--keyfile-size",
-            "512",
-            p,
-        ],
-        None,
-    );
-    assert_eq!(rc, 0, "{err}");
-    // Without sizing the tail is part of the key: wrong key.
-    let (rc, _, err) = vs(
-        &[
-            "open",
-            "--test-passphrase",
-            "-d",
-            pk,
-            "--keyfile-offset",
-            "100",
-            p,
-        ],
-        None,
-    );
-    assert_eq!(rc, 2, "{err}");
-    // Asking for more than the file holds.
-    let (rc, _, err) = vs(
-        &[
-            "open",
-            "--test-passphrase",
-            "-d",
-            pk,
-            "--keyfile-size",
-            "100000",
-            p,
-        ],
-        None,
-    );
-    assert_eq!(rc, 1, "{err}");
-    assert!(
-        err.contains("Cannot read requested amount of data"),
-        "{err}"
-    );
+    let cases: [(&[&str], i32, Option<&str>); 3] = [
+        (
+            &["--keyfile-offset", "100", "--keyfile-size", "512"],
+            0,
+            None,
+        ),
+        (&["--keyfile-offset", "100"], 2, None),
+        (
+            &["--keyfile-size", "100000"],
+            1,
+            Some("Cannot read requested amount of data"),
+        ),
+    ];
+    for (sizing, want_rc, want_err) in cases {
+        let mut args = vec!["open", "--test-passphrase", "-d", pk];
+        args.extend_from_slice(sizing);
+        args.push(p);
+        let (rc, _, err) = vs(&args, None);
+        assert_eq!(rc, want_rc, "{sizing:?}: {err}");
+        if let Some(m) = want_err {
+            assert!(err.contains(m), "{err}");
+        }
+    }
 }
