@@ -62,4 +62,14 @@ vault_open_missing() {
   fi
   return 1
 }
+# frontend_is NAME FRONTEND: vaultsetup status --json reports FRONTEND (ublk|fuse) for NAME
+frontend_is() {
+  _j=$(vaultsetup status --json "$1" 2>&1 | tr -d ' \n')
+  case $2:$_j in
+    ublk:*'"frontend":"ublk"'*|fuse:*'"frontend":"fuse+loop"'*) return 0;;
+  esac
+  echo "want frontend $2, status: $_j"; return 1
+}
+# pid of the vmvaultd of run dir $1 (default /run/vmvault)
+daemon_pid() { cat "${1:-/run/vmvault}/vmvaultd.pid" 2>/dev/null; }
 finish() { echo "  $SUITE: $FAILS failure(s)"; [ "$FAILS" = 0 ]; }
