@@ -57,6 +57,7 @@ copy_bin "$ROOT/sbin/cryptsetup" sbin/cryptsetup
 copy_bin "$ROOT/sbin/dmsetup" sbin/dmsetup
 copy_bin "$ROOT/sbin/mke2fs" sbin/mke2fs
 copy_bin "$ROOT/sbin/e2fsck" sbin/e2fsck
+copy_bin "$ROOT/sbin/blkdiscard" sbin/blkdiscard   # util-linux's: -z (busybox's has none)
 for l in mkfs.ext4 mkfs.ext2; do rm -f "$ST/sbin/$l"; ln -s mke2fs "$ST/sbin/$l"; done
 for l in fsck.ext4 fsck.ext2; do rm -f "$ST/sbin/$l"; ln -s e2fsck "$ST/sbin/$l"; done
 cp "$ROOT/etc/mke2fs.conf" "$ST/etc/"

@@ -16,7 +16,8 @@ PKGS=(busybox-static cryptsetup cryptsetup-bin libcryptsetup12 libpopt0 libargon
       libssl3 libuuid1 libblkid1 dmsetup libdevmapper1.02.1 libselinux1 libpcre2-8-0 libudev1
       udev libsystemd-shared libkmod2 libacl1 libcap2 libzstd1 liblz4-1 liblzma5 libgcrypt20
       libgpg-error0 libseccomp2 libcrypt1 libpam0g libaudit1 libcap-ng0 libip4tc2 libmount1
-      libapparmor1 e2fsprogs libext2fs2 libcom-err2 libss2 kmod cpio fuse3 libfuse3-3)
+      libapparmor1 e2fsprogs libext2fs2 libcom-err2 libss2 kmod cpio fuse3 libfuse3-3
+      util-linux)
 mkdir -p "$VM" "$OUT" "$VM/debs" "$APTD/lists/partial" "$APTD/cache/archives/partial" "$APTD/etc"
 
 apt_update() {
