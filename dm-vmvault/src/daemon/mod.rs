@@ -344,6 +344,13 @@ impl Daemon {
         match peer_uid(&stream) {
             Ok(0) => {}
             Ok(uid) => {
+                // Take the peer's first line (bounded, with a short timeout) before
+                // answering, so a client that writes its request first sees the refusal
+                // instead of a broken pipe. Nothing of it is parsed.
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+                let mut first = Vec::new();
+                let _ = BufReader::new(std::io::Read::take(&stream, 4096))
+                    .read_until(b'\n', &mut first);
                 let r = Response::err(
                     code::PERMISSION,
                     format!("vmvaultd serves root only (peer uid {uid})"),
