@@ -6,7 +6,8 @@
 # Needs: fio, qemu-img, qemu-storage-daemon, keyctl, python3, a built vmvaultd
 # (cargo build --release -p dm-vmvault; VMVAULTD overrides the path).
 # Env: FIO_BACKENDS (default "kvm soft qsd-luks passthrough"), FIO_WORKLOADS (default
-# "seqread seqwrite randread randwrite"); VMVAULT_* tuning knobs reach vmvaultd.
+# "seqread seqwrite randread randwrite"), VMVAULTD_ARGS (e.g. "--vault-vcpus 2");
+# VMVAULT_* tuning knobs reach vmvaultd.
 set -euo pipefail
 SIZE_MIB=${1:-256}
 RUNTIME=${2:-8}
@@ -55,7 +56,7 @@ RES=$W/results
 
 # vmvault kvm and soft on a raw image (same cipher, 4096-byte sectors).
 mkdir -p "$RUN"
-"$VMVAULTD" --run-dir "$RUN" >"$W/vmvaultd.log" 2>&1 &
+"$VMVAULTD" --run-dir "$RUN" ${VMVAULTD_ARGS:-} >"$W/vmvaultd.log" 2>&1 &
 for _ in $(seq 100); do [ -S "$RUN/control" ] && break; sleep 0.05; done
 for b in kvm soft; do
   want $b || continue
