@@ -483,13 +483,7 @@ impl Vault {
         sector: u64,
         buf: &mut WindowBuf,
     ) -> Result<()> {
-        self.same_window(buf)?;
-        let seg = [Segment {
-            offset: buf.offset(),
-            len: buf.len() as u64,
-        }];
-        self.crypt(op::ENCRYPT, slot, geom, sector, &seg)
-            .map(|_| ())
+        self.crypt_buf(op::ENCRYPT, slot, geom, sector, buf)
     }
 
     /// Decrypts `buf` in place: whole sectors, `sector` in 512-byte units.
@@ -500,13 +494,24 @@ impl Vault {
         sector: u64,
         buf: &mut WindowBuf,
     ) -> Result<()> {
+        self.crypt_buf(op::DECRYPT, slot, geom, sector, buf)
+    }
+
+    /// One ENCRYPT or DECRYPT request over a whole window buffer.
+    fn crypt_buf(
+        &self,
+        op: u32,
+        slot: SlotId,
+        geom: &Geometry,
+        sector: u64,
+        buf: &mut WindowBuf,
+    ) -> Result<()> {
         self.same_window(buf)?;
         let seg = [Segment {
             offset: buf.offset(),
             len: buf.len() as u64,
         }];
-        self.crypt(op::DECRYPT, slot, geom, sector, &seg)
-            .map(|_| ())
+        self.crypt(op, slot, geom, sector, &seg).map(|_| ())
     }
 
     /// Encrypts window ranges in place (scatter/gather: sectors are consecutive across
