@@ -20,7 +20,7 @@ fn usage() -> ExitCode {
 fn main() -> ExitCode {
     let mut cfg = DaemonConfig {
         run_dir: daemon::default_run_dir(),
-        fuse_threads: 4,
+        fuse_threads: 8,
         mlock: true,
         // Each vCPU polls its ring before sleeping: leave cores for FUSE and backing I/O.
         vault_vcpus: (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1),
