@@ -182,7 +182,7 @@ impl MapperDevice {
             }
         }
         if !dev.path.exists() {
-            if let Err(source) = mknod_block(&dev.path, d.major, d.minor) {
+            if let Err(source) = super::mknod_block(&dev.path, d.major, d.minor) {
                 let path = dev.path.clone();
                 let _ = dev.remove();
                 return Err(MapperError::Node { path, source });
@@ -356,24 +356,6 @@ fn remove_stale_dm(name: &str) -> Result<StaleRemoval, MapperError> {
 #[cfg(not(feature = "devicemapper"))]
 fn remove_stale_dm(_name: &str) -> Result<StaleRemoval, MapperError> {
     Ok(StaleRemoval::Removed)
-}
-
-#[cfg(feature = "devicemapper")]
-fn mknod_block(path: &Path, major: u32, minor: u32) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: c is a valid NUL-terminated path; mknod touches no other memory.
-    let r = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            libc::S_IFBLK | 0o600,
-            libc::makedev(major, minor),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

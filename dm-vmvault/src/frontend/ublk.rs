@@ -183,7 +183,7 @@ impl UblkDevice {
             std::thread::sleep(Duration::from_millis(10));
         }
         if !dev.path.exists() {
-            let _ = mknod_block(&dev.path, dev.dev.0, dev.dev.1);
+            let _ = super::mknod_block(&dev.path, dev.dev.0, dev.dev.1);
         }
         Ok(dev)
     }
@@ -238,23 +238,6 @@ fn disk_devt(id: u32) -> Option<(u32, u32)> {
     let s = std::fs::read_to_string(format!("/sys/block/ublkb{id}/dev")).ok()?;
     let (a, b) = s.trim().split_once(':')?;
     Some((a.parse().ok()?, b.parse().ok()?))
-}
-
-fn mknod_block(path: &Path, major: u32, minor: u32) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: c is a valid NUL-terminated path; mknod touches no other memory.
-    let r = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            libc::S_IFBLK | 0o600,
-            libc::makedev(major, minor),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Device parameters: size, logical block = the volume's sector size, read-only flag,
