@@ -92,6 +92,7 @@ pub fn dm_uuid(name: &str, volume_type: Option<&str>, volume_uuid: Option<&str>)
 
 /// A `/dev/mapper/NAME` linear device (present only when device-mapper exists).
 pub struct MapperDevice {
+    #[cfg_attr(not(feature = "devicemapper"), allow(dead_code))]
     name: String,
     path: PathBuf,
     dev: (u32, u32),
