@@ -11,14 +11,12 @@ use dm_vmvault::client::{connect_or_spawn, Client, ClientError};
 use dm_vmvault::protocol::{BackendChoice, FrontendChoice, OpenRequest, VolumeStatus};
 
 use super::{
-    fail, read_volume, BackendArg, Cli, CloseArgs, Failure, FrontendArg, OpenArgs, Output,
-    StatusArgs,
+    fail, read_volume, unlock_with_passphrase, BackendArg, Cli, CloseArgs, Failure, FrontendArg,
+    OpenArgs, Output, StatusArgs,
 };
 use crate::activation::{verify_volume_key, CryptParams, KeyCheck};
 use crate::exit::{ExitCode, HasExitCode};
 use crate::keyring::{self, KeyringError, StagedKey};
-use crate::keyslot::{unlock, UnlockOptions};
-use crate::passphrase::{read_passphrase, KeyInput};
 use crate::secret::VolumeKey;
 use crate::volume::Volume;
 
@@ -143,23 +141,7 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
             (k, Some(serial))
         }
         None => {
-            let input = KeyInput {
-                key_file: a.key.key_file.clone(),
-                keyfile_offset: a.key.keyfile_offset,
-                keyfile_size: a.key.keyfile_size,
-            };
-            let prompt = format!("Enter passphrase for {}: ", a.device.display());
-            let pass = read_passphrase(&input, &prompt)?;
-            let opts = UnlockOptions {
-                keyslot: a.key.key_slot,
-                ..Default::default()
-            };
-            let unlocked = unlock(&dev, &vol, &pass, &opts)?;
-            drop(pass);
-            if cli.verbose {
-                out.stdout
-                    .push_str(&format!("Key slot {} unlocked.\n", unlocked.keyslot));
-            }
+            let unlocked = unlock_with_passphrase(&dev, &vol, &a.device, &a.key, cli.verbose, out)?;
             (unlocked.key, None)
         }
     };

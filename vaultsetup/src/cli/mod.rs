@@ -10,7 +10,7 @@ pub mod activate;
 
 use crate::device::Device;
 use crate::exit::{ExitCode, HasExitCode};
-use crate::keyslot::{unlock, UnlockOptions};
+use crate::keyslot::{unlock, UnlockOptions, Unlocked};
 use crate::passphrase::{read_passphrase, KeyInput};
 use crate::volume::{Volume, VolumeError};
 
@@ -311,22 +311,37 @@ fn run_inner(cli: &Cli, out: &mut Output) -> Result<(), Failure> {
                     format!("Device {} is not a valid LUKS device.", a.device.display()),
                 ));
             }
-            let input = KeyInput {
-                key_file: a.key.key_file.clone(),
-                keyfile_offset: a.key.keyfile_offset,
-                keyfile_size: a.key.keyfile_size,
-            };
-            let prompt = format!("Enter passphrase for {}: ", a.device.display());
-            let pass = read_passphrase(&input, &prompt)?;
-            let opts = UnlockOptions {
-                keyslot: a.key.key_slot,
-                ..Default::default()
-            };
-            let unlocked = unlock(&dev, &vol, &pass, &opts)?;
-            if cli.verbose {
-                out.stdout = format!("Key slot {} unlocked.\n", unlocked.keyslot);
-            }
+            unlock_with_passphrase(&dev, &vol, &a.device, &a.key, cli.verbose, out)?;
             Ok(())
         }
     }
+}
+
+/// Reads the passphrase the way `key` asks (key file, pipe, or a tty prompt naming
+/// `device`) and unlocks a keyslot of `vol`; the passphrase is zeroized on return.
+pub(crate) fn unlock_with_passphrase(
+    dev: &Device,
+    vol: &Volume,
+    device: &std::path::Path,
+    key: &KeyArgs,
+    verbose: bool,
+    out: &mut Output,
+) -> Result<Unlocked, Failure> {
+    let input = KeyInput {
+        key_file: key.key_file.clone(),
+        keyfile_offset: key.keyfile_offset,
+        keyfile_size: key.keyfile_size,
+    };
+    let prompt = format!("Enter passphrase for {}: ", device.display());
+    let pass = read_passphrase(&input, &prompt)?;
+    let opts = UnlockOptions {
+        keyslot: key.key_slot,
+        ..Default::default()
+    };
+    let unlocked = unlock(dev, vol, &pass, &opts)?;
+    if verbose {
+        out.stdout
+            .push_str(&format!("Key slot {} unlocked.\n", unlocked.keyslot));
+    }
+    Ok(unlocked)
 }
