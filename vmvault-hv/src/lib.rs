@@ -21,7 +21,8 @@
 //!   thread is woken less than 2 ms after it slept, back to the base after 50 ms of
 //!   quiet. A sleeping vCPU costs a VM exit (~25–60 µs on this PVM host).
 //! - `VMVAULT_CALLER_SPINS`: idle spin when a submitting thread runs the vCPU (default
-//!   400, ~10 µs: picks up requests submitted meanwhile, then returns to the caller).
+//!   1: exit as soon as the ring is empty; the runner then runs another episode if
+//!   threads submitted meanwhile, and wakes the threads whose requests it served).
 //! - `VMVAULT_ASSIST=0`: in thread mode, do not let a submitter that finds the vCPU
 //!   asleep serve the ring itself while the vCPU thread is being woken.
 //! - `VMVAULT_VCPU_CPUS=3,2` pins vCPU `i` to the `i`-th listed CPU; `none` disables the

@@ -3,7 +3,7 @@
 
 use std::hint::spin_loop;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,10 +60,69 @@ impl Wake {
     }
 }
 
-/// A ring in guest memory plus its wake-up channel.
+/// Completion broadcast of caller mode: the thread that ran the vCPU bumps the
+/// generation after each `KVM_RUN` episode (and when it gives the vCPU up); threads whose
+/// requests another thread serves sleep on it instead of spinning on a CPU that the
+/// runner and the rest of the I/O stack need.
+#[derive(Default)]
+pub(crate) struct Done {
+    generation: AtomicU64,
+    waiters: AtomicU32,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Done {
+    /// The current generation; pass it to [`Done::wait_past`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Wakes every thread waiting for a newer generation.
+    pub fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.cv.notify_all();
+        }
+    }
+
+    /// Sleeps until the generation differs from `seen`, or `timeout` passed.
+    pub fn wait_past(&self, seen: u64, timeout: Duration) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while self.generation.load(Ordering::SeqCst) == seen {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            g = self
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(g);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How a submitting thread waits for its response.
+pub(crate) enum WaitMode<'a> {
+    /// A vCPU thread polls the ring: spin briefly, then sleep in short steps; `wake`
+    /// gets a sleeping vCPU going again.
+    Poll { wake: &'a (dyn Fn() + Sync) },
+    /// Caller mode: `run` runs the sleeping vCPU on this thread if nobody else does and
+    /// returns whether it did; otherwise the thread sleeps on [`RingClient::done`].
+    Caller { run: &'a (dyn Fn() -> bool + Sync) },
+}
+
+/// A ring in guest memory plus its wake-up channels.
 pub(crate) struct RingClient {
     ring: *const Ring,
     pub wake: Wake,
+    pub done: Done,
 }
 
 // SAFETY: `ring` points into guest memory that outlives every RingClient (owned by the
@@ -84,6 +143,7 @@ impl RingClient {
         RingClient {
             ring,
             wake: Wake::default(),
+            done: Done::default(),
         }
     }
 
@@ -111,8 +171,7 @@ impl RingClient {
         self.ring().header.sleeping.load(Ordering::SeqCst) != 0
     }
 
-    /// Submits `req` and waits for the response. `wake` gets a sleeping vCPU going again
-    /// (it notifies the vCPU thread, or runs the vCPU on the calling thread); it is
+    /// Submits `req` and waits for the response as `mode` says. In poll mode `wake` is
     /// called after the submission if the vCPU sleeps, and again whenever the wait finds
     /// the vCPU asleep with the request still pending.
     pub fn call(
@@ -120,7 +179,7 @@ impl RingClient {
         req: &Request,
         failed: &AtomicBool,
         racer: Option<Racer<'_>>,
-        wake: &(dyn Fn() + Sync),
+        mode: WaitMode<'_>,
     ) -> Result<Response> {
         let ring = self.ring();
         let mut spins = Backoff::new(SPIN);
@@ -147,10 +206,17 @@ impl RingClient {
         unsafe { vault_vm::abi::write_request(req_ptr, req) };
         e.state.store(ENTRY_SUBMITTED, Ordering::SeqCst);
         ring.header.head.fetch_add(1, Ordering::Relaxed);
+        let done = || e.state.load(Ordering::Acquire) == ENTRY_DONE;
+        let wake = match mode {
+            WaitMode::Poll { wake } => wake,
+            WaitMode::Caller { run } => {
+                let wait = || self.wait_caller(&done, run, failed);
+                return self.finish(e, req_ptr, racer, &wait);
+            }
+        };
         if self.vcpu_sleeping() {
             wake();
         }
-        let done = || e.state.load(Ordering::Acquire) == ENTRY_DONE;
         let bytes: u64 = req
             .segs
             .iter()
@@ -199,6 +265,52 @@ impl RingClient {
                 spins.wait();
             }
         };
+        self.finish(e, req_ptr, racer, &wait)
+    }
+
+    /// Caller-mode wait: run the vCPU here whenever it sleeps with work waiting and no
+    /// other thread runs it; else sleep until the runner reports an episode's end.
+    fn wait_caller(
+        &self,
+        done: &dyn Fn() -> bool,
+        run: &(dyn Fn() -> bool + Sync),
+        failed: &AtomicBool,
+    ) -> Result<()> {
+        loop {
+            if done() {
+                return Ok(());
+            }
+            if failed.load(Ordering::Relaxed) {
+                return Err(HvError::VaultFailed(
+                    "a vCPU stopped while serving a request".into(),
+                ));
+            }
+            let seen = self.done.generation();
+            // Let the threads that are ready on this CPU submit first, so that one
+            // KVM_RUN episode (~25 µs of CPU here) serves them all (fio random 4K,
+            // 2 CPUs: read 185 -> 265 MB/s, write 124 -> 145 MB/s).
+            std::thread::yield_now();
+            if done() {
+                continue;
+            }
+            if run() || done() {
+                continue;
+            }
+            // Another thread runs the vCPU; it bumps `done` when its episode ends (the
+            // timeout is only a safety net).
+            self.done.wait_past(seen, Duration::from_millis(2));
+        }
+    }
+
+    /// Waits (with the test racer running, if any), then takes the response and frees
+    /// the entry.
+    fn finish(
+        &self,
+        e: &vault_vm::abi::RingEntry,
+        req_ptr: *mut Request,
+        racer: Option<Racer<'_>>,
+        wait: &dyn Fn() -> Result<()>,
+    ) -> Result<Response> {
         let result = match racer {
             None => wait(),
             Some(racer) => {

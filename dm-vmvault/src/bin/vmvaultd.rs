@@ -20,7 +20,10 @@ fn usage() -> ExitCode {
 fn main() -> ExitCode {
     let mut cfg = DaemonConfig {
         run_dir: daemon::default_run_dir(),
-        fuse_threads: 8,
+        // As many as fio-style queues keep in flight (16): requests that wait for the
+        // vault then share one KVM_RUN episode (random 4K: 8 threads ~2.3 requests per
+        // episode, 16 threads ~3.5, ~1.2x the throughput).
+        fuse_threads: 16,
         mlock: true,
         // Each vCPU polls its ring before sleeping: leave cores for FUSE and backing I/O.
         vault_vcpus: (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1),

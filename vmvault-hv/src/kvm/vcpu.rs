@@ -281,26 +281,45 @@ const CALLER_EPISODE_MAX: u32 = 32;
 
 /// Runs a sleeping vCPU `i` on the calling (submitting) thread, unless another thread
 /// runs it: no hand-off to another thread, no wake-up of an idle CPU. The guest serves
-/// the ring until it has been idle for the short caller budget, then exits.
-pub(super) fn run_on_caller(i: usize, sh: &Shared) {
+/// the ring until it has been idle for the caller budget, then exits. In caller mode the
+/// thread then runs further episodes while requests wait (submitted meanwhile by threads
+/// that found the vCPU taken: they sleep on the ring's `done` channel), and reports the
+/// end of each episode to them. Returns whether this thread ran the vCPU.
+pub(super) fn run_on_caller(i: usize, sh: &Shared) -> bool {
     let runner = &sh.runners[i];
-    let mut fd = match runner.fd.try_lock() {
-        Ok(fd) => fd,
-        // A thread that panicked while running the vCPU: the fd itself is fine.
-        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => return, // somebody else runs it
-    };
     let ring = &sh.rings[i];
-    // The lock holder is the only thread in KVM_RUN: re-check under it that the guest
-    // is out and work is waiting, and leave the vCPU to its own thread once that thread
-    // is awake and about to run it (assisting then would only add VM exits).
-    if !ring.vcpu_sleeping() || !ring.has_work() || runner.thread_coming.load(Ordering::SeqCst) {
-        return;
+    let mut ran = false;
+    {
+        let mut fd = match runner.fd.try_lock() {
+            Ok(fd) => fd,
+            // A thread that panicked while running the vCPU: the fd itself is fine.
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false, // somebody else runs it
+        };
+        // The lock holder is the only thread in KVM_RUN: re-check under it that the
+        // guest is out and work is waiting. In thread mode, leave the vCPU to its own
+        // thread once that thread is awake and about to run it (assisting then would
+        // only add VM exits).
+        let h = &ring.ring().header;
+        while ring.vcpu_sleeping()
+            && ring.has_work()
+            && (sh.caller_runs || !runner.thread_coming.load(Ordering::SeqCst))
+        {
+            h.idle_spins.store(runner.caller_spins, Ordering::Relaxed);
+            h.episode_max.store(CALLER_EPISODE_MAX, Ordering::Relaxed);
+            let episode = drive(&mut fd, i, sh);
+            ran = true;
+            ring.done.bump();
+            if matches!(episode, Episode::Over) || !sh.caller_runs {
+                break;
+            }
+        }
     }
-    let h = &ring.ring().header;
-    h.idle_spins.store(runner.caller_spins, Ordering::Relaxed);
-    h.episode_max.store(CALLER_EPISODE_MAX, Ordering::Relaxed);
-    let _ = drive(&mut fd, i, sh);
+    if ran {
+        // Waiters that found the vCPU taken retry now that it is free.
+        ring.done.bump();
+    }
+    ran
 }
 
 /// The thread of vCPU `i`: boots it, then runs it whenever it sleeps with work waiting
