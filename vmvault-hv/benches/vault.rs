@@ -13,6 +13,7 @@
 //! `cargo bench -p vmvault-hv --bench vault`. Env: `VAULT_BENCH_SECS` (time per figure,
 //! default 3), `VAULT_BENCH_BACKEND=soft`, `VAULT_BENCH_SUBMIT_CPUS=0` (pin the
 //! submitting threads; pair with `VMVAULT_VCPU_CPUS=1` to give the vCPU its own core),
+//! `VAULT_BENCH_VCPUS=1` (vCPU counts to measure, default `1,2`),
 //! `VAULT_BENCH_RUN=caller` (run mode of the throughput part; default thread: dedicated
 //! polling vCPUs, what "per vCPU" means).
 
@@ -192,7 +193,11 @@ fn main() {
 
     let rounds = 4;
     let slice = secs() / (rounds * 2);
-    for vcpus in [1usize, 2] {
+    let vcpu_counts: Vec<usize> = std::env::var("VAULT_BENCH_VCPUS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2]);
+    for vcpus in vcpu_counts {
         let mode = match std::env::var("VAULT_BENCH_RUN").as_deref() {
             Ok("caller") => RunMode::Caller,
             Ok("auto") => RunMode::Auto,
