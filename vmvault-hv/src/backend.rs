@@ -8,6 +8,19 @@ use crate::window::Window;
 use crate::{BackendKind, RunMode};
 use std::sync::Arc;
 
+/// A request in flight.
+#[derive(Debug)]
+pub(crate) enum Ticket {
+    /// Already served (in-process backends).
+    Done(Response),
+    /// Waiting in entry `entry` of ring `ring`; `bytes` of data.
+    Ring {
+        ring: usize,
+        entry: usize,
+        bytes: u64,
+    },
+}
+
 /// A vault implementation (`kvm` or `soft`). Cloud-hypervisor's `hypervisor` crate is the
 /// pattern: the `Vault` front end is backend-agnostic.
 pub(crate) trait Backend: Send + Sync {
@@ -31,6 +44,18 @@ pub(crate) trait Backend: Send + Sync {
     fn transfer(&self) -> *mut u8;
     /// Sends a request to server `lane % vcpus()` and waits for the response.
     fn call(&self, lane: usize, req: &Request, racer: Option<Racer<'_>>) -> Result<Response>;
+    /// Sends a request to server `lane % vcpus()` without waiting; the ticket must be
+    /// passed to [`Backend::complete`]. In-process backends serve it at once.
+    fn submit(&self, lane: usize, req: &Request) -> Result<Ticket> {
+        self.call(lane, req, None).map(Ticket::Done)
+    }
+    /// Waits for a submitted request and returns its response.
+    fn complete(&self, ticket: Ticket) -> Result<Response> {
+        match ticket {
+            Ticket::Done(resp) => Ok(resp),
+            Ticket::Ring { .. } => unreachable!("a ring ticket from a backend without rings"),
+        }
+    }
     /// Stops the servers and wipes vault memory. Idempotent.
     fn shutdown(&self) -> Result<()>;
 }

@@ -53,6 +53,7 @@ mod soft;
 mod window;
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::ptr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,7 +61,7 @@ use std::sync::{Arc, Mutex};
 use vault_vm::abi::{self, op, status, Request, Response, Segment, MAX_SEGMENTS, MAX_SLOTS};
 use vault_vm::engine::{CipherSpec, Geometry};
 
-use backend::Backend;
+use backend::{Backend, Ticket};
 pub use error::{HvError, Result};
 pub use window::{Window, WindowBuf, WINDOW_GRANULE};
 
@@ -556,28 +557,94 @@ impl Vault {
         let mut done = 0u64;
         let mut sector = sector;
         for chunk in segs.chunks(MAX_SEGMENTS) {
-            let mut req = Request {
-                op: opcode,
-                slot: slot.index,
-                cipher: slot.cipher,
-                generation: slot.generation,
-                sector_size: geom.sector_size,
-                flags: if geom.iv_large_sectors {
-                    abi::FLAG_IV_LARGE_SECTORS
-                } else {
-                    0
-                },
-                nsegs: chunk.len() as u32,
-                sector,
-                iv_offset: geom.iv_offset,
-                ..Request::ZERO
-            };
-            req.segs[..chunk.len()].copy_from_slice(chunk);
+            let mut req = Self::crypt_request(opcode, slot, geom, sector, chunk);
             let resp = self.call(&mut req).and_then(Self::check)?;
             done += resp.bytes;
             sector += chunk.iter().map(|s| s.len / 512).sum::<u64>();
         }
         Ok(done)
+    }
+
+    /// An ENCRYPT/DECRYPT request for up to [`MAX_SEGMENTS`] segments.
+    fn crypt_request(
+        opcode: u32,
+        slot: SlotId,
+        geom: &Geometry,
+        sector: u64,
+        segs: &[Segment],
+    ) -> Request {
+        let mut req = Request {
+            op: opcode,
+            slot: slot.index,
+            cipher: slot.cipher,
+            generation: slot.generation,
+            sector_size: geom.sector_size,
+            flags: if geom.iv_large_sectors {
+                abi::FLAG_IV_LARGE_SECTORS
+            } else {
+                0
+            },
+            nsegs: segs.len() as u32,
+            sector,
+            iv_offset: geom.iv_offset,
+            ..Request::ZERO
+        };
+        req.segs[..segs.len()].copy_from_slice(segs);
+        req
+    }
+
+    /// Starts encrypting `buf` in place and returns at once: the vault works while the
+    /// caller prepares the next request (several in flight keep a vCPU busy without a
+    /// round trip between them). [`Pending::wait`] gives the result.
+    ///
+    /// # Safety
+    /// The returned [`Pending`] must be waited for or dropped, never leaked
+    /// (`mem::forget`): that would end the borrow of `buf` while the vault still writes it.
+    pub unsafe fn encrypt_async<'a>(
+        &'a self,
+        slot: SlotId,
+        geom: &Geometry,
+        sector: u64,
+        buf: &'a mut WindowBuf,
+    ) -> Result<Pending<'a>> {
+        self.crypt_async(op::ENCRYPT, slot, geom, sector, buf)
+    }
+
+    /// Starts decrypting `buf` in place; see [`Vault::encrypt_async`].
+    ///
+    /// # Safety
+    /// As for [`Vault::encrypt_async`].
+    pub unsafe fn decrypt_async<'a>(
+        &'a self,
+        slot: SlotId,
+        geom: &Geometry,
+        sector: u64,
+        buf: &'a mut WindowBuf,
+    ) -> Result<Pending<'a>> {
+        self.crypt_async(op::DECRYPT, slot, geom, sector, buf)
+    }
+
+    fn crypt_async<'a>(
+        &'a self,
+        opcode: u32,
+        slot: SlotId,
+        geom: &Geometry,
+        sector: u64,
+        buf: &'a mut WindowBuf,
+    ) -> Result<Pending<'a>> {
+        self.same_window(buf)?;
+        let seg = [Segment {
+            offset: buf.offset(),
+            len: buf.len() as u64,
+        }];
+        let mut req = Self::crypt_request(opcode, slot, geom, sector, &seg);
+        req.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let ticket = self.backend.submit(Self::lane(), &req)?;
+        Ok(Pending {
+            vault: self,
+            ticket: Some(ticket),
+            _buf: PhantomData,
+        })
     }
 
     /// Runs the known-answer self test on every vCPU.
@@ -681,6 +748,39 @@ impl Vault {
     #[doc(hidden)]
     pub fn transfer_page(&self) -> *mut u8 {
         self.backend.transfer()
+    }
+}
+
+/// A request in flight (from [`Vault::encrypt_async`] or [`Vault::decrypt_async`]); the
+/// buffer stays borrowed until it completes. Dropping it waits too.
+#[must_use = "a pending request must be waited for"]
+pub struct Pending<'a> {
+    vault: &'a Vault,
+    ticket: Option<Ticket>,
+    _buf: PhantomData<&'a mut WindowBuf>,
+}
+
+impl Pending<'_> {
+    /// Waits for the request and returns its result.
+    pub fn wait(mut self) -> Result<()> {
+        match self.ticket.take() {
+            Some(t) => self
+                .vault
+                .backend
+                .complete(t)
+                .and_then(Vault::check)
+                .map(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            // The vault may still be writing the buffer: never give it back before.
+            let _ = self.vault.backend.complete(t);
+        }
     }
 }
 

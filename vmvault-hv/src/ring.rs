@@ -171,20 +171,13 @@ impl RingClient {
         self.ring().header.sleeping.load(Ordering::SeqCst) != 0
     }
 
-    /// Submits `req` and waits for the response as `mode` says. In poll mode `wake` is
-    /// called after the submission if the vCPU sleeps, and again whenever the wait finds
-    /// the vCPU asleep with the request still pending.
-    pub fn call(
-        &self,
-        req: &Request,
-        failed: &AtomicBool,
-        racer: Option<Racer<'_>>,
-        mode: WaitMode<'_>,
-    ) -> Result<Response> {
+    /// Claims a free entry (waiting while all are taken), publishes `req` in it and
+    /// returns its index; the caller must [`RingClient::complete`] it.
+    pub fn submit(&self, req: &Request, failed: &AtomicBool) -> Result<usize> {
         let ring = self.ring();
         let mut spins = Backoff::new(SPIN);
-        let e = loop {
-            if let Some(e) = ring.entries.iter().find(|e| {
+        let idx = loop {
+            if let Some(idx) = ring.entries.iter().position(|e| {
                 e.state
                     .compare_exchange(
                         ENTRY_FREE,
@@ -194,18 +187,37 @@ impl RingClient {
                     )
                     .is_ok()
             }) {
-                break e;
+                break idx;
             }
             if failed.load(Ordering::Relaxed) {
                 return Err(HvError::VaultFailed("a vCPU stopped".into()));
             }
             spins.wait();
         };
+        let e = &ring.entries[idx];
         let req_ptr = ptr::addr_of!(e.req).cast_mut();
         // SAFETY: the entry is CLAIMED by this thread; the vault ignores it until SUBMITTED.
         unsafe { vault_vm::abi::write_request(req_ptr, req) };
         e.state.store(ENTRY_SUBMITTED, Ordering::SeqCst);
         ring.header.head.fetch_add(1, Ordering::Relaxed);
+        Ok(idx)
+    }
+
+    /// Waits for entry `idx` (submitted by this thread, `bytes` of data) as `mode` says,
+    /// then takes its response and frees the entry. In poll mode `wake` is called at once
+    /// if the vCPU sleeps, and again whenever the wait finds it asleep with the request
+    /// still pending.
+    pub fn complete(
+        &self,
+        idx: usize,
+        bytes: u64,
+        failed: &AtomicBool,
+        racer: Option<Racer<'_>>,
+        mode: WaitMode<'_>,
+    ) -> Result<Response> {
+        let ring = self.ring();
+        let e = &ring.entries[idx % RING_ENTRIES];
+        let req_ptr = ptr::addr_of!(e.req).cast_mut();
         let done = || e.state.load(Ordering::Acquire) == ENTRY_DONE;
         let wake = match mode {
             WaitMode::Poll { wake } => wake,
@@ -214,15 +226,9 @@ impl RingClient {
                 return self.finish(e, req_ptr, racer, &wait);
             }
         };
-        if self.vcpu_sleeping() {
+        if !done() && self.vcpu_sleeping() {
             wake();
         }
-        let bytes: u64 = req
-            .segs
-            .iter()
-            .take(req.nsegs as usize)
-            .map(|s| s.len)
-            .fold(0, u64::saturating_add);
         // Requests ahead of this one (and this one) on the ring: waiting threads sleep
         // through the queue instead of spinning on CPUs the vCPUs need (and waking up
         // early, which preempts a vCPU: a VM exit).
@@ -334,6 +340,15 @@ impl RingClient {
         e.state.store(ENTRY_FREE, Ordering::Release);
         Ok(resp)
     }
+}
+
+/// Bytes of data a request names (the sum of its segment lengths).
+pub(crate) fn request_bytes(req: &Request) -> u64 {
+    req.segs
+        .iter()
+        .take(req.nsegs as usize)
+        .map(|s| s.len)
+        .fold(0, u64::saturating_add)
 }
 
 /// Waiting strategy: spin for a budget, then sleep in short steps.

@@ -61,3 +61,110 @@ fn thread_and_caller_modes_match_the_engine() {
         }
     }
 }
+
+/// Several requests in flight from one thread (`encrypt_async`/`decrypt_async`), waited
+/// for in and out of order and dropped without `wait`, give the engine's output on every
+/// run mode and on the soft backend; a refused request fails only its own `wait`.
+#[test]
+fn pipelined_requests_match_the_engine() {
+    if common::open(BackendKind::Kvm, 1).is_none() {
+        return;
+    }
+    let spec = CipherSpec::parse("aes-xts-plain64").unwrap();
+    let key = common::random_bytes(64);
+    let engine = SectorCipher::new(spec, &key).unwrap();
+    let geom = Geometry::new(4096, false, 0).unwrap();
+    let configs = [
+        (BackendKind::Kvm, RunMode::Thread),
+        (BackendKind::Kvm, RunMode::Caller),
+        (BackendKind::Soft, RunMode::Auto),
+    ];
+    for (backend, run) in configs {
+        let vault = Vault::open(&VaultConfig {
+            backend,
+            vcpus: 1,
+            window_size: 8 << 20,
+            run,
+        })
+        .unwrap();
+        let slot = vault.import_key(spec, &key).unwrap();
+        for round in 0..40u64 {
+            let n = 1 + (round % 6) as usize;
+            let data: Vec<Vec<u8>> = (0..n)
+                .map(|k| common::random_bytes(4096 * (1 + (round as usize + k) % 5)))
+                .collect();
+            let mut bufs: Vec<_> = data
+                .iter()
+                .map(|d| {
+                    let mut b = vault.window().alloc(d.len()).unwrap();
+                    b.copy_from_slice(d);
+                    b
+                })
+                .collect();
+            let sector = |k: usize| (round * 100 + k as u64) * 8;
+            {
+                // SAFETY: every Pending is waited for or dropped below.
+                let mut pending: Vec<_> = bufs
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(k, b)| {
+                        unsafe { vault.encrypt_async(slot, &geom, sector(k), b) }.unwrap()
+                    })
+                    .collect();
+                if round % 3 == 0 {
+                    drop(pending); // waits for each
+                } else {
+                    if round % 2 == 0 {
+                        pending.reverse();
+                    }
+                    for p in pending {
+                        p.wait().unwrap();
+                    }
+                }
+            }
+            for (k, b) in bufs.iter().enumerate() {
+                let mut want = data[k].clone();
+                engine.encrypt(&geom, sector(k), &mut want).unwrap();
+                assert!(
+                    b[..] == want[..],
+                    "{backend:?} {run:?}: pipelined encrypt {k}"
+                );
+            }
+            {
+                // SAFETY: as above.
+                let pending: Vec<_> = bufs
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(k, b)| {
+                        unsafe { vault.decrypt_async(slot, &geom, sector(k), b) }.unwrap()
+                    })
+                    .collect();
+                for p in pending {
+                    p.wait().unwrap();
+                }
+            }
+            for (k, b) in bufs.iter().enumerate() {
+                assert!(
+                    b[..] == data[k][..],
+                    "{backend:?} {run:?}: pipelined decrypt {k}"
+                );
+            }
+            if round % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(3)); // let the vCPU sleep
+            }
+        }
+        // A refused request (dropped key) fails its own wait, and the vault serves on.
+        let mut buf = vault.window().alloc(4096).unwrap();
+        let other = vault.import_key(spec, &key).unwrap();
+        vault.drop_key(other).unwrap();
+        // SAFETY: waited for at once.
+        let p = unsafe { vault.encrypt_async(other, &geom, 0, &mut buf) }.unwrap();
+        assert!(
+            p.wait().is_err(),
+            "{backend:?} {run:?}: a dropped slot was used"
+        );
+        vault.encrypt(slot, &geom, 0, &mut buf).unwrap();
+        vault.drop_key(slot).unwrap();
+        vault.shutdown().unwrap();
+    }
+}

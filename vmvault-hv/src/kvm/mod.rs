@@ -13,11 +13,11 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vault_vm::abi::{self, Request, Response};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Ticket};
 use crate::error::{HvError, Result};
 use crate::layout;
 use crate::memory::SharedMem;
-use crate::ring::{Racer, RingClient, WaitMode};
+use crate::ring::{request_bytes, Racer, RingClient, WaitMode};
 use crate::window::Window;
 use crate::{BackendKind, RunMode};
 
@@ -320,6 +320,11 @@ impl Backend for KvmBackend {
     }
 
     fn call(&self, lane: usize, req: &Request, racer: Option<Racer<'_>>) -> Result<Response> {
+        let ticket = self.submit(lane, req)?;
+        self.wait(ticket, racer)
+    }
+
+    fn submit(&self, lane: usize, req: &Request) -> Result<Ticket> {
         if self.stopped.load(Ordering::SeqCst) {
             return Err(HvError::ShutDown);
         }
@@ -328,34 +333,22 @@ impl Backend for KvmBackend {
         }
         let i = lane % self.vcpus;
         let ring = &self.shared.rings[i];
-        let r = if self.shared.caller_runs {
-            let run = || vcpu::run_on_caller(i, &self.shared);
-            ring.call(
-                req,
-                &self.shared.failed,
-                racer,
-                WaitMode::Caller { run: &run },
-            )
-        } else {
-            let wake = || {
-                // The vCPU thread resumes polling; until it is scheduled, serve the ring
-                // from here (a cross-CPU wake-up costs ~100 µs on this host).
-                ring.wake.notify();
-                if self.shared.assist {
-                    vcpu::run_on_caller(i, &self.shared);
-                }
-            };
-            ring.call(
-                req,
-                &self.shared.failed,
-                racer,
-                WaitMode::Poll { wake: &wake },
-            )
-        };
-        r.map_err(|e| match e {
-            HvError::VaultFailed(_) => HvError::VaultFailed(self.failure()),
-            e => e,
+        let entry = ring
+            .submit(req, &self.shared.failed)
+            .map_err(|e| self.vault_error(e))?;
+        if !self.shared.caller_runs && ring.vcpu_sleeping() {
+            // The vCPU thread resumes polling while this thread goes on.
+            ring.wake.notify();
+        }
+        Ok(Ticket::Ring {
+            ring: i,
+            entry,
+            bytes: request_bytes(req),
         })
+    }
+
+    fn complete(&self, ticket: Ticket) -> Result<Response> {
+        self.wait(ticket, None)
     }
 
     fn shutdown(&self) -> Result<()> {
@@ -395,6 +388,41 @@ impl Backend for KvmBackend {
             )));
         }
         Ok(())
+    }
+}
+
+impl KvmBackend {
+    /// Waits for `ticket` (with the test racer rewriting the request, if any).
+    fn wait(&self, ticket: Ticket, racer: Option<Racer<'_>>) -> Result<Response> {
+        let (i, entry, bytes) = match ticket {
+            Ticket::Ring { ring, entry, bytes } => (ring, entry, bytes),
+            Ticket::Done(resp) => return Ok(resp),
+        };
+        let ring = &self.shared.rings[i];
+        let failed = &self.shared.failed;
+        let r = if self.shared.caller_runs {
+            let run = || vcpu::run_on_caller(i, &self.shared);
+            ring.complete(entry, bytes, failed, racer, WaitMode::Caller { run: &run })
+        } else {
+            let wake = || {
+                // The vCPU thread resumes polling; until it is scheduled, serve the ring
+                // from here (a cross-CPU wake-up costs ~100 µs on this host).
+                ring.wake.notify();
+                if self.shared.assist {
+                    vcpu::run_on_caller(i, &self.shared);
+                }
+            };
+            ring.complete(entry, bytes, failed, racer, WaitMode::Poll { wake: &wake })
+        };
+        r.map_err(|e| self.vault_error(e))
+    }
+
+    /// A failed vault's error carries the recorded cause.
+    fn vault_error(&self, e: HvError) -> HvError {
+        match e {
+            HvError::VaultFailed(_) => HvError::VaultFailed(self.failure()),
+            e => e,
+        }
     }
 }
 
