@@ -117,9 +117,12 @@ pub enum RunMode {
     Thread,
     /// Run to completion on the caller: a submitter that finds the vCPU asleep enters
     /// `KVM_RUN` itself and the guest serves the ring until it is drained; nobody polls
-    /// between bursts. Each burst costs one VM exit (~25–60 µs on PVM, 1–3 µs on VMX/SVM
-    /// hardware) but there is no cross-CPU hand-off and no polling thread competing with
-    /// the submitters: the better choice on small machines.
+    /// between bursts. Submitters that find the vCPU taken sleep until the runner's
+    /// episode ends, and the runner runs another episode for them, so one `KVM_RUN`
+    /// serves several threads' requests under load. Each episode costs one VM exit
+    /// (~25 µs of CPU on PVM, 1–3 µs on VMX/SVM hardware) but there is no cross-CPU
+    /// hand-off and no polling thread competing with the submitters: the better choice
+    /// on small machines.
     Caller,
 }
 

@@ -9,16 +9,21 @@ use std::time::Duration;
 use vault_vm::engine::{CipherSpec, Geometry, SectorCipher};
 use vmvault_hv::{BackendKind, RunMode, Vault, VaultConfig};
 
-#[test]
-fn thread_and_caller_modes_match_the_engine() {
-    // Probe /dev/kvm the way the other tests do (fails in CI without it).
-    if common::open(BackendKind::Kvm, 1).is_none() {
-        return;
-    }
+/// AES-256-XTS on 4 KiB sectors with a random key, and the engine as the reference;
+/// `None` (after the probe's message, a failure in CI) without a usable /dev/kvm.
+fn fixture() -> Option<(CipherSpec, Vec<u8>, SectorCipher, Geometry)> {
+    common::open(BackendKind::Kvm, 1)?;
     let spec = CipherSpec::parse("aes-xts-plain64").unwrap();
     let key = common::random_bytes(64);
     let engine = SectorCipher::new(spec, &key).unwrap();
-    let geom = Geometry::new(4096, false, 0).unwrap();
+    Some((spec, key, engine, Geometry::new(4096, false, 0).unwrap()))
+}
+
+#[test]
+fn thread_and_caller_modes_match_the_engine() {
+    let Some((spec, key, engine, geom)) = fixture() else {
+        return;
+    };
     for run in [RunMode::Thread, RunMode::Caller] {
         for vcpus in [1, 2] {
             let vault = Vault::open(&VaultConfig {
@@ -67,13 +72,9 @@ fn thread_and_caller_modes_match_the_engine() {
 /// run mode and on the soft backend; a refused request fails only its own `wait`.
 #[test]
 fn pipelined_requests_match_the_engine() {
-    if common::open(BackendKind::Kvm, 1).is_none() {
+    let Some((spec, key, engine, geom)) = fixture() else {
         return;
-    }
-    let spec = CipherSpec::parse("aes-xts-plain64").unwrap();
-    let key = common::random_bytes(64);
-    let engine = SectorCipher::new(spec, &key).unwrap();
-    let geom = Geometry::new(4096, false, 0).unwrap();
+    };
     let configs = [
         (BackendKind::Kvm, RunMode::Thread),
         (BackendKind::Kvm, RunMode::Caller),
