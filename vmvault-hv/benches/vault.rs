@@ -266,6 +266,15 @@ fn main() {
             vault.run_mode(),
             vault.vcpu_cpus()
         );
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < 2 * vcpus {
+            println!(
+                "   note: {cpus} CPUs for {vcpus} vCPUs plus their submitting threads: every vCPU \
+                 shares its CPU with submitters (each preemption is a VM exit), so these are not \
+                 per-vCPU figures; measuring them needs at least {} CPUs",
+                2 * vcpus
+            );
+        }
         let ctx = Ctx {
             engine: &engine,
             geom,
