@@ -316,6 +316,12 @@ impl Vault {
         self.backend.call(Self::lane(), req, None)
     }
 
+    /// Like [`Vault::call`] without waiting: the ticket goes to `Backend::complete`.
+    fn submit(&self, req: &mut Request) -> Result<Ticket> {
+        req.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.backend.submit(Self::lane(), req)
+    }
+
     fn check(resp: Response) -> Result<Response> {
         match resp.status {
             status::OK => Ok(resp),
@@ -470,14 +476,17 @@ impl Vault {
         r.map(|_| ())
     }
 
-    fn same_window(&self, buf: &WindowBuf) -> Result<()> {
-        if Arc::ptr_eq(buf.window(), self.window()) {
-            Ok(())
-        } else {
-            Err(HvError::Config(
+    /// The window range of `buf`, which must belong to this vault's window.
+    fn buf_segment(&self, buf: &WindowBuf) -> Result<Segment> {
+        if !Arc::ptr_eq(buf.window(), self.window()) {
+            return Err(HvError::Config(
                 "the buffer belongs to another vault's window".into(),
-            ))
+            ));
         }
+        Ok(Segment {
+            offset: buf.offset(),
+            len: buf.len() as u64,
+        })
     }
 
     /// Encrypts `buf` in place: whole sectors, `sector` in 512-byte units.
@@ -511,11 +520,7 @@ impl Vault {
         sector: u64,
         buf: &mut WindowBuf,
     ) -> Result<()> {
-        self.same_window(buf)?;
-        let seg = [Segment {
-            offset: buf.offset(),
-            len: buf.len() as u64,
-        }];
+        let seg = [self.buf_segment(buf)?];
         self.crypt(op, slot, geom, sector, &seg).map(|_| ())
     }
 
@@ -635,14 +640,9 @@ impl Vault {
         sector: u64,
         buf: &'a mut WindowBuf,
     ) -> Result<Pending<'a>> {
-        self.same_window(buf)?;
-        let seg = [Segment {
-            offset: buf.offset(),
-            len: buf.len() as u64,
-        }];
+        let seg = [self.buf_segment(buf)?];
         let mut req = Self::crypt_request(opcode, slot, geom, sector, &seg);
-        req.id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let ticket = self.backend.submit(Self::lane(), &req)?;
+        let ticket = self.submit(&mut req)?;
         Ok(Pending {
             vault: self,
             ticket: Some(ticket),
