@@ -356,6 +356,10 @@ impl FuseExport {
 
     /// Unmounts and waits for the serving threads. Falls back to a lazy unmount if the
     /// mount is still busy.
+    ///
+    /// Success means the mount is gone: how the serving threads ended does not matter
+    /// (when the unmount itself ends the session, fuser may report a serving thread's
+    /// `ECONNABORTED` as the session's error; that is the normal end, not a failure).
     pub fn unmount(mut self) -> Result<(), FuseError> {
         self.unmount_inner()
     }
@@ -364,17 +368,33 @@ impl FuseExport {
         let Some(s) = self.session.take() else {
             return Ok(());
         };
-        if let Err(e) = s.umount_and_join() {
-            // Busy or already gone: detach lazily so the session ends.
-            if lazy_unmount(&self.mountpoint).is_err() {
-                return Err(FuseError::Unmount {
-                    path: self.mountpoint.clone(),
-                    source: e,
-                });
+        if s.umount_and_join().is_err() && is_mounted(&self.mountpoint) {
+            // Still mounted (busy): detach lazily so the session ends.
+            if let Err(lazy) = lazy_unmount(&self.mountpoint) {
+                if is_mounted(&self.mountpoint) {
+                    return Err(FuseError::Unmount {
+                        path: self.mountpoint.clone(),
+                        source: lazy,
+                    });
+                }
             }
         }
         let _ = std::fs::remove_dir(&self.mountpoint);
         Ok(())
+    }
+}
+
+/// Whether something is mounted on `path`: its device differs from its parent's, or it
+/// is a FUSE mount whose server is gone (`ENOTCONN`).
+pub fn is_mounted(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(parent) = path.parent() else {
+        return true; // `/` is always a mount
+    };
+    match (std::fs::symlink_metadata(path), std::fs::metadata(parent)) {
+        (Ok(m), Ok(p)) => m.dev() != p.dev(),
+        (Err(e), _) => e.raw_os_error() == Some(libc::ENOTCONN),
+        (Ok(_), Err(_)) => false,
     }
 }
 
