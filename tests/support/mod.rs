@@ -189,16 +189,46 @@ pub fn hex_decode(s: &str) -> Vec<u8> {
 // ------------------------------------------------------------------------------------
 // The kernel keyring (through keyctl(1), as another tool would)
 
-/// `keyctl padd TY DESC @u` with `payload` on stdin; returns the serial.
+/// `keyctl padd TY DESC @u` with `payload` on stdin; returns the serial. The key is
+/// invalidated when the test process exits (see [`forget_test_keys_at_exit`]), whatever
+/// the test did with it, so test runs leave nothing in root's user keyring.
 pub fn keyctl_padd(ty: &str, desc: &str, payload: &[u8]) -> i32 {
     let out = run_ok(
         Command::new("keyctl").args(["padd", ty, desc, "@u"]),
         Some(payload),
     );
-    String::from_utf8_lossy(&out.stdout)
+    let serial = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .expect("serial from keyctl padd")
+        .expect("serial from keyctl padd");
+    forget_test_keys_at_exit(serial);
+    serial
+}
+
+/// Serials of the keys this test process added, invalidated at exit.
+static TEST_KEYS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn invalidate_test_keys() {
+    const KEYCTL_INVALIDATE: libc::c_long = 21;
+    let keys = std::mem::take(&mut *TEST_KEYS.lock().unwrap_or_else(|e| e.into_inner()));
+    for serial in keys {
+        // SAFETY: keyctl(KEYCTL_INVALIDATE, serial) takes no pointers; a key that is
+        // already gone gives an error, which is fine.
+        unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_INVALIDATE, serial) };
+    }
+}
+
+/// Invalidates the key `serial` when this process exits (`atexit`: the test harness
+/// exits through `exit(3)`, after passing and failing tests alike).
+pub fn forget_test_keys_at_exit(serial: i32) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    // SAFETY: `invalidate_test_keys` is a plain `extern "C" fn()` that stays valid for
+    // the life of the process.
+    REGISTER.call_once(|| assert_eq!(unsafe { libc::atexit(invalidate_test_keys) }, 0));
+    TEST_KEYS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(serial);
 }
 
 /// Places `key` in the user keyring of uid 0 as a `user` key readable by uid 0 (the
