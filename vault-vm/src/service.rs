@@ -222,10 +222,14 @@ impl<'a> Service<'a> {
         let cell = &self.slots[slot];
         let mut s = cell.state.load(Ordering::Acquire);
         loop {
-            if s & FULL == 0 || s & WRITER != 0 {
+            if s & FULL == 0 {
                 return Err(status::SLOT_EMPTY);
             }
-            if s & READERS == READERS {
+            // FULL with WRITER: a drop holds the slot. It either wipes it (we then see
+            // it empty) or finds that its generation is not this key's and lets go (we
+            // then use it): wait for the outcome instead of failing a request on a key
+            // that stays.
+            if s & WRITER != 0 || s & READERS == READERS {
                 core::hint::spin_loop();
                 s = cell.state.load(Ordering::Acquire);
                 continue;
@@ -292,18 +296,27 @@ impl<'a> Service<'a> {
     }
 
     /// Wipes `slot` if it holds a key of `generation` (any generation for `None`).
+    ///
+    /// The write lock is taken first and the generation compared under it: compared
+    /// before, another drop and an import could replace the key between the comparison
+    /// and the lock (the state word looks the same: FULL, no readers), and the stale
+    /// drop would wipe the new key (ABA).
     fn drop_key(&self, slot: usize, generation: Option<u32>) -> u32 {
         let cell = &self.slots[slot];
         let mut s = cell.state.load(Ordering::Acquire);
         loop {
-            if s & FULL == 0 || s & WRITER != 0 {
+            if s & FULL == 0 {
+                // Empty, or an import in progress (which a drop must not disturb).
                 return status::SLOT_EMPTY;
             }
-            // Stable while FULL without WRITER (only an import, which needs an empty
-            // slot, writes it).
-            if generation.is_some_and(|g| g != cell.generation.load(Ordering::Relaxed)) {
-                return status::SLOT_EMPTY;
+            if s & WRITER != 0 {
+                // Another drop holds the slot: wait until it wiped it or let it go.
+                core::hint::spin_loop();
+                s = cell.state.load(Ordering::Acquire);
+                continue;
             }
+            #[cfg(test)]
+            hook::before_drop_lock(self, slot);
             match cell.state.compare_exchange_weak(
                 s,
                 s | WRITER,
@@ -313,6 +326,13 @@ impl<'a> Service<'a> {
                 Ok(_) => break,
                 Err(now) => s = now,
             }
+        }
+        // WRITER held on a FULL slot: nobody else writes `generation` now.
+        if generation.is_some_and(|g| g != cell.generation.load(Ordering::Relaxed)) {
+            // Not the key this drop names: let go (readers that arrived meanwhile were
+            // waiting, not counted; the ones in flight keep their count).
+            cell.state.fetch_and(!WRITER, Ordering::Release);
+            return status::SLOT_EMPTY;
         }
         // New readers are shut out; wait for the ones in flight.
         while cell.state.load(Ordering::Acquire) & READERS != 0 {
@@ -429,4 +449,196 @@ pub fn selftest() -> (u32, u64) {
         },
         backend,
     )
+}
+
+/// Test-only interleaving hook of [`Service::drop_key`].
+#[cfg(test)]
+mod hook {
+    extern crate std;
+
+    use std::boxed::Box;
+    use std::cell::RefCell;
+
+    use super::Service;
+
+    /// What runs between a drop's read of the state word and its compare-exchange.
+    pub(super) type BeforeDropLock = Box<dyn FnOnce(&Service<'_>, usize)>;
+
+    std::thread_local! {
+        static BEFORE_DROP_LOCK: RefCell<Option<BeforeDropLock>> = const { RefCell::new(None) };
+    }
+
+    /// Arms the hook for the next drop on this thread (it runs once).
+    pub(super) fn arm(f: BeforeDropLock) {
+        BEFORE_DROP_LOCK.with(|h| *h.borrow_mut() = Some(f));
+    }
+
+    /// Runs the armed hook, if any (disarming it first, so the hook may itself drop).
+    pub(super) fn before_drop_lock(svc: &Service<'_>, slot: usize) {
+        if let Some(f) = BEFORE_DROP_LOCK.with(|h| h.borrow_mut().take()) {
+            f(svc, slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use std::boxed::Box;
+    use std::vec;
+
+    use super::*;
+    use crate::engine::{IvMode, Mode};
+
+    const XTS: CipherSpec = CipherSpec {
+        mode: Mode::Xts,
+        iv: IvMode::Plain64,
+    };
+
+    struct Fixture {
+        slots: Box<[SlotCell; MAX_SLOTS]>,
+        window: vec::Vec<u8>,
+        transfer: vec::Vec<u8>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture {
+                slots: Box::new([SlotCell::EMPTY; MAX_SLOTS]),
+                window: vec![0u8; 4096],
+                transfer: vec![0u8; abi::TRANSFER_SIZE as usize],
+            }
+        }
+
+        fn service(&mut self) -> Service<'_> {
+            // SAFETY: the window and transfer vectors have the stated sizes, outlive the
+            // service (borrowed from `self`) and do not overlap the slots.
+            unsafe {
+                Service::new(
+                    &self.slots,
+                    self.window.as_mut_ptr(),
+                    self.window.len() as u64,
+                    self.transfer.as_mut_ptr(),
+                )
+            }
+        }
+    }
+
+    /// Places `key` in the transfer page and imports it into `slot` as `generation`.
+    fn import(svc: &Service<'_>, slot: usize, key: &[u8], generation: u32) -> u32 {
+        for (i, b) in key.iter().enumerate() {
+            // SAFETY: key.len() <= MAX_KEY_LEN < TRANSFER_SIZE bytes of the transfer page.
+            unsafe { ptr::write_volatile(svc.transfer.add(i), *b) };
+        }
+        svc.import(slot, XTS, key.len(), generation)
+    }
+
+    /// Encrypts one zero sector with the key in `slot` if it is of `generation`.
+    fn probe(svc: &Service<'_>, slot: usize, generation: u32) -> Result<[u8; 16], u32> {
+        let geom = Geometry::new(512, false, 0).expect("geometry");
+        svc.with_slot(slot, |c, _, gen| {
+            if gen != generation {
+                return Err(status::SLOT_EMPTY);
+            }
+            let mut buf = [0u8; 512];
+            c.encrypt(&geom, 0, &mut buf)
+                .map_err(|_| status::ENGINE_ERROR)?;
+            let mut head = [0u8; 16];
+            head.copy_from_slice(&buf[..16]);
+            Ok(head)
+        })?
+    }
+
+    /// Issue 11, point 8: a stale drop (generation 5) is delayed between its look at the
+    /// slot and taking the write lock; meanwhile generation 5 is dropped and generation 6
+    /// imported into the same slot. The stale drop must leave generation 6 alone.
+    #[test]
+    fn stale_drop_does_not_wipe_a_reimported_key() {
+        let mut fx = Fixture::new();
+        let svc = fx.service();
+        let slot = 3;
+        let key_a = [0x11u8; 32];
+        let mut key_b = [0u8; 32];
+        for (i, b) in key_b.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37).wrapping_add(5);
+        }
+        assert_eq!(import(&svc, slot, &key_a, 5), status::OK);
+        hook::arm(Box::new(move |svc: &Service<'_>, s: usize| {
+            assert_eq!(
+                svc.drop_key(s, Some(5)),
+                status::OK,
+                "the timely drop of gen 5"
+            );
+            assert_eq!(import(svc, s, &key_b, 6), status::OK, "re-import as gen 6");
+        }));
+        let before = probe(&svc, slot, 5).expect("generation 5 is in the slot");
+        let st = svc.drop_key(slot, Some(5));
+        let after = probe(&svc, slot, 6);
+        assert!(
+            after.is_ok(),
+            "the stale drop of generation 5 (status {st}) wiped generation 6, the key \
+             imported meanwhile into slot {slot} (probe: {after:?})"
+        );
+        assert_eq!(
+            st,
+            status::SLOT_EMPTY,
+            "the stale drop must report SLOT_EMPTY"
+        );
+        assert_ne!(after, Ok(before), "slot 3 holds key B, not key A");
+        assert_eq!(svc.slots_used(), 1);
+        // The right generation still drops it.
+        assert_eq!(svc.drop_key(slot, Some(6)), status::OK);
+        assert_eq!(svc.slots_used(), 0);
+    }
+
+    /// Stale drops (wrong generation) racing with requests on the key in the slot never
+    /// make a request fail: while a stale drop holds the write lock for its check,
+    /// readers wait for it to let go instead of answering SLOT_EMPTY.
+    #[test]
+    fn stale_drops_never_fail_requests_on_the_live_key() {
+        let mut fx = Fixture::new();
+        let svc = fx.service();
+        assert_eq!(import(&svc, 1, &[0x33u8; 32], 4), status::OK);
+        let stop = core::sync::atomic::AtomicBool::new(false);
+        /// Stops the dropping thread however the checks end (a failed assertion too).
+        struct Stop<'a>(&'a core::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..50_000_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    assert_eq!(svc.drop_key(1, Some(3)), status::SLOT_EMPTY);
+                }
+            });
+            let _stop = Stop(&stop);
+            for i in 0..20_000 {
+                assert!(
+                    probe(&svc, 1, 4).is_ok(),
+                    "request {i} failed on the live key"
+                );
+            }
+        });
+        assert_eq!(svc.drop_key(1, Some(4)), status::OK);
+    }
+
+    /// A drop that names the wrong generation lets the slot go: the key stays usable
+    /// and a drop with the right generation wipes it.
+    #[test]
+    fn drop_with_wrong_generation_keeps_the_key() {
+        let mut fx = Fixture::new();
+        let svc = fx.service();
+        assert_eq!(import(&svc, 0, &[0x22u8; 64], 9), status::OK);
+        assert_eq!(svc.drop_key(0, Some(8)), status::SLOT_EMPTY);
+        assert!(probe(&svc, 0, 9).is_ok());
+        assert_eq!(svc.drop_key(0, Some(9)), status::OK);
+        assert_eq!(probe(&svc, 0, 9), Err(status::SLOT_EMPTY));
+        assert_eq!(svc.drop_key(0, None), status::SLOT_EMPTY);
+    }
 }
