@@ -6,6 +6,16 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// Features of the guest image: this crate's `test-api` builds a test image (it honours
+/// the test-only boot flags of `vault_vm::abi`); normal builds never do.
+fn guest_features() -> &'static str {
+    if env::var_os("CARGO_FEATURE_TEST_API").is_some() {
+        "guest,test-api"
+    } else {
+        "guest"
+    }
+}
+
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("workspace root").to_path_buf();
@@ -67,7 +77,7 @@ fn main() {
             "--bin",
             "vault-guest",
             "--features",
-            "guest",
+            guest_features(),
         ])
         .arg("--target-dir")
         .arg(&target_dir)

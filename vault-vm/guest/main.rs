@@ -1,11 +1,18 @@
 //! The vault guest: a `no_std`, `no_main` image that runs at CPL3 in the vault VM.
 //!
-//! Every vCPU enters [`_start`] with its index, the vCPU count, the data window length
-//! and the idle spin count in `rdi`, `rsi`, `rdx`, `rcx`. It polls its own ring in
-//! shared memory, serves requests through [`vault_vm::service::Service`] and exits to
-//! the host (an MMIO write to the doorbell) only to sleep. Key slots live in this
-//! image's `.bss`, which is private to the vault. There is no IDT: a fault would end the
-//! VM, so every request is validated on a private copy before anything is touched.
+//! Every vCPU enters [`_start`] with its index, the vCPU count, the data window length,
+//! the idle spin count and boot flags in `rdi`, `rsi`, `rdx`, `rcx`, `r8`. It polls its
+//! own ring in shared memory, serves requests through [`vault_vm::service::Service`] and
+//! exits to the host (an MMIO write to the doorbell) only to sleep. Key slots live in
+//! this image's `.bss`, which is private to the vault. There is no IDT: a fault would end
+//! the VM, so every request is validated on a private copy before anything is touched.
+//!
+//! Vector registers: the engine leaves round keys in xmm/zmm registers, and KVM saves
+//! the guest's registers in host kernel memory whenever the vCPU leaves guest mode. So
+//! the vCPU clears them ([`vault_vm::engine::clear_vector_registers`]) when a batch of
+//! requests ends (the first empty scan of the ring after serving) and before every exit
+//! to the host. A preemption in the middle of a batch still makes KVM save them until
+//! the vCPU runs again; only SEV-ES/SEV-SNP (encrypted guest register state) closes that.
 #![no_std]
 #![no_main]
 
@@ -21,9 +28,38 @@ use vault_vm::service::{Counters, Service, SlotCell};
 /// The key slots. `.bss` of the image: vault-private memory.
 static SLOTS: [SlotCell; abi::MAX_SLOTS] = [SlotCell::EMPTY; abi::MAX_SLOTS];
 
-/// Exits to the host with `code` (the vCPU index in bits 8..16).
+/// Test builds only: the host asked to keep the vector registers (positive control of
+/// the register residency test, [`abi::BOOT_KEEP_VECTOR_REGS`]).
+#[cfg(feature = "test-api")]
+static KEEP_VECTOR_REGS: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// Test builds only: skip the clear before exits ([`abi::BOOT_NO_EXIT_CLEAR`]).
+#[cfg(feature = "test-api")]
+static NO_EXIT_CLEAR: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Zeroes the vector registers that may hold round keys (unless a test build was told
+/// to keep them).
+#[inline(always)]
+fn clear_vector_registers() {
+    #[cfg(feature = "test-api")]
+    if KEEP_VECTOR_REGS.load(Ordering::Relaxed) {
+        return;
+    }
+    vault_vm::engine::clear_vector_registers();
+}
+
+/// Exits to the host with `code` (the vCPU index in bits 8..16). Clears the vector
+/// registers first: KVM saves them in host memory at every exit.
 #[inline(always)]
 fn doorbell(vcpu: usize, code: u32) {
+    #[cfg(feature = "test-api")]
+    let clear = !NO_EXIT_CLEAR.load(Ordering::Relaxed);
+    #[cfg(not(feature = "test-api"))]
+    let clear = true;
+    if clear {
+        clear_vector_registers();
+    }
     // SAFETY: DOORBELL_GPA is mapped by the host's page tables but has no memslot: the
     // write exits to the host and never faults.
     unsafe { ptr::write_volatile(abi::DOORBELL_GPA as *mut u32, code | ((vcpu as u32) << 8)) };
@@ -63,7 +99,20 @@ fn any_submitted(ring: &Ring) -> bool {
 /// at the top of this vCPU's stack.
 #[no_mangle]
 #[link_section = ".text.entry"]
-pub unsafe extern "C" fn _start(vcpu: u64, nvcpus: u64, window_len: u64, idle_spins: u64) -> ! {
+pub unsafe extern "C" fn _start(
+    vcpu: u64,
+    nvcpus: u64,
+    window_len: u64,
+    idle_spins: u64,
+    flags: u64,
+) -> ! {
+    #[cfg(feature = "test-api")]
+    {
+        KEEP_VECTOR_REGS.store(flags & abi::BOOT_KEEP_VECTOR_REGS != 0, Ordering::Relaxed);
+        NO_EXIT_CLEAR.store(flags & abi::BOOT_NO_EXIT_CLEAR != 0, Ordering::Relaxed);
+    }
+    #[cfg(not(feature = "test-api"))]
+    let _ = flags;
     let vcpu = vcpu as usize;
     if vcpu >= abi::MAX_VCPUS || nvcpus as usize > abi::MAX_VCPUS || window_len > abi::WINDOW_MAX {
         loop {
@@ -94,6 +143,8 @@ fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
     let mut next = 0usize;
     let mut idle = 0u64;
     let mut episode = 0u64;
+    // Requests were served since the vector registers were last cleared.
+    let mut dirty = false;
     loop {
         if ring.header.stop.load(Ordering::Relaxed) != 0 {
             wipe_stack(vcpu);
@@ -119,6 +170,7 @@ fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
             break;
         }
         if served {
+            dirty = true;
             idle = 0;
             episode += 1;
             let max = ring.header.episode_max.load(Ordering::Relaxed);
@@ -133,6 +185,12 @@ fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
             doorbell(vcpu, abi::EXIT_SLEEP);
             ring.header.sleeping.store(0, Ordering::SeqCst);
             continue;
+        }
+        if dirty {
+            // End of a batch: no round key stays in a register while the vCPU idles
+            // (a timer interrupt or preemption now would save them in host memory).
+            clear_vector_registers();
+            dirty = false;
         }
         core::hint::spin_loop();
         idle += 1;

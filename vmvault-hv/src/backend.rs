@@ -58,4 +58,11 @@ pub(crate) trait Backend: Send + Sync {
     }
     /// Stops the servers and wipes vault memory. Idempotent.
     fn shutdown(&self) -> Result<()>;
+    /// Test builds: vCPU `vcpu`'s register state as the hypervisor saved it.
+    #[cfg(feature = "test-api")]
+    fn vcpu_xsave(&self, _vcpu: usize) -> Result<crate::test_api::XsaveDump> {
+        Err(crate::HvError::Config(
+            "this backend has no vCPU register state".into(),
+        ))
+    }
 }

@@ -50,6 +50,8 @@ mod layout;
 mod memory;
 mod ring;
 mod soft;
+#[cfg(feature = "test-api")]
+pub mod test_api;
 mod window;
 
 use std::cell::Cell;
@@ -790,6 +792,16 @@ impl Drop for Pending<'_> {
 impl Drop for Vault {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+#[cfg(feature = "test-api")]
+impl Vault {
+    /// Test builds: the register state of vCPU `vcpu` as KVM keeps it while the vCPU is
+    /// out of guest mode (`KVM_GET_XSAVE2`, else `KVM_GET_XSAVE`). Waits until whoever
+    /// runs the vCPU lets go of it (the vCPU sleeps). Only the `kvm` backend has one.
+    pub fn vcpu_xsave(&self, vcpu: usize) -> Result<test_api::XsaveDump> {
+        self.backend.vcpu_xsave(vcpu)
     }
 }
 

@@ -1,6 +1,12 @@
 //! The `soft` backend: the same request handler and engine, in this process, with the
 //! key slots and the transfer page in `memfd_secret` pages (not in the kernel's direct
 //! map). Weaker than `kvm`: a compromised daemon can read its own secret pages.
+//!
+//! The engine runs on the submitting thread (a FUSE worker of the daemon), so its vector
+//! registers hold round keys after a request; the kernel would save them in the task's
+//! FPU state at the next context switch. Each request therefore ends with
+//! `vault_vm::engine::clear_vector_registers`. A preemption in the middle of a request
+//! still saves them until the thread runs again (no hardware closes that for a process).
 
 use std::ffi::CStr;
 use std::ptr;
@@ -64,6 +70,17 @@ impl SoftBackend {
             )
         }
     }
+}
+
+/// Zeroes this thread's vector registers after the engine ran on it (a window remains:
+/// a preemption in the middle of a request saves them in the task's FPU state until the
+/// thread runs again; see `vault_vm::engine::clear_vector_registers`).
+#[inline(always)]
+fn clear_vector_registers() {
+    #[cfg(feature = "test-api")]
+    crate::test_api::clear_vector_registers();
+    #[cfg(not(feature = "test-api"))]
+    vault_vm::engine::clear_vector_registers();
 }
 
 /// Overwrites a stretch of this thread's stack below the caller: key copies left by key
@@ -135,6 +152,9 @@ impl Backend for SoftBackend {
             .unwrap_or_else(|e| e.into_inner());
         let resp = self.service().handle(&copy, &mut counters);
         drop(counters);
+        // The engine ran on this thread: no round key may stay in its vector registers,
+        // which the kernel saves in the task's FPU state at the next context switch.
+        clear_vector_registers();
         if matches!(copy.op, op::IMPORT_KEY | op::DROP_KEY) {
             burn_stack::<{ 32 * 1024 }>();
         } else {
@@ -149,6 +169,7 @@ impl Backend for SoftBackend {
             return Ok(());
         }
         self.service().drop_all();
+        clear_vector_registers();
         self.service().wipe_transfer();
         self.slots.wipe();
         self.window.wipe();

@@ -88,6 +88,16 @@ pub const EXIT_PANIC: u32 = 3;
 /// Exit code: the vCPU finished start-up (sent once, before the first poll).
 pub const EXIT_READY: u32 = 4;
 
+/// Boot flag (in `r8` at the guest's entry): keep the vector registers as they are
+/// instead of clearing them after each batch and before each exit. Honoured only by a
+/// guest image built with vault-vm's `test-api` feature, for the positive control of the
+/// register residency test; a normal image ignores every boot flag.
+pub const BOOT_KEEP_VECTOR_REGS: u64 = 1;
+/// Boot flag (test builds only, like [`BOOT_KEEP_VECTOR_REGS`]): skip the clear before
+/// each exit but keep the one at the end of each batch, so a test can check that the
+/// end-of-batch clear alone leaves no round key for an exit while the vCPU idles.
+pub const BOOT_NO_EXIT_CLEAR: u64 = 2;
+
 /// Magic number at the start of the guest image header.
 pub const IMAGE_MAGIC: u64 = 0x3176_5456_4c41_5656; // "VVALTVv1"
 

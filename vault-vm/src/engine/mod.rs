@@ -30,13 +30,24 @@
 //!
 //! Key material (round keys, tweak and ESSIV keys, the SHA-256 salt) is zeroized on drop
 //! and the per-call stack copies of round keys are overwritten before returning.
+//!
+//! Registers: the round keys live in xmm/zmm registers while a call runs and stay there
+//! afterwards. Callers clear them with [`clear_vector_registers`] at the end of each
+//! batch of requests and before the thread leaves the CPU on purpose (the vault guest
+//! before every exit, the `soft` backend after each request), so that the kernel does not
+//! save a key schedule with the thread's or vCPU's register state. A preemption in the
+//! middle of a batch still saves them for a moment; only encrypted guest register state
+//! (SEV-ES/SEV-SNP) closes that window (see [`clear_vector_registers`]).
 
 use core::fmt;
 
 mod keys;
 mod ni;
+mod regs;
 mod soft;
 mod vaes;
+
+pub use regs::{clear_vector_registers, VectorState};
 
 use keys::{AesKey, RoundKeys};
 

@@ -1,5 +1,12 @@
 //! The `kvm` backend: the vault guest runs in its own VM (kvm-ioctls), one thread per
 //! vCPU, with guest RAM in a memfd named `vmvault-guest`.
+//!
+//! Register state: whenever a vCPU leaves guest mode, KVM keeps its registers in host
+//! kernel memory (the vCPU's guest FPU area; `KVM_GET_XSAVE2` reads it). The guest clears
+//! its vector registers at the end of each batch of requests and before every exit, so
+//! no round key is there while the vCPU sleeps. A preemption in the middle of a batch
+//! (timer interrupt, host scheduling) still saves round keys until the vCPU runs again;
+//! only encrypted guest register state (SEV-ES/SEV-SNP) closes that window.
 
 mod vcpu;
 
@@ -161,6 +168,7 @@ impl KvmBackend {
             vcpus,
             window_len,
             idle_spins,
+            flags: boot_flags(),
         };
         let caller_spins = std::env::var("VMVAULT_CALLER_SPINS")
             .ok()
@@ -351,6 +359,11 @@ impl Backend for KvmBackend {
         self.wait(ticket, None)
     }
 
+    #[cfg(feature = "test-api")]
+    fn vcpu_xsave(&self, vcpu: usize) -> Result<crate::test_api::XsaveDump> {
+        self.xsave(vcpu)
+    }
+
     fn shutdown(&self) -> Result<()> {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Ok(());
@@ -388,6 +401,72 @@ impl Backend for KvmBackend {
             )));
         }
         Ok(())
+    }
+}
+
+/// Boot flags of the guest: none, except in test builds told to keep the vector
+/// registers (the positive control of the register residency test) or to clear them
+/// only at the end of each batch.
+fn boot_flags() -> u64 {
+    #[allow(unused_mut)]
+    let mut flags = 0;
+    #[cfg(feature = "test-api")]
+    {
+        if crate::test_api::keep_vector_registers() {
+            flags |= abi::BOOT_KEEP_VECTOR_REGS;
+        }
+        if crate::test_api::skip_exit_clear() {
+            flags |= abi::BOOT_NO_EXIT_CLEAR;
+        }
+    }
+    flags
+}
+
+#[cfg(feature = "test-api")]
+impl KvmBackend {
+    /// vCPU `i`'s register state as KVM holds it (test builds). Takes the runner lock,
+    /// so it waits until the vCPU is out of `KVM_RUN`.
+    fn xsave(&self, i: usize) -> Result<crate::test_api::XsaveDump> {
+        use kvm_bindings::{kvm_xsave, Xsave};
+        use kvm_ioctls::Cap;
+        let runner = self
+            .shared
+            .runners
+            .get(i)
+            .ok_or_else(|| HvError::Config(format!("no vCPU {i}")))?;
+        let fd = runner.fd.lock().unwrap_or_else(|e| e.into_inner());
+        let size = self._vm.check_extension_int(Cap::Xsave2);
+        let region =
+            |x: &kvm_xsave| -> Vec<u8> { x.region.iter().flat_map(|w| w.to_ne_bytes()).collect() };
+        if size > 0 {
+            let extra = (size as usize).saturating_sub(std::mem::size_of::<kvm_xsave>());
+            let mut x = Xsave::new(extra.div_ceil(4)).map_err(|e| {
+                HvError::Config(format!(
+                    "allocating a {size}-byte KVM_GET_XSAVE2 area: {e:?}"
+                ))
+            })?;
+            // SAFETY: `x` has room for the `size` bytes KVM_CAP_XSAVE2 reported, and no
+            // XSTATE feature is enabled dynamically in between.
+            unsafe { fd.get_xsave2(&mut x) }.map_err(|err| HvError::Kvm {
+                what: "KVM_GET_XSAVE2",
+                err,
+            })?;
+            let mut bytes = region(&x.as_fam_struct_ref().xsave);
+            bytes.extend(x.as_slice().iter().flat_map(|w| w.to_ne_bytes()));
+            bytes.truncate(size as usize);
+            return Ok(crate::test_api::XsaveDump {
+                bytes,
+                via: "KVM_GET_XSAVE2",
+            });
+        }
+        let x = fd.get_xsave().map_err(|err| HvError::Kvm {
+            what: "KVM_GET_XSAVE",
+            err,
+        })?;
+        Ok(crate::test_api::XsaveDump {
+            bytes: region(&x),
+            via: "KVM_GET_XSAVE",
+        })
     }
 }
 

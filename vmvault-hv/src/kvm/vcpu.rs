@@ -18,6 +18,8 @@ pub(super) struct Boot {
     pub vcpus: usize,
     pub window_len: u64,
     pub idle_spins: u64,
+    /// `vault_vm::abi::BOOT_*` flags (test builds only set any).
+    pub flags: u64,
 }
 
 const CR0_PE_MP_ET_NE_PG: u64 = 0x8000_0033;
@@ -148,6 +150,7 @@ pub(super) fn setup(kvm: &Kvm, vm: &VmFd, i: usize, boot: &Boot) -> Result<VcpuF
         rsi: boot.vcpus as u64,
         rdx: boot.window_len,
         rcx: boot.idle_spins,
+        r8: boot.flags,
         ..Default::default()
     };
     fd.set_regs(&regs).map_err(|err| HvError::Kvm {
