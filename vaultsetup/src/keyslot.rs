@@ -34,6 +34,12 @@ pub enum UnlockError {
     /// The volume has no active keyslots at all.
     #[error("Device has no active keyslots.")]
     NoActiveSlots,
+    /// No keyslot that may open the data segment fits: the requested keyslot (or the
+    /// one the passphrase opens) is a LUKS2 keyslot not bound to the data segment
+    /// (`cryptsetup luksAddKey --unbound`), whose key is not the volume key.
+    /// cryptsetup's message and exit code (1).
+    #[error("No usable keyslot is available.")]
+    NoUsableKeyslot,
     /// The keyslot's area is not fully on the device.
     #[error("Keyslot {slot} area [{offset}, +{len}) is cut short: the device has only {size} bytes (truncated image?).")]
     AreaCutShort {
@@ -116,6 +122,11 @@ pub struct UnlockOptions {
     pub keyslot: Option<u32>,
     /// KDF cost limits.
     pub limits: KdfLimits,
+    /// Also open LUKS2 keyslots that are not bound to the data segment, checked against
+    /// their own digest. Their key is *not* the volume key: only for testing such a
+    /// keyslot's passphrase (`open --test-passphrase --key-slot N` or `--unbound`, as
+    /// cryptsetup allows), never for activation.
+    pub allow_unbound: bool,
 }
 
 /// A successfully unlocked volume key.
@@ -355,13 +366,42 @@ fn luks2_plan(h: &Luks2Header, id: &str) -> Result<SlotPlan, UnlockError> {
     })
 }
 
+/// Id of the LUKS2 data segment: the lowest-numbered segment (the only one, for the
+/// volumes vaultsetup activates).
+fn luks2_data_segment(h: &Luks2Header) -> Option<&str> {
+    h.meta.segments.keys().next().map(String::as_str)
+}
+
+/// Whether keyslot `id` is bound to segment `seg`: some digest lists both.
+fn luks2_bound(h: &Luks2Header, id: &str, seg: Option<&str>) -> bool {
+    let Some(seg) = seg else {
+        return false;
+    };
+    h.meta
+        .digests
+        .values()
+        .any(|d| d.keyslots.iter().any(|k| k == id) && d.segments.iter().any(|s| s == seg))
+}
+
+/// Keyslots to try on a LUKS2 volume, as cryptsetup picks them.
+struct Luks2Plans {
+    /// Keyslots bound to the data segment (or, with `allow_unbound`, any keyslot), in
+    /// the order to try them; each is checked against its digest.
+    plans: Vec<Result<SlotPlan, UnlockError>>,
+    /// Keyslots not bound to the data segment, not tried for the volume key: only to
+    /// tell "No usable keyslot" from a wrong passphrase when no bound keyslot opens.
+    unbound: Vec<Result<SlotPlan, UnlockError>>,
+}
+
 fn luks2_plans(
     h: &Luks2Header,
     keyslot: Option<u32>,
-) -> Result<Vec<Result<SlotPlan, UnlockError>>, UnlockError> {
+    allow_unbound: bool,
+) -> Result<Luks2Plans, UnlockError> {
     if let Some(r) = h.meta.mandatory_requirements().first() {
         return Err(UnlockError::Requirement(r.clone()));
     }
+    let seg = luks2_data_segment(h);
     let mut ids: Vec<(u32, u8, &String)> = h
         .meta
         .keyslots
@@ -377,8 +417,13 @@ fn luks2_plans(
         }
         Some(s) => {
             ids.retain(|&(n, _, _)| n == s);
-            if ids.is_empty() {
+            let Some(&(_, _, id)) = ids.first() else {
                 return Err(UnlockError::SlotInactive(s));
+            };
+            // cryptsetup refuses a named keyslot that cannot open the data segment
+            // before any KDF work (LUKS2_keyslot_for_segment → -ENOENT).
+            if !allow_unbound && !luks2_bound(h, id, seg) {
+                return Err(UnlockError::NoUsableKeyslot);
             }
         }
         None => {
@@ -387,22 +432,41 @@ fn luks2_plans(
             ids.sort_by_key(|&(n, p, _)| (core::cmp::Reverse(p), n));
         }
     }
-    Ok(ids
+    let (bound, unbound): (Vec<_>, Vec<_>) = ids
+        .into_iter()
+        .partition(|&(_, _, id)| allow_unbound || luks2_bound(h, id, seg));
+    let plans: Vec<_> = bound
         .into_iter()
         .map(|(_, _, id)| luks2_plan(h, id))
-        .collect())
+        .collect();
+    let unbound: Vec<_> = unbound
+        .into_iter()
+        .map(|(_, _, id)| luks2_plan(h, id))
+        .collect();
+    if plans.is_empty() && !unbound.is_empty() {
+        return Err(UnlockError::NoUsableKeyslot);
+    }
+    Ok(Luks2Plans { plans, unbound })
 }
 
+/// Checks `key`, recovered from keyslot `slot`, against the digest of that keyslot; with
+/// `segment`, only a digest that also covers that segment counts.
 fn luks2_check(
     h: &Luks2Header,
     slot: u32,
     key: &[u8],
     limits: &KdfLimits,
+    segment: Option<&str>,
 ) -> Result<bool, UnlockError> {
     let id = slot.to_string();
     let unsupported = |why: String| UnlockError::Unsupported { slot, why };
-    let Some(d) = h.meta.digests.values().find(|d| d.keyslots.contains(&id)) else {
-        return Err(unsupported("no digest is assigned to this keyslot".into()));
+    let Some(d) = h.meta.digests.values().find(|d| {
+        d.keyslots.contains(&id) && segment.is_none_or(|s| d.segments.iter().any(|x| x == s))
+    }) else {
+        return Err(unsupported(match segment {
+            Some(s) => format!("no digest binds this keyslot to data segment {s}"),
+            None => "no digest is assigned to this keyslot".into(),
+        }));
     };
     if d.kind != "pbkdf2" {
         return Err(unsupported(format!(
@@ -436,7 +500,28 @@ fn luks2_check(
 }
 
 /// Recovers the volume key of `vol` (read from `dev`) with `passphrase`.
+///
+/// LUKS2: only keyslots bound to the data segment (a digest lists both) are tried,
+/// unless `opts.allow_unbound`. When none of them opens and the passphrase opens an
+/// unbound keyslot instead, the answer is [`UnlockError::NoUsableKeyslot`] (exit 1, as
+/// cryptsetup answers for such a keyslot) rather than a wrong passphrase; a named
+/// unbound keyslot (`opts.keyslot`) is refused before any KDF work.
+///
+/// Afterwards the stack region the KDF, HMAC, hash and cipher code used is zeroed
+/// ([`crate::secret::wipe_stack`]): the key is then only in the returned buffer.
 pub fn unlock(
+    dev: &Device,
+    vol: &Volume,
+    passphrase: &Passphrase,
+    opts: &UnlockOptions,
+) -> Result<Unlocked, UnlockError> {
+    let r = unlock_inner(dev, vol, passphrase, opts);
+    crate::secret::wipe_stack();
+    r
+}
+
+#[inline(never)]
+fn unlock_inner(
     dev: &Device,
     vol: &Volume,
     passphrase: &Passphrase,
@@ -462,10 +547,29 @@ pub fn unlock(
             })
         }
         Volume::Luks2(h) => {
-            let plans = luks2_plans(h, opts.keyslot)?;
-            run_plans(dev, plans, pass, &limits, &|slot, key| {
-                luks2_check(h, slot, key, &limits)
-            })
+            let Luks2Plans { plans, unbound } = luks2_plans(h, opts.keyslot, opts.allow_unbound)?;
+            let seg = if opts.allow_unbound {
+                None
+            } else {
+                luks2_data_segment(h)
+            };
+            let r = run_plans(dev, plans, pass, &limits, &|slot, key| {
+                luks2_check(h, slot, key, &limits, seg)
+            });
+            match r {
+                Err(UnlockError::NoKey) if !unbound.is_empty() => {
+                    // Does the passphrase open an unbound keyslot? Then say that no
+                    // keyslot usable for the volume fits it; its key is dropped unused.
+                    let own = run_plans(dev, unbound, pass, &limits, &|slot, key| {
+                        luks2_check(h, slot, key, &limits, None)
+                    });
+                    match own {
+                        Ok(_) => Err(UnlockError::NoUsableKeyslot),
+                        Err(_) => Err(UnlockError::NoKey),
+                    }
+                }
+                r => r,
+            }
         }
     }
 }

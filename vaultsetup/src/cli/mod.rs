@@ -132,6 +132,10 @@ pub struct OpenArgs {
     /// Only check the passphrase; do not activate.
     #[arg(long = "test-passphrase")]
     pub test_passphrase: bool,
+    /// With --test-passphrase: also test the passphrase against LUKS2 keyslots that are
+    /// not bound to the data segment (`luksAddKey --unbound`).
+    #[arg(long = "unbound", requires = "test_passphrase")]
+    pub unbound: bool,
     /// Device type.
     #[arg(short = 'M', long = "type", value_enum, default_value = "luks")]
     pub device_type: DeviceType,
@@ -311,7 +315,18 @@ fn run_inner(cli: &Cli, out: &mut Output) -> Result<(), Failure> {
                     format!("Device {} is not a valid LUKS device.", a.device.display()),
                 ));
             }
-            unlock_with_passphrase(&dev, &vol, &a.device, &a.key, cli.verbose, out)?;
+            // As cryptsetup: testing the passphrase of one named keyslot (or with
+            // --unbound) may open a keyslot not bound to the data segment.
+            let allow_unbound = a.unbound || a.key.key_slot.is_some();
+            unlock_with_passphrase_opts(
+                &dev,
+                &vol,
+                &a.device,
+                &a.key,
+                allow_unbound,
+                cli.verbose,
+                out,
+            )?;
             Ok(())
         }
     }
@@ -327,6 +342,20 @@ pub(crate) fn unlock_with_passphrase(
     verbose: bool,
     out: &mut Output,
 ) -> Result<Unlocked, Failure> {
+    unlock_with_passphrase_opts(dev, vol, device, key, false, verbose, out)
+}
+
+/// [`unlock_with_passphrase`], optionally accepting LUKS2 keyslots not bound to the
+/// data segment (`open --test-passphrase` only: their key is not the volume key).
+fn unlock_with_passphrase_opts(
+    dev: &Device,
+    vol: &Volume,
+    device: &std::path::Path,
+    key: &KeyArgs,
+    allow_unbound: bool,
+    verbose: bool,
+    out: &mut Output,
+) -> Result<Unlocked, Failure> {
     let input = KeyInput {
         key_file: key.key_file.clone(),
         keyfile_offset: key.keyfile_offset,
@@ -336,6 +365,7 @@ pub(crate) fn unlock_with_passphrase(
     let pass = read_passphrase(&input, &prompt)?;
     let opts = UnlockOptions {
         keyslot: key.key_slot,
+        allow_unbound,
         ..Default::default()
     };
     let unlocked = unlock(dev, vol, &pass, &opts)?;
