@@ -140,6 +140,24 @@ impl Needles {
         n
     }
 
+    /// Needles for a secret that is no AES key (a passphrase): any 16-byte window of its
+    /// raw bytes, reported under `label`.
+    ///
+    /// # Panics
+    /// As [`Needles::for_volume_key`]: shorter than 16 bytes or degenerate.
+    pub fn for_secret(label: &str, bytes: &[u8]) -> Needles {
+        assert!(bytes.len() >= RAW_WINDOW, "secret shorter than 16 bytes");
+        let distinct: HashSet<u8> = bytes.iter().copied().collect();
+        assert!(
+            distinct.len() >= 8,
+            "degenerate test secret (too few distinct bytes)"
+        );
+        let mut n = Needles::empty();
+        n.add_raw(format!("{label} ({} bytes)", bytes.len()), bytes);
+        n.build();
+        n
+    }
+
     /// Needles for one AES key (16/24/32 bytes): its raw bytes and schedules.
     pub fn for_aes_key(key: &[u8]) -> Needles {
         let mut n = Needles::empty();

@@ -214,7 +214,20 @@ pub enum KeyCheck {
 
 /// Checks a candidate volume key against the digest of `vol`'s data segment (LUKS1:
 /// the master-key digest; LUKS2: the digest of segment 0). No keyslot is touched.
+/// Afterwards the stack the digest's PBKDF2 used (HMAC key blocks hold the key) is
+/// zeroed ([`crate::secret::wipe_stack`]).
 pub fn verify_volume_key(
+    vol: &Volume,
+    key: &[u8],
+    limits: &KdfLimits,
+) -> Result<KeyCheck, ActivationError> {
+    let r = verify_volume_key_inner(vol, key, limits);
+    crate::secret::wipe_stack();
+    r
+}
+
+#[inline(never)]
+fn verify_volume_key_inner(
     vol: &Volume,
     key: &[u8],
     limits: &KdfLimits,

@@ -148,13 +148,27 @@ impl Hash {
     }
 
     /// Hashes the concatenation of `parts` into `out` (`out.len() == output_len()`).
+    ///
+    /// The digest is written straight into `out` (no temporary copy of it on the stack)
+    /// and the hash state is zeroized when dropped (the `zeroize` features of the hash
+    /// crates): the AF diffusion hashes key material.
+    ///
+    /// # Panics
+    /// If `out.len() != self.output_len()`.
     pub fn digest_parts(self, parts: &[&[u8]], out: &mut [u8]) {
         fn run<D: Digest>(parts: &[&[u8]], out: &mut [u8]) {
             let mut d = D::new();
             for p in parts {
                 d.update(p);
             }
-            out.copy_from_slice(&d.finalize());
+            let len = out.len();
+            match <&mut sha2::digest::Output<D>>::try_from(out) {
+                Ok(o) => d.finalize_into(o),
+                Err(_) => panic!(
+                    "digest output buffer has {len} bytes, the hash gives {}",
+                    <D as Digest>::output_size()
+                ),
+            }
         }
         match self {
             Self::Sha1 => run::<sha1::Sha1>(parts, out),

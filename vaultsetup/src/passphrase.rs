@@ -5,7 +5,9 @@
 //! - No key file, stdin not a terminal: stdin up to the first newline.
 //! - No key file, stdin a terminal: a prompt on `/dev/tty` with echo turned off.
 //!
-//! Everything read lands in mlocked, zeroize-on-drop [`SecretBuf`]s.
+//! Everything read lands in mlocked, zeroize-on-drop [`SecretBuf`]s, straight from
+//! `read(2)`: no buffered reader in between (std's stdin keeps an 8 KiB buffer on the
+//! heap that is never wiped, so stdin is read through [`FdReader`] on descriptor 0).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -143,6 +145,24 @@ pub fn read_key_from<R: Read>(
     Ok(Passphrase::new(out))
 }
 
+/// Unbuffered reads from a raw descriptor: every `read` is one `read(2)` into the
+/// caller's buffer, so no copy of the data stays anywhere else in this process.
+#[derive(Debug)]
+pub struct FdReader(pub std::os::fd::RawFd);
+
+impl Read for FdReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes; read(2) writes at most
+        // that many. An invalid descriptor only makes read fail with EBADF.
+        let n = unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
 fn read_some<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize, PassphraseError> {
     loop {
         match r.read(buf) {
@@ -160,7 +180,7 @@ pub fn read_key_file(
     size: Option<u64>,
 ) -> Result<Passphrase, PassphraseError> {
     if path == Path::new("-") {
-        return read_key_from(std::io::stdin().lock(), offset, size, false);
+        return read_key_from(FdReader(libc::STDIN_FILENO), offset, size, false);
     }
     let f = File::open(path).map_err(|source| PassphraseError::Open {
         path: path.display().to_string(),
@@ -175,11 +195,15 @@ pub fn read_passphrase(input: &KeyInput, prompt: &str) -> Result<Passphrase, Pas
     if let Some(p) = &input.key_file {
         return read_key_file(p, input.keyfile_offset, size);
     }
-    let stdin = std::io::stdin();
     // SAFETY: isatty only inspects the descriptor.
-    let is_tty = unsafe { libc::isatty(stdin.as_raw_fd()) } == 1;
+    let is_tty = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
     if !is_tty {
-        return read_key_from(stdin.lock(), input.keyfile_offset, size, true);
+        return read_key_from(
+            FdReader(libc::STDIN_FILENO),
+            input.keyfile_offset,
+            size,
+            true,
+        );
     }
     read_tty(prompt)
 }
@@ -224,7 +248,7 @@ fn read_tty(prompt: &str) -> Result<Passphrase, PassphraseError> {
     unsafe {
         libc::tcsetattr(fd, libc::TCSAFLUSH, &noecho);
     }
-    let r = read_key_from(&mut tty, 0, Some(MAX_INTERACTIVE as u64 + 1), true);
+    let r = read_key_from(FdReader(fd), 0, Some(MAX_INTERACTIVE as u64 + 1), true);
     drop(guard);
     let _ = tty.write_all(b"\n");
     let p = r?;
