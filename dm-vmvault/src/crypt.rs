@@ -9,6 +9,7 @@ use std::alloc::{self, Layout};
 use std::any::Any;
 use std::ops::Range;
 use std::ptr::NonNull;
+use std::sync::Mutex;
 
 use vault_vm::engine::{CipherSpec, Geometry, SectorCipher};
 
@@ -48,9 +49,23 @@ pub trait IoBuf: Send {
 /// Something that encrypts and decrypts whole sectors of one mapping in place.
 ///
 /// The geometry (sector size, IV rules) and the key are fixed at construction.
+///
+/// I/O buffers are pooled by the implementation: [`Crypt::take_buf`] lends one,
+/// [`Crypt::give_buf`] returns it. Buffers of the vault come from its data window, which
+/// every volume of the vault shares; when the volume has used up its share,
+/// `take_buf` *waits* for a buffer to come back (backpressure), it never fails for want
+/// of room. That wait always ends as long as no caller holds a buffer while it waits
+/// for another (of any mapping): take one, use it, give it back, then take the next.
+/// Every holder then finishes its request without waiting for buffers and gives its
+/// buffer back, so waits form no cycle.
 pub trait Crypt: Send + Sync {
-    /// Allocates an I/O buffer of `len` bytes, aligned to at least 4096 bytes.
-    fn alloc(&self, len: usize) -> Result<Box<dyn IoBuf>, CryptError>;
+    /// Lends an I/O buffer of at least `len` bytes (at most [`crate::io::IO_BUF_LEN`]),
+    /// aligned to at least 4096 bytes; may wait (see the trait documentation). Its bytes
+    /// are whatever the last user left: overwrite before use. Give it back with
+    /// [`Crypt::give_buf`], and hold no other lent buffer while calling this.
+    fn take_buf(&self, len: usize) -> Result<Box<dyn IoBuf>, CryptError>;
+    /// Returns a buffer lent by [`Crypt::take_buf`] of this same `Crypt`.
+    fn give_buf(&self, buf: Box<dyn IoBuf>);
     /// Encrypts `buf[range]` in place; `sector` (512-byte units) is that of `range.start`.
     fn encrypt(
         &self,
@@ -122,11 +137,16 @@ impl IoBuf for AlignedBuf {
     }
 }
 
+/// Idle buffers an [`EngineCrypt`] keeps for reuse.
+const ENGINE_IDLE_BUFS: usize = 16;
+
 /// The sector engine run in this process (no vault). The key schedule lives in this
-/// process's heap: for tests and for comparison only.
+/// process's heap: for tests and for comparison only. Its I/O buffers are heap
+/// buffers, so lending one never waits; up to 16 idle ones are kept for reuse.
 pub struct EngineCrypt {
     cipher: SectorCipher,
     geom: Geometry,
+    idle: Mutex<Vec<Box<dyn IoBuf>>>,
 }
 
 impl EngineCrypt {
@@ -135,6 +155,7 @@ impl EngineCrypt {
         Ok(EngineCrypt {
             cipher: SectorCipher::new(spec, key)?,
             geom,
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -146,8 +167,20 @@ impl EngineCrypt {
 }
 
 impl Crypt for EngineCrypt {
-    fn alloc(&self, len: usize) -> Result<Box<dyn IoBuf>, CryptError> {
-        Ok(Box::new(AlignedBuf::new(len)?))
+    fn take_buf(&self, len: usize) -> Result<Box<dyn IoBuf>, CryptError> {
+        let want = len.max(crate::io::IO_BUF_LEN);
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match idle {
+            Some(b) if b.bytes().len() >= len => Ok(b),
+            _ => Ok(Box::new(AlignedBuf::new(want)?)),
+        }
+    }
+
+    fn give_buf(&self, buf: Box<dyn IoBuf>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < ENGINE_IDLE_BUFS {
+            idle.push(buf);
+        }
     }
 
     fn encrypt(
@@ -191,7 +224,7 @@ mod tests {
     fn engine_round_trip_and_range_check() {
         let spec = CipherSpec::parse("aes-xts-plain64").unwrap();
         let c = EngineCrypt::new(spec, &[7u8; 64], Geometry::new(512, false, 0).unwrap()).unwrap();
-        let mut b = c.alloc(4096).unwrap();
+        let mut b = c.take_buf(4096).unwrap();
         assert_eq!(b.bytes().as_ptr() as usize % 4096, 0);
         b.bytes_mut().fill(0x5a);
         c.encrypt(b.as_mut(), 512..2048, 1).unwrap();
@@ -199,9 +232,11 @@ mod tests {
         assert_eq!(&b.bytes()[..512], &[0x5a; 512][..]);
         c.decrypt(b.as_mut(), 512..2048, 1).unwrap();
         assert!(b.bytes().iter().all(|&x| x == 0x5a));
+        let past = b.bytes().len() + 4096;
         assert!(matches!(
-            c.encrypt(b.as_mut(), 0..8192, 0),
+            c.encrypt(b.as_mut(), 0..past, 0),
             Err(CryptError::Range(_))
         ));
+        c.give_buf(b);
     }
 }

@@ -6,18 +6,28 @@
 //! vault is in use), so backing I/O and encryption share one buffer. Encryption is split
 //! into requests of at most [`Crypt::max_request`] bytes. Every backing I/O error and
 //! every short read inside the device becomes an [`IoError`] that maps to `EIO`.
+//!
+//! Buffers: a request holds at most one lent buffer at a time ([`IO_BUF_LEN`] bytes,
+//! taken after its range lock and given back before the next chunk), and never waits
+//! for anything but the vault and the backing file while it holds one. Taking a buffer
+//! may wait when the vault's data window is busy with other volumes
+//! ([`crate::vault`]); because no holder waits for a second buffer, that wait always
+//! ends, and a full window slows requests down instead of failing them.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::crypt::{Crypt, CryptError, IoBuf};
 use crate::locks::RangeLocks;
 
 /// Largest plaintext range one pooled buffer serves (bigger requests are split).
 pub const MAX_IO: usize = 1024 * 1024;
+
+/// Size of a pooled I/O buffer: [`MAX_IO`] widened by a partial sector at each end.
+pub const IO_BUF_LEN: usize = MAX_IO + 2 * 4096;
 
 /// Errors of the I/O engine.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +100,15 @@ pub struct IoConfig {
     pub allow_discards: bool,
 }
 
+/// Sets `O_DIRECT` on `f`; false where the filesystem refuses it.
+fn set_direct(f: &File) -> bool {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+    unsafe {
+        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        fl >= 0 && libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl | libc::O_DIRECT) == 0
+    }
+}
+
 /// Size in bytes of a regular file or block device.
 pub fn backing_size(f: &File) -> std::io::Result<u64> {
     let md = f.metadata()?;
@@ -109,13 +128,9 @@ pub fn backing_size(f: &File) -> std::io::Result<u64> {
     }
 }
 
-struct Pool {
-    bufs: Mutex<Vec<Box<dyn IoBuf>>>,
-    len: usize,
-}
-
+/// A buffer lent by the mapping's [`Crypt`], given back when dropped.
 struct Lease<'a> {
-    pool: &'a Pool,
+    crypt: &'a dyn Crypt,
     buf: Option<Box<dyn IoBuf>>,
 }
 
@@ -130,10 +145,7 @@ impl Lease<'_> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(b) = self.buf.take() {
-            let mut v = self.pool.bufs.lock().unwrap_or_else(|e| e.into_inner());
-            if v.len() < 16 {
-                v.push(b);
-            }
+            self.crypt.give_buf(b);
         }
     }
 }
@@ -147,7 +159,6 @@ pub struct IoEngine {
     ss: u64,
     crypt: Arc<dyn Crypt>,
     locks: RangeLocks,
-    pool: Pool,
     readonly: bool,
     allow_discards: bool,
     direct: bool,
@@ -181,6 +192,28 @@ impl IoEngine {
         } else {
             (open(false).map_err(err)?, false)
         };
+        Self::with_file(cfg, file, direct, crypt)
+    }
+
+    /// [`IoEngine::open`] on a backing file the caller already opened (vmvaultd: the
+    /// descriptor the client passed): no path is resolved, `cfg.backing` only names it.
+    /// With `cfg.direct`, `O_DIRECT` is set on it (`F_SETFL`) where the filesystem
+    /// takes it.
+    pub fn open_file(cfg: &IoConfig, file: File, crypt: Arc<dyn Crypt>) -> Result<Self, IoError> {
+        let direct = cfg.direct && set_direct(&file);
+        Self::with_file(cfg, file, direct, crypt)
+    }
+
+    fn with_file(
+        cfg: &IoConfig,
+        file: File,
+        direct: bool,
+        crypt: Arc<dyn Crypt>,
+    ) -> Result<Self, IoError> {
+        let err = |source| IoError::Open {
+            path: cfg.backing.clone(),
+            source,
+        };
         let ss = u64::from(crypt.geometry().sector_size);
         let total = backing_size(&file).map_err(err)?;
         let data_off = cfg.offset_sectors * 512;
@@ -201,10 +234,6 @@ impl IoEngine {
             ss,
             crypt,
             locks: RangeLocks::new(),
-            pool: Pool {
-                bufs: Mutex::new(Vec::new()),
-                len: MAX_IO + 2 * 4096,
-            },
             readonly: cfg.readonly,
             allow_discards: cfg.allow_discards,
             direct,
@@ -241,20 +270,13 @@ impl IoEngine {
         &self.crypt
     }
 
+    /// Lends one buffer (may wait for one; see the module documentation). Callers hold
+    /// no other lease.
     fn lease(&self) -> Result<Lease<'_>, IoError> {
-        let b = self
-            .pool
-            .bufs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
-        let b = match b {
-            Some(b) => b,
-            None => self.crypt.alloc(self.pool.len)?,
-        };
+        let buf = self.crypt.take_buf(IO_BUF_LEN)?;
         Ok(Lease {
-            pool: &self.pool,
-            buf: Some(b),
+            crypt: &*self.crypt,
+            buf: Some(buf),
         })
     }
 
