@@ -1,6 +1,8 @@
 //! Client side of the control protocol, and starting `vmvaultd` on demand.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,6 +33,14 @@ pub enum ClientError {
         /// The daemon's message.
         message: String,
     },
+    /// The socket's peer is not root: not our daemon, so no key is handed to it.
+    #[error("{path}: the process serving this socket runs as uid {uid}, not root: refusing to talk to it (check who created {path})")]
+    NotRoot {
+        /// Socket path.
+        path: PathBuf,
+        /// The peer's uid (`SO_PEERCRED`).
+        uid: u32,
+    },
     /// `vmvaultd` could not be found or started.
     #[error("cannot start vmvaultd: {0}")]
     Spawn(String),
@@ -41,6 +51,7 @@ impl ClientError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ClientError::Remote { code, .. } => *code,
+            ClientError::NotRoot { .. } => code::PERMISSION,
             _ => code::DEVICE,
         }
     }
@@ -54,7 +65,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the daemon of `run_dir`.
+    /// Connects to the daemon of `run_dir`, checking (`SO_PEERCRED`) that the process
+    /// that serves the socket runs as root: keys and backing devices go to nobody else.
     pub fn connect(run_dir: &Path) -> Result<Client, ClientError> {
         let path = socket_path(run_dir);
         let err = |source| ClientError::Io {
@@ -62,6 +74,11 @@ impl Client {
             source,
         };
         let s = UnixStream::connect(&path).map_err(err)?;
+        match crate::daemon::peer_uid(&s) {
+            Ok(0) => {}
+            Ok(uid) => return Err(ClientError::NotRoot { path, uid }),
+            Err(e) => return Err(err(e)),
+        }
         let writer = s.try_clone().map_err(err)?;
         Ok(Client {
             path: path.clone(),
@@ -72,12 +89,29 @@ impl Client {
 
     /// Sends one request and returns the raw response (which may be a failure).
     pub fn call_raw(&mut self, req: &Request) -> Result<Response, ClientError> {
+        self.call_raw_fd(req, None)
+    }
+
+    /// [`Client::call_raw`], sending `fd` with the request line (`SCM_RIGHTS`).
+    pub fn call_raw_fd(
+        &mut self,
+        req: &Request,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Response, ClientError> {
         let err = |source| ClientError::Io {
             path: self.path.clone(),
             source,
         };
-        let line = serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        writeln!(self.writer, "{line}").map_err(err)?;
+        let mut line =
+            serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push('\n');
+        match fd {
+            Some(fd) => {
+                crate::daemon::conn::send_with_fd(&self.writer, line.as_bytes(), fd.as_raw_fd())
+                    .map_err(err)?
+            }
+            None => self.writer.write_all(line.as_bytes()).map_err(err)?,
+        }
         let mut resp = String::new();
         let n = self
             .reader
@@ -109,6 +143,34 @@ impl Client {
     pub fn open(&mut self, req: OpenRequest) -> Result<VolumeStatus, ClientError> {
         self.call(&Request::Open(req))?
             .status
+            .ok_or_else(|| ClientError::Protocol("open answered without status".into()))
+    }
+
+    /// Opens a volume on `backing` (open read-write, or read-only with `req.readonly`),
+    /// sent to the daemon as a descriptor: it uses this open file, never `req.backing`
+    /// again (which only names it). Returns the raw response.
+    pub fn open_fd_raw(
+        &mut self,
+        req: OpenRequest,
+        backing: BorrowedFd<'_>,
+    ) -> Result<Response, ClientError> {
+        self.call_raw_fd(&Request::OpenFd(req), Some(backing))
+    }
+
+    /// [`Client::open_fd_raw`]; a refusal becomes [`ClientError::Remote`].
+    pub fn open_fd(
+        &mut self,
+        req: OpenRequest,
+        backing: BorrowedFd<'_>,
+    ) -> Result<VolumeStatus, ClientError> {
+        let r = self.open_fd_raw(req, backing)?;
+        if !r.ok {
+            return Err(ClientError::Remote {
+                code: r.code.unwrap_or(code::DEVICE),
+                message: r.error.unwrap_or_else(|| "unknown error".into()),
+            });
+        }
+        r.status
             .ok_or_else(|| ClientError::Protocol("open answered without status".into()))
     }
 
@@ -183,12 +245,19 @@ pub fn connect_or_spawn(run_dir: &Path) -> Result<Client, ClientError> {
     let exe = find_vmvaultd().ok_or_else(|| {
         ClientError::Spawn("vmvaultd not found next to this program or in PATH".into())
     })?;
-    std::fs::create_dir_all(run_dir)
+    // Root-only from the start (the daemon refuses a run directory others may write).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(run_dir)
         .map_err(|e| ClientError::Spawn(format!("{}: {e}", run_dir.display())))?;
     let log_path = run_dir.join("vmvaultd.log");
+    // O_NOFOLLOW: a symlink planted as the log must not make us append to another file.
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&log_path)
         .map_err(|e| ClientError::Spawn(format!("{}: {e}", log_path.display())))?;
     let log2 = log

@@ -9,10 +9,16 @@
 //! ← {"ok":true,"key_ring":987654321}
 //!   (the client links its possessor-only key into that keyring, then sends
 //!    `open` with "key_serial" and "key_ring")
+//! → {"cmd":"open_fd","name":"vol","backing":"/img",...}   + SCM_RIGHTS: one descriptor
+//!   (the same fields as `open`; the backing device is the descriptor sent as ancillary
+//!    data with the line, `backing` only names it)
 //! → {"cmd":"close","name":"vol"}
 //! ← {"ok":true}
 //! ← {"ok":false,"code":5,"error":"Device vol already exists."}
 //! ```
+//!
+//! A request line is at most [`MAX_LINE`] bytes; a longer one is answered with an error
+//! (code 1) and the connection is closed.
 //!
 //! `code` is the exit code `vaultsetup` should use, as cryptsetup's: 1 bad arguments,
 //! 2 no permission or bad key, 3 out of memory, 4 wrong device, 5 busy or exists.
@@ -20,6 +26,9 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+/// Longest request line the daemon reads (bytes, without the newline).
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// Exit codes carried in error responses (cryptsetup's).
 pub mod code {
@@ -156,8 +165,12 @@ pub struct OpenRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
-    /// Open a volume.
+    /// Open a volume; the daemon opens `backing` itself.
     Open(OpenRequest),
+    /// Open a volume on the backing descriptor sent with this line (`SCM_RIGHTS`, exactly
+    /// one): the file the client checked, with no path resolved again. It must be a
+    /// regular file or a block device, open read-write unless `readonly`.
+    OpenFd(OpenRequest),
     /// Create a per-request keyring that the daemon possesses and the client may link
     /// a key into (answered with `key_ring`). It lives until the `open` that names it,
     /// the end of the connection, or 60 s, whichever comes first.

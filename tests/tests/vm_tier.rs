@@ -268,6 +268,14 @@ fn vm_ublk() {
     suite("ublk");
 }
 
+/// Issue 11 point 2: `close` of a volume in use (a plain open of /dev/mapper/NAME or of
+/// the frontend device, a mounted filesystem) exits 5 and leaves it whole, over ublk and
+/// fuse+loop.
+#[test]
+fn vm_busy() {
+    suite("busy");
+}
+
 #[test]
 fn parser_reads_results_and_markers() {
     let log = "\

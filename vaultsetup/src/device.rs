@@ -126,6 +126,24 @@ impl Device {
         &self.path
     }
 
+    /// Whether `other` has the same file open (same inode; for block devices, the same
+    /// device). False for in-memory devices.
+    pub fn is_same_file(&self, other: &File) -> bool {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let Backing::File(f) = &self.backing else {
+            return false;
+        };
+        match (f.metadata(), other.metadata()) {
+            (Ok(a), Ok(b))
+                if a.file_type().is_block_device() && b.file_type().is_block_device() =>
+            {
+                a.rdev() == b.rdev()
+            }
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset`; fails (without reading) if that range
     /// is not inside the device.
     pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {

@@ -5,7 +5,13 @@
 //! ```
 //!
 //! The run directory defaults to `$VMVAULT_RUN_DIR`, else `/run/vmvault`. Control
-//! socket: `<run-dir>/control` (root only, JSON lines; see `dm_vmvault::protocol`).
+//! socket: `<run-dir>/control` (root only, JSON lines; see `dm_vmvault::protocol`). The
+//! run directory must be a directory (not a symlink) owned by root that group and others
+//! cannot write; it is created with mode 0700 when missing.
+//!
+//! SIGTERM (or SIGINT): no new volumes; idle volumes are closed at once, volumes in use
+//! are closed as soon as they are released (the log says what each one waits for), then
+//! the vaults' memory is wiped and the daemon exits 0.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

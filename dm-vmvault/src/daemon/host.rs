@@ -23,6 +23,14 @@ pub enum HostError {
         /// Its pid, as recorded.
         pid: String,
     },
+    /// The run directory cannot be trusted.
+    #[error("run directory {dir}: {why}; refusing it (it must be a directory owned by root that only root may write)")]
+    RunDir {
+        /// Run directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A filesystem or system call failed.
     #[error("{what}: {source}")]
     Sys {
@@ -85,12 +93,16 @@ pub struct PidLock {
 impl PidLock {
     /// Takes the lock and records our pid.
     pub fn acquire(run_dir: &Path) -> Result<Self, HostError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = run_dir.join("vmvaultd.pid");
+        // O_NOFOLLOW: a symlink planted here must not make us truncate another file.
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(sys(format!("open {}", path.display())))?;
         // SAFETY: flock on an fd we own.

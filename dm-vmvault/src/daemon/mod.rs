@@ -4,22 +4,30 @@
 //! `control` (the root-only control socket), `vmvaultd.pid` (flocked single-instance
 //! lock), `mnt/<name>/volume` (each volume's FUSE export), `vmvaultd.log` (when spawned
 //! on demand), `dm/<name>` (the `/dev/mapper` names this daemon created, see
-//! [`stale`]).
+//! [`stale`]). The directory is checked before it is trusted ([`check_run_dir`]); the pid
+//! file and the log are opened with `O_NOFOLLOW`.
+//!
+//! `close` never tears down a volume in use ([`busy`]); a volume leaves the table only
+//! once it is gone. SIGTERM/SIGINT: see the `vmvaultd` binary.
 
+pub mod busy;
+pub mod conn;
 pub mod host;
 pub mod stale;
 pub mod volume;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::protocol::{code, OpenRequest, Request, Response};
+use crate::protocol::{code, OpenRequest, Request, Response, VolumeStatus};
 use volume::{Volume, VolumeError};
 
 /// Default run directory.
@@ -87,6 +95,8 @@ impl Drop for ConnKeys {
 struct State {
     volumes: HashMap<String, Volume>,
     opening: HashSet<String>,
+    /// Volumes being closed (out of `volumes` meanwhile): their devices and status.
+    closing: HashMap<String, (Vec<(u32, u32)>, VolumeStatus)>,
 }
 
 /// The daemon's shared state.
@@ -96,6 +106,8 @@ pub struct Daemon {
     mapper_records: stale::MapperRecords,
     state: Mutex<State>,
     stop: AtomicBool,
+    /// SIGTERM arrived: no new volumes; exit once every volume is closed.
+    terminating: AtomicBool,
     vaults: crate::vault::VaultPool,
 }
 
@@ -129,22 +141,33 @@ impl Daemon {
     }
 
     fn own_devices(&self) -> Vec<(u32, u32)> {
-        self.state()
-            .volumes
+        let st = self.state();
+        st.volumes
             .values()
             .flat_map(|v| v.devices())
+            .chain(st.closing.values().flat_map(|(d, _)| d.iter().copied()))
             .collect()
     }
 
-    fn open(&self, req: &OpenRequest) -> Response {
+    fn open(&self, req: &OpenRequest, backing_fd: Option<File>) -> Response {
         if let Err(e) = volume::check_name(&req.name) {
             return Response::err(e.code(), e.to_string());
+        }
+        if self.terminating.load(Ordering::SeqCst) {
+            return Response::err(
+                code::BUSY,
+                "vmvaultd is shutting down (SIGTERM): it opens no new volumes",
+            );
         }
         {
             let mut st = self.state();
             let in_mapper = crate::frontend::mapper::available()
                 && Path::new("/dev/mapper").join(&req.name).exists();
-            if st.volumes.contains_key(&req.name) || st.opening.contains(&req.name) || in_mapper {
+            if st.volumes.contains_key(&req.name)
+                || st.opening.contains(&req.name)
+                || st.closing.contains_key(&req.name)
+                || in_mapper
+            {
                 let e = VolumeError::Exists(req.name.clone());
                 return Response::err(e.code(), e.to_string());
             }
@@ -171,6 +194,7 @@ impl Daemon {
         }
         let r = Volume::open(
             req,
+            backing_fd,
             &self.mnt_root,
             &own,
             self.cfg.fuse_threads,
@@ -206,28 +230,72 @@ impl Daemon {
         }
     }
 
+    /// Closes `name`, refusing (busy, exit 5) while anything uses its devices. The
+    /// volume leaves the table only once it is torn down: if the check or a teardown
+    /// step fails, it goes back whole (or with what is still up), and a later `close`
+    /// can finish the job.
     fn close(&self, name: &str) -> Response {
-        let v = {
-            let mut st = self.state();
-            let Some(v) = st.volumes.get(name) else {
-                let e = VolumeError::NotActive(name.to_string());
-                return Response::err(e.code(), e.to_string());
-            };
-            if let Err(e) = v.check_unused() {
-                return Response::err(e.code(), e.to_string());
-            }
-            st.volumes
-                .remove(name)
-                .expect("present: checked under the same lock")
-        };
-        match v.close() {
-            Ok(()) => {
-                self.mapper_records.forget(name);
-                eprintln!("vmvaultd: closed {name}");
-                Response::ok()
-            }
+        let mut users = Vec::new();
+        let r = self.try_close(name, &mut users);
+        if !users.is_empty() {
+            eprintln!(
+                "vmvaultd: close {name} refused: still in use ({})",
+                users.join("; ")
+            );
+        }
+        match r {
+            Ok(()) => Response::ok(),
+            Err(e @ VolumeError::Busy(_)) => Response::err(e.code(), e.to_string()),
+            Err(e @ VolumeError::NotActive(_)) => Response::err(e.code(), e.to_string()),
             Err(e) => Response::err(e.code(), format!("close {name}: {e}")),
         }
+    }
+
+    /// [`Daemon::close`]; when the volume is in use, `users` says by what.
+    fn try_close(&self, name: &str, users: &mut Vec<String>) -> Result<(), VolumeError> {
+        let mut v = {
+            let mut st = self.state();
+            let Some(v) = st.volumes.remove(name) else {
+                return Err(VolumeError::NotActive(name.to_string()));
+            };
+            st.closing
+                .insert(name.to_string(), (v.devices(), v.status().clone()));
+            v
+        };
+        *users = v.users();
+        let r = if users.is_empty() {
+            v.close()
+        } else {
+            Err(VolumeError::Busy(name.to_string()))
+        };
+        let mut st = self.state();
+        st.closing.remove(name);
+        match r {
+            Ok(()) => {
+                drop(st);
+                // Last reference to the engine: drops the crypt backend and its key slot.
+                drop(v);
+                self.mapper_records.forget(name);
+                eprintln!("vmvaultd: closed {name}");
+                Ok(())
+            }
+            Err(e) => {
+                if !matches!(e, VolumeError::Busy(_)) {
+                    eprintln!("vmvaultd: close {name} failed, volume kept: {e}");
+                }
+                st.volumes.insert(name.to_string(), v);
+                Err(e)
+            }
+        }
+    }
+
+    /// Status of `name`, also while a `close` of it is under way.
+    fn status_of(&self, name: &str) -> Option<VolumeStatus> {
+        let st = self.state();
+        st.volumes
+            .get(name)
+            .map(|v| v.status().clone())
+            .or_else(|| st.closing.get(name).map(|(_, s)| s.clone()))
     }
 
     /// Closes every volume; refuses (busy) if one is in use.
@@ -245,6 +313,26 @@ impl Daemon {
         } else {
             Response::err(code::BUSY, format!("cannot close: {}", busy.join("; ")))
         }
+    }
+
+    /// After SIGTERM: closes every volume nobody uses; returns the others with their
+    /// users.
+    fn close_idle(&self) -> BTreeMap<String, Vec<String>> {
+        let names: Vec<String> = self.state().volumes.keys().cloned().collect();
+        let mut waiting = BTreeMap::new();
+        for n in names {
+            let mut users = Vec::new();
+            if let Err(e) = self.try_close(&n, &mut users) {
+                let why = match e {
+                    VolumeError::Busy(_) if users.is_empty() => vec!["in use".to_string()],
+                    VolumeError::Busy(_) => users,
+                    VolumeError::NotActive(_) => continue,
+                    e => vec![e.to_string()],
+                };
+                waiting.insert(n, why);
+            }
+        }
+        waiting
     }
 
     /// `prepare_key`: a request keyring in our process keyring (see
@@ -275,9 +363,9 @@ impl Daemon {
 
     /// `open` over a connection: a `key_ring` must be one this connection prepared; it
     /// is invalidated after the import whatever the outcome.
-    fn open_conn(&self, o: &OpenRequest, conn: &mut ConnKeys) -> Response {
+    fn open_conn(&self, o: &OpenRequest, fd: Option<File>, conn: &mut ConnKeys) -> Response {
         let Some(ring) = o.key_ring else {
-            return self.open(o);
+            return self.open(o, fd);
         };
         let Some(i) = conn.rings.iter().position(|&r| r == ring) else {
             return Response::err(
@@ -286,20 +374,33 @@ impl Daemon {
             );
         };
         conn.rings.swap_remove(i);
-        let r = self.open(o);
+        let r = self.open(o, fd);
         let _ = crate::keyring::invalidate(ring);
         r
     }
 
-    fn handle(&self, req: Request, conn: &mut ConnKeys) -> Response {
+    fn handle(&self, req: Request, mut fds: Vec<OwnedFd>, conn: &mut ConnKeys) -> Response {
         match req {
             Request::PrepareKey => self.prepare_key(conn),
-            Request::Open(o) => self.open_conn(&o, conn),
+            Request::Open(o) => self.open_conn(&o, None, conn),
+            Request::OpenFd(o) => {
+                if fds.len() != 1 {
+                    return Response::err(
+                        code::BAD_ARGS,
+                        format!(
+                            "open_fd: expected one backing descriptor with the request, got {}",
+                            fds.len()
+                        ),
+                    );
+                }
+                let fd = fds.pop().map(File::from);
+                self.open_conn(&o, fd, conn)
+            }
             Request::Close { name } => self.close(&name),
-            Request::Status { name } => match self.state().volumes.get(&name) {
-                Some(v) => Response {
+            Request::Status { name } => match self.status_of(&name) {
+                Some(status) => Response {
                     ok: true,
-                    status: Some(v.status().clone()),
+                    status: Some(status),
                     ..Default::default()
                 },
                 None => {
@@ -308,12 +409,14 @@ impl Daemon {
                 }
             },
             Request::List => {
-                let mut v: Vec<_> = self
-                    .state()
+                let st = self.state();
+                let mut v: Vec<_> = st
                     .volumes
                     .values()
                     .map(|v| v.status().clone())
+                    .chain(st.closing.values().map(|(_, s)| s.clone()))
                     .collect();
+                drop(st);
                 v.sort_by(|a, b| a.name.cmp(&b.name));
                 Response {
                     ok: true,
@@ -363,15 +466,30 @@ impl Daemon {
                 return;
             }
         }
-        let reader = BufReader::new(stream);
+        let mut reader = conn::ConnReader::new(&stream);
         let mut conn = ConnKeys::default();
-        for line in reader.lines() {
-            let Ok(line) = line else { break };
-            if line.trim().is_empty() {
+        loop {
+            let (line, fds) = match reader.next_line() {
+                conn::Next::Line(l, fds) => (l, fds),
+                conn::Next::TooLong => {
+                    let r = Response::err(
+                        code::BAD_ARGS,
+                        format!(
+                            "request line longer than {} bytes: closing the connection",
+                            conn::MAX_LINE
+                        ),
+                    );
+                    let _ = writeln!(w, "{}", serde_json::to_string(&r).unwrap_or_default());
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+                conn::Next::Eof | conn::Next::Err(_) => break,
+            };
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
             }
-            let resp = match serde_json::from_str::<Request>(&line) {
-                Ok(req) => self.handle(req, &mut conn),
+            let resp = match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => self.handle(req, fds, &mut conn),
                 Err(e) => Response::err(code::BAD_ARGS, format!("bad request: {e}")),
             };
             let out =
@@ -388,14 +506,121 @@ impl Daemon {
     }
 }
 
+/// Write end of the SIGTERM self-pipe (-1: none).
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_terminate(_sig: libc::c_int) {
+    // SAFETY: only async-signal-safe calls (write) on a pipe we own; errno is restored
+    // for the interrupted code.
+    unsafe {
+        let saved = *libc::__errno_location();
+        let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let _ = libc::write(fd, b"t".as_ptr().cast(), 1);
+        }
+        *libc::__errno_location() = saved;
+    }
+}
+
+/// Installs the SIGTERM/SIGINT handler; returns the read end of its self-pipe.
+fn terminate_pipe() -> Result<OwnedFd, DaemonError> {
+    use std::os::fd::FromRawFd;
+    let mut p = [-1; 2];
+    let sys = |what: &str| {
+        DaemonError::Host(host::HostError::Sys {
+            what: what.into(),
+            source: std::io::Error::last_os_error(),
+        })
+    };
+    // SAFETY: pipe2 writes two descriptors into `p`.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(sys("pipe2"));
+    }
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    // The write end lives as long as the process (the handler may run at any time).
+    SIGNAL_PIPE.store(std::os::fd::IntoRawFd::into_raw_fd(wr), Ordering::SeqCst);
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: a zeroed sigaction with a handler that is async-signal-safe.
+        let r = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_terminate as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(sys("sigaction"));
+        }
+    }
+    Ok(rd)
+}
+
+/// Checks the run directory before trusting it: creates it (mode 0700) if missing;
+/// refuses a symbolic link, a non-directory, one not owned by root, or one that group or
+/// others may write.
+pub fn check_run_dir(dir: &Path) -> Result<(), host::HostError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let bad = |why: String| host::HostError::RunDir {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| host::HostError::Sys {
+                    what: format!("create {}", dir.display()),
+                    source,
+                })?;
+        }
+        Err(source) => {
+            return Err(host::HostError::Sys {
+                what: format!("stat {}", dir.display()),
+                source,
+            })
+        }
+        Ok(_) => {}
+    }
+    let md = std::fs::symlink_metadata(dir).map_err(|source| host::HostError::Sys {
+        what: format!("stat {}", dir.display()),
+        source,
+    })?;
+    if md.file_type().is_symlink() {
+        return Err(bad("it is a symbolic link".into()));
+    }
+    if !md.is_dir() {
+        return Err(bad("it is not a directory".into()));
+    }
+    if md.uid() != 0 {
+        return Err(bad(format!("it is owned by uid {}, not root", md.uid())));
+    }
+    if md.mode() & 0o022 != 0 {
+        return Err(bad(format!(
+            "group or others may write it (mode {:04o}; chmod go-w it)",
+            md.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Whether this process still maps vault memory: KVM guest memory and data windows
+/// (`memfd:vmvault-*`), the soft backend's `memfd_secret` pages.
+fn vault_memory_mapped() -> bool {
+    std::fs::read_to_string("/proc/self/maps").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.contains("/memfd:vmvault-") || l.contains("/secretmem"))
+    })
+}
+
 /// Runs the daemon until `shutdown`. Blocks.
 pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let run_dir = cfg.run_dir.clone();
-    std::fs::create_dir_all(&run_dir).map_err(|source| host::HostError::Sys {
-        what: format!("create {}", run_dir.display()),
-        source,
-    })?;
+    check_run_dir(&run_dir)?;
     let _ = std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700));
+    let sig_rd = terminate_pipe()?;
     let _lock = host::PidLock::acquire(&run_dir)?;
     for w in host::harden(cfg.mlock) {
         eprintln!("vmvaultd: warning: {w}");
@@ -439,21 +664,88 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         mapper_records,
         state: Mutex::new(State::default()),
         stop: AtomicBool::new(false),
+        terminating: AtomicBool::new(false),
     });
     eprintln!(
         "vmvaultd: pid {} serving {}",
         std::process::id(),
         sock.display()
     );
-    for conn in listener.incoming() {
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| DaemonError::Socket {
+            path: sock.clone(),
+            source,
+        })?;
+    let mut logged: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    loop {
+        let terminating = d.terminating.load(Ordering::SeqCst);
+        let mut fds = [
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&sig_rd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on two pollfds we own, for the length we pass.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, if terminating { 1000 } else { -1 }) };
+        if fds[1].revents != 0 {
+            let mut b = [0u8; 16];
+            // SAFETY: reading into a local buffer from our nonblocking pipe.
+            while unsafe { libc::read(fds[1].fd, b.as_mut_ptr().cast(), b.len()) } > 0 {}
+            if !d.terminating.swap(true, Ordering::SeqCst) {
+                eprintln!(
+                    "vmvaultd: SIGTERM: closing idle volumes; exiting once no volume is in use"
+                );
+            }
+        }
+        loop {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    let _ = conn.set_nonblocking(false);
+                    let d2 = d.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("vmvaultd-conn".into())
+                        .spawn(move || d2.serve_conn(conn));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
         if d.stop.load(Ordering::SeqCst) {
             break;
         }
-        let Ok(conn) = conn else { continue };
-        let d2 = d.clone();
-        let _ = std::thread::Builder::new()
-            .name("vmvaultd-conn".into())
-            .spawn(move || d2.serve_conn(conn));
+        if d.terminating.load(Ordering::SeqCst) {
+            let waiting = d.close_idle();
+            let in_flight = {
+                let st = d.state();
+                !st.opening.is_empty() || !st.closing.is_empty()
+            };
+            if waiting.is_empty() && !in_flight {
+                // The vaults went with their last volume: their memory is wiped and
+                // unmapped (vmvault-hv zeroes guest memory and key pages on drop).
+                if vault_memory_mapped() {
+                    eprintln!("vmvaultd: warning: vault memory is still mapped at exit");
+                } else {
+                    eprintln!("vmvaultd: every volume closed; vault memory wiped");
+                }
+                break;
+            }
+            if waiting != logged {
+                for (name, users) in &waiting {
+                    eprintln!(
+                        "vmvaultd: waiting for {name}: still in use ({})",
+                        users.join("; ")
+                    );
+                }
+                logged = waiting;
+            }
+        }
     }
     let _ = std::fs::remove_file(&sock);
     eprintln!("vmvaultd: shut down");

@@ -1,7 +1,9 @@
 //! One open volume: key → crypt backend → I/O engine → frontend (FUSE file → loop, or
 //! ublk) → /dev/mapper.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -139,7 +141,8 @@ fn pick_frontend(choice: FrontendChoice) -> Result<FrontendChoice, VolumeError> 
 /// An open volume.
 pub struct Volume {
     status: VolumeStatus,
-    engine: Arc<IoEngine>,
+    /// Held for the volume's life: the last reference drops the crypt backend and its key.
+    _engine: Arc<IoEngine>,
     front: Option<Frontend>,
     mapper: Option<MapperDevice>,
 }
@@ -154,11 +157,89 @@ pub fn block_dev_numbers(path: &Path) -> Option<(u32, u32)> {
     }
 }
 
+/// Checks the open backing file: a regular file or a block device, opened with the
+/// access the request needs, not one of this daemon's own devices or FUSE exports.
+/// Returns the path to show for it (where the open file is now, else the request's).
+fn check_backing(
+    file: &File,
+    req: &OpenRequest,
+    mnt_root: &Path,
+    own_devices: &[(u32, u32)],
+) -> Result<PathBuf, VolumeError> {
+    let md = file.metadata().map_err(|e| {
+        VolumeError::Device(format!("Cannot stat device {}: {e}", req.backing.display()))
+    })?;
+    let ft = md.file_type();
+    if !ft.is_file() && !ft.is_block_device() {
+        return Err(VolumeError::Device(format!(
+            "Device {} is not a regular file or a block device.",
+            req.backing.display()
+        )));
+    }
+    // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
+    let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if fl < 0 {
+        return Err(VolumeError::Device(format!(
+            "Device {}: {}",
+            req.backing.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    let acc = fl & libc::O_ACCMODE;
+    if acc == libc::O_WRONLY || (!req.readonly && acc != libc::O_RDWR) {
+        return Err(VolumeError::BadArgs(format!(
+            "the descriptor passed for {} is not open for {}",
+            req.backing.display(),
+            if req.readonly {
+                "reading"
+            } else {
+                "reading and writing"
+            }
+        )));
+    }
+    // Display only: where this open file is now.
+    let shown = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| req.backing.clone());
+    if ft.is_block_device() {
+        let d = (libc::major(md.rdev()), libc::minor(md.rdev()));
+        if own_devices.contains(&d) {
+            return Err(VolumeError::Device(format!(
+                "refusing to stack on {}: it is served by this vmvaultd",
+                shown.display()
+            )));
+        }
+    } else if shown.starts_with(mnt_root) || on_own_export(&md, mnt_root) {
+        return Err(VolumeError::Device(format!(
+            "refusing to stack {} on vmvaultd's own FUSE export",
+            shown.display()
+        )));
+    }
+    Ok(shown)
+}
+
+/// Whether the file of `md` lies in one of the FUSE exports mounted under `mnt_root`
+/// (same filesystem as an export's mount point).
+fn on_own_export(md: &std::fs::Metadata, mnt_root: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(mnt_root) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        crate::frontend::fuse::is_mounted(&e.path())
+            && std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == md.dev())
+    })
+}
+
 impl Volume {
     /// Opens a volume. `own_devices` lists the block devices this daemon serves, which
     /// may never be used as backing (the daemon never does I/O on its own devices).
+    ///
+    /// `backing_fd` is the backing device as the client opened it (passed over the
+    /// control socket); without it the daemon opens `req.backing` itself, once.
     pub fn open(
         req: &OpenRequest,
+        backing_fd: Option<File>,
         mnt_root: &Path,
         own_devices: &[(u32, u32)],
         fuse_threads: usize,
@@ -182,23 +263,50 @@ impl Volume {
                 req.offset, req.sector_size
             )));
         }
-        let backing = std::fs::canonicalize(&req.backing).map_err(|e| {
-            VolumeError::Device(format!(
-                "Device {} does not exist or access denied: {e}",
-                req.backing.display()
-            ))
+        // Products of request fields, checked: a wrapped `offset * 512` would map the
+        // wrong part of the backing device.
+        let offset_bytes = req.offset.checked_mul(512).ok_or_else(|| {
+            VolumeError::BadArgs(format!("offset {} sectors is out of range", req.offset))
         })?;
-        if backing.starts_with(mnt_root) {
-            return Err(VolumeError::Device(format!(
-                "refusing to stack {} on vmvaultd's own FUSE export",
-                backing.display()
-            )));
+        if let Some(size) = req.size {
+            let end = size
+                .checked_mul(512)
+                .and_then(|s| s.checked_add(offset_bytes));
+            if end.is_none() {
+                return Err(VolumeError::BadArgs(format!(
+                    "size {size} sectors at offset {} is out of range",
+                    req.offset
+                )));
+            }
         }
-        if let Some(d) = block_dev_numbers(&backing) {
-            if own_devices.contains(&d) {
+
+        // The backing device: the descriptor the client passed (the file whose
+        // header it read: no path is resolved again), else the request's path, opened
+        // once here. Every later use (probe, I/O) goes through this one open file.
+        let file = match backing_fd {
+            Some(f) => f,
+            None => std::fs::OpenOptions::new()
+                .read(true)
+                .write(!req.readonly)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&req.backing)
+                .map_err(|e| {
+                    VolumeError::Device(format!(
+                        "Device {} does not exist or access denied: {e}",
+                        req.backing.display()
+                    ))
+                })?,
+        };
+        let backing = check_backing(&file, req, mnt_root, own_devices)?;
+        {
+            // Size probe without a key.
+            let sz =
+                crate::io::backing_size(&file).map_err(|e| VolumeError::Device(e.to_string()))?;
+            if sz <= offset_bytes {
                 return Err(VolumeError::Device(format!(
-                    "refusing to stack on {}: it is served by this vmvaultd",
-                    backing.display()
+                    "Device {} is too small for data offset {}",
+                    backing.display(),
+                    req.offset
                 )));
             }
         }
@@ -212,24 +320,6 @@ impl Volume {
             direct: true,
             allow_discards: req.allow_discards,
         };
-        {
-            // Probe open without a key: size and permissions.
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(!req.readonly)
-                .open(&backing)
-                .map_err(|e| {
-                    VolumeError::Device(format!("Cannot open device {}: {e}", backing.display()))
-                })?;
-            let sz = crate::io::backing_size(&f).map_err(|e| VolumeError::Device(e.to_string()))?;
-            if sz <= req.offset * 512 {
-                return Err(VolumeError::Device(format!(
-                    "Device {} is too small for data offset {}",
-                    backing.display(),
-                    req.offset
-                )));
-            }
-        }
 
         let keyed = backend::key_backend(
             vaults,
@@ -249,7 +339,7 @@ impl Volume {
         }
         let backend_name = keyed.crypt.backend();
         let protection = keyed.crypt.protection();
-        let engine = Arc::new(IoEngine::open(&io_cfg, keyed.crypt)?);
+        let engine = Arc::new(IoEngine::open_file(&io_cfg, file, keyed.crypt)?);
         let len = engine.size() / 512;
         let table = Table {
             start: 0,
@@ -351,7 +441,7 @@ impl Volume {
         };
         Ok(Volume {
             status,
-            engine,
+            _engine: engine,
             front: Some(front),
             mapper,
         })
@@ -365,8 +455,10 @@ impl Volume {
     /// Block devices this volume serves.
     pub fn devices(&self) -> Vec<(u32, u32)> {
         let mut v = Vec::new();
-        if let Some(d) = block_dev_numbers(Path::new(&self.status.loop_device)) {
-            v.push(d);
+        if self.front.is_some() {
+            if let Some(d) = block_dev_numbers(Path::new(&self.status.loop_device)) {
+                v.push(d);
+            }
         }
         if let Some(m) = &self.mapper {
             v.push(m.dev_numbers());
@@ -374,38 +466,113 @@ impl Volume {
         v
     }
 
-    /// Fails with `Busy` when the top device is mounted or held exclusively.
-    pub fn check_unused(&self) -> Result<(), VolumeError> {
-        let top = PathBuf::from(&self.status.device);
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags_excl()
-            .open(&top)
-        {
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                Err(VolumeError::Busy(self.status.name.clone()))
+    /// Who uses the volume's devices, in words (empty when nothing does). Checked on
+    /// the top device (`/dev/mapper/NAME`, else the frontend's) and, under a mapper, on
+    /// the frontend device too (someone may open `/dev/loopN` directly); see
+    /// [`super::busy`] for what each check covers.
+    pub fn users(&self) -> Vec<String> {
+        use super::busy;
+        if self.front.is_none() && self.mapper.is_none() {
+            // Torn down but for the key (a close that failed late): no device left.
+            return Vec::new();
+        }
+        crate::frontend::mapper::udev_settle(std::time::Duration::from_secs(10));
+        let mut users = Vec::new();
+        let front = block_dev_numbers(Path::new(&self.status.loop_device));
+        let mut named = |path: &str, list: Vec<String>| {
+            users.extend(list.into_iter().map(|u| format!("{path}: {u}")));
+        };
+        match &self.mapper {
+            Some(m) => {
+                let top = m.dev_numbers();
+                let path = m.path().display().to_string();
+                match crate::frontend::mapper::query(&self.status.name) {
+                    Ok(Some(st)) if st.open_count > 0 => {
+                        named(&path, vec![format!("open count {}", st.open_count)])
+                    }
+                    Ok(_) => {}
+                    Err(e) => named(&path, vec![format!("cannot query device-mapper: {e}")]),
+                }
+                if busy::claimed(m.path()) {
+                    named(&path, vec!["claimed exclusively".into()]);
+                }
+                named(&path, busy::holders(top, &[]));
+                named(&path, busy::mounts(top));
+                named(&path, busy::processes(top));
+                named(&path, busy::loops_backed_by(top));
+                if let Some(f) = front {
+                    // Claimed by our mapper (O_EXCL says nothing), held by it in sysfs.
+                    let lp = &self.status.loop_device;
+                    named(lp, busy::holders(f, &[top]));
+                    named(lp, busy::processes(f));
+                    named(lp, busy::loops_backed_by(f));
+                }
             }
-            _ => Ok(()),
+            None => {
+                if let Some(f) = front {
+                    let lp = self.status.loop_device.clone();
+                    if busy::claimed(Path::new(&lp)) {
+                        named(&lp, vec!["claimed exclusively".into()]);
+                    }
+                    named(&lp, busy::holders(f, &[]));
+                    named(&lp, busy::mounts(f));
+                    named(&lp, busy::processes(f));
+                    named(&lp, busy::loops_backed_by(f));
+                }
+            }
+        }
+        users
+    }
+
+    /// Fails with `Busy` when anything uses the volume's devices (see [`Volume::users`]).
+    pub fn check_unused(&self) -> Result<(), VolumeError> {
+        if self.users().is_empty() {
+            Ok(())
+        } else {
+            Err(VolumeError::Busy(self.status.name.clone()))
         }
     }
 
     /// Tears the volume down: mapper, then the frontend (loop and FUSE, or ublk), then
-    /// the key (dropped with the engine).
-    pub fn close(mut self) -> Result<(), VolumeError> {
-        if let Some(m) = self.mapper.take() {
-            m.remove()?;
+    /// the key (dropped with the engine). Resumable: a step that fails leaves the
+    /// volume with what is still up (its status follows), so the caller keeps it and a
+    /// later `close` goes on from there. A frontend still in use when it is detached
+    /// (someone opened it after [`Volume::check_unused`]) fails with `Busy`.
+    pub fn close(&mut self) -> Result<(), VolumeError> {
+        if let Some(m) = &self.mapper {
+            if let Err(e) = m.remove() {
+                // Opened after the check: busy, as cryptsetup says when dm refuses.
+                let held = crate::frontend::mapper::query(&self.status.name)
+                    .is_ok_and(|q| q.is_some_and(|q| q.open_count > 0));
+                return Err(if held {
+                    VolumeError::Busy(self.status.name.clone())
+                } else {
+                    e.into()
+                });
+            }
+            self.mapper = None;
+            self.status.device = self.status.loop_device.clone();
         }
         match self.front.take() {
             Some(Frontend::Fuse { fuse, lo }) => {
-                lo.detach()?;
+                if let Err((lo, e)) = lo.detach() {
+                    self.front = Some(Frontend::Fuse { fuse, lo });
+                    return Err(match e {
+                        LoopError::Busy(_) => VolumeError::Busy(self.status.name.clone()),
+                        e => e.into(),
+                    });
+                }
                 fuse.unmount()?;
             }
             #[cfg(feature = "ublk")]
-            Some(Frontend::Ublk(u)) => u.stop()?,
+            Some(Frontend::Ublk(mut u)) => {
+                if let Err(e) = u.stop() {
+                    self.front = Some(Frontend::Ublk(u));
+                    return Err(e.into());
+                }
+            }
             None => {}
         }
-        // Last reference: drops the crypt backend and with it the key slot.
-        drop(self.engine);
         Ok(())
     }
 }
@@ -418,19 +585,8 @@ fn close_frontend(front: Frontend) {
             let _ = fuse.unmount();
         }
         #[cfg(feature = "ublk")]
-        Frontend::Ublk(u) => {
+        Frontend::Ublk(mut u) => {
             let _ = u.stop();
         }
-    }
-}
-
-trait ExclOpen {
-    fn custom_flags_excl(&mut self) -> &mut Self;
-}
-
-impl ExclOpen for std::fs::OpenOptions {
-    fn custom_flags_excl(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
     }
 }

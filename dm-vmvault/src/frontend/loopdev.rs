@@ -68,7 +68,7 @@ pub enum LoopError {
         /// Cause.
         source: std::io::Error,
     },
-    /// The device is in use (mounted or held open exclusively).
+    /// The device is still open elsewhere (mounted or held open).
     #[error("{0} is in use")]
     Busy(PathBuf),
     /// `LOOP_CLR_FD` failed.
@@ -82,6 +82,7 @@ pub enum LoopError {
 }
 
 /// An attached loop device; the daemon's descriptor keeps it alive.
+#[derive(Debug)]
 pub struct LoopDevice {
     path: PathBuf,
     number: u32,
@@ -196,7 +197,8 @@ impl LoopDevice {
         Ok((libc::major(rdev), libc::minor(rdev)))
     }
 
-    /// Fails with [`LoopError::Busy`] when the device is mounted or held exclusively.
+    /// Fails with [`LoopError::Busy`] when the device is mounted or held exclusively
+    /// (an `O_EXCL` probe: plain opens are not seen, [`LoopDevice::detach`] sees them).
     pub fn check_unused(&self) -> Result<(), LoopError> {
         match OpenOptions::new()
             .read(true)
@@ -214,20 +216,38 @@ impl LoopDevice {
         }
     }
 
-    /// Detaches the backing file and closes the daemon's descriptor. Waits briefly for
-    /// the kernel to release the backing file.
-    pub fn detach(self) -> Result<(), LoopError> {
-        let r = ioctl_arg(&self.dev, LOOP_CLR_FD, 0);
-        let n = self.number;
-        let path = self.path.clone();
-        drop(self.dev);
-        if let Err(source) = r {
+    /// Detaches the backing file and closes the daemon's descriptor, unless someone
+    /// else still has the device open: then it fails with [`LoopError::Busy`] and gives
+    /// the device back, still attached and serving.
+    ///
+    /// `LOOP_CLR_FD` is the atomic check: the kernel detaches (Linux 6.x: marks the
+    /// device for rundown, done at our close; before: at once) only when the caller
+    /// holds the sole open; with other openers it merely sets `LO_FLAGS_AUTOCLEAR`,
+    /// which our devices carry from the start, and changes nothing. A probe open tells
+    /// the two apart: a device in rundown refuses new opens (`ENXIO`), a detached one
+    /// has no `backing_file`; one that opens and still has its backing file is held.
+    /// Waits briefly for the kernel to release the backing file.
+    pub fn detach(self) -> Result<(), (LoopDevice, LoopError)> {
+        if let Err(source) = ioctl_arg(&self.dev, LOOP_CLR_FD, 0) {
             if source.raw_os_error() != Some(libc::ENXIO) {
-                return Err(LoopError::Detach { path, source });
+                let path = self.path.clone();
+                return Err((self, LoopError::Detach { path, source }));
             }
         }
+        let n = self.number;
+        let backing = format!("/sys/block/loop{n}/loop/backing_file");
+        let probe = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(&self.path);
+        if probe.is_ok() && Path::new(&backing).exists() {
+            let path = self.path.clone();
+            return Err((self, LoopError::Busy(path)));
+        }
+        drop(probe);
+        drop(self.dev);
         for _ in 0..200 {
-            if !Path::new(&format!("/sys/block/loop{n}/loop/backing_file")).exists() {
+            if !Path::new(&backing).exists() {
                 return Ok(());
             }
             std::thread::sleep(std::time::Duration::from_millis(5));

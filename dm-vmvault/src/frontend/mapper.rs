@@ -208,7 +208,8 @@ impl MapperDevice {
     /// remove`, waits for udev to finish with the device first (its rules open it to
     /// probe after every close of a writer), retries while it is busy, and waits on the
     /// remove's udev cookie so the links are gone when this returns.
-    pub fn remove(self) -> Result<(), MapperError> {
+    /// On failure the device is still there: the caller keeps it and may try again.
+    pub fn remove(&self) -> Result<(), MapperError> {
         #[cfg(feature = "devicemapper")]
         {
             use devicemapper::{DevId, DmName, DmOptions, DM};

@@ -204,8 +204,9 @@ impl UblkDevice {
     }
 
     /// Stops and deletes the device: in-flight requests complete, the queue threads
-    /// end, and the server thread deletes the device.
-    pub fn stop(mut self) -> Result<(), UblkError> {
+    /// end, and the server thread deletes the device. On failure the device still
+    /// serves, and `stop` may be called again.
+    pub fn stop(&mut self) -> Result<(), UblkError> {
         self.stop_inner()
     }
 

@@ -108,7 +108,21 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
     };
     dm_vmvault::daemon::volume::check_name(name)
         .map_err(|e| fail(ExitCode::WrongParameters, e.to_string()))?;
+    // The backing device as vmvaultd will use it: opened once, here, with the mode the
+    // mapping needs, and handed over as a descriptor. The header must come from the same
+    // file, so a path swapped meanwhile (a symlink to another disk) is refused, and one
+    // swapped later changes nothing.
     let (dev, vol) = read_volume(&a.device, out)?;
+    let backing_file = open_backing(&a.device, a.readonly)?;
+    if !dev.is_same_file(&backing_file) {
+        return Err(fail(
+            ExitCode::WrongDevice,
+            format!(
+                "Device {} changed while it was being opened; refusing it.",
+                a.device.display()
+            ),
+        ));
+    }
     if !a.device_type.accepts(vol.version()) {
         return Err(fail(
             ExitCode::WrongParameters,
@@ -116,15 +130,14 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
         ));
     }
     let params = CryptParams::from_volume(&vol, &dev)?;
-    let backing = std::fs::canonicalize(&a.device).map_err(|e| {
-        fail(
-            ExitCode::WrongDevice,
-            format!(
-                "Device {} does not exist or access denied: {e}",
-                a.device.display()
-            ),
-        )
-    })?;
+    // For display only (the daemon uses the descriptor): where the open file is.
+    let backing = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&backing_file)
+    ))
+    .ok()
+    .filter(|p| p.is_absolute())
+    .unwrap_or_else(|| a.device.clone());
     let run_dir = a.daemon.dir();
     let mut client = connect_or_spawn(&run_dir).map_err(client_fail)?;
     // Like cryptsetup: an active NAME is refused before asking for a passphrase.
@@ -184,7 +197,7 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
         }),
         frontend: frontend_choice(a.frontend),
     };
-    let resp = client.call_raw(&dm_vmvault::protocol::Request::Open(req));
+    let resp = client.open_fd_raw(req, std::os::fd::AsFd::as_fd(&backing_file));
     drop(staged);
     let resp = resp.map_err(client_fail)?;
     for w in &resp.warnings {
@@ -221,6 +234,26 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
         ));
     }
     Ok(())
+}
+
+/// Opens the backing device for the daemon: read-write unless `readonly`, close-on-exec.
+fn open_backing(path: &std::path::Path, readonly: bool) -> Result<std::fs::File, Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(!readonly)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            fail(
+                ExitCode::WrongDevice,
+                format!(
+                    "Cannot open device {} for {} access: {e}",
+                    path.display(),
+                    if readonly { "read-only" } else { "read-write" }
+                ),
+            )
+        })
 }
 
 fn connect_existing(run_dir: &std::path::Path) -> Option<Client> {

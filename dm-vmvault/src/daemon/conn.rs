@@ -1,0 +1,242 @@
+//! Reading request lines, with the descriptors sent alongside them, from a control
+//! connection.
+//!
+//! Lines are read with `recvmsg(2)` so `SCM_RIGHTS` descriptors arrive with them (the
+//! backing device of `open_fd`). On a Unix stream socket a descriptor rides on the
+//! first byte of the `sendmsg` that sent it, and a `recvmsg` that returns descriptors
+//! ends with the data they came with. So the descriptors of one read belong to the
+//! line holding the read's last byte: the reader tags them with that stream offset and
+//! hands them out with that line. Descriptors no line claims are closed.
+//!
+//! A line longer than [`MAX_LINE`] is not read further ([`Next::TooLong`]).
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+pub use crate::protocol::MAX_LINE;
+
+/// Most descriptors taken from one `recvmsg`.
+const MAX_FDS: usize = 4;
+
+/// What [`ConnReader::next_line`] found.
+pub enum Next {
+    /// A line (without its newline) and the descriptors sent with it.
+    Line(Vec<u8>, Vec<OwnedFd>),
+    /// The peer sent more than [`MAX_LINE`] bytes without a newline.
+    TooLong,
+    /// The peer closed the connection (a partial last line is dropped).
+    Eof,
+    /// Reading failed.
+    Err(std::io::Error),
+}
+
+/// A line reader over a connected Unix stream socket.
+pub struct ConnReader {
+    fd: RawFd,
+    buf: Vec<u8>,
+    /// Stream offset of `buf[0]`.
+    base: u64,
+    /// Descriptors with the stream offset of the last byte of the read that brought them.
+    fds: VecDeque<(u64, OwnedFd)>,
+    eof: bool,
+}
+
+impl ConnReader {
+    /// A reader on `sock`, which must outlive it.
+    pub fn new(sock: &impl AsRawFd) -> Self {
+        ConnReader {
+            fd: sock.as_raw_fd(),
+            buf: Vec::new(),
+            base: 0,
+            fds: VecDeque::new(),
+            eof: false,
+        }
+    }
+
+    /// The next line.
+    pub fn next_line(&mut self) -> Next {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                if i > MAX_LINE {
+                    return Next::TooLong;
+                }
+                let start = self.base;
+                let end = self.base + i as u64;
+                let mut line: Vec<u8> = self.buf.drain(..=i).collect();
+                line.pop();
+                self.base = end + 1;
+                let mut fds = Vec::new();
+                while self.fds.front().is_some_and(|(off, _)| *off <= end) {
+                    if let Some((off, fd)) = self.fds.pop_front() {
+                        if off >= start {
+                            fds.push(fd);
+                        }
+                    }
+                }
+                return Next::Line(line, fds);
+            }
+            if self.buf.len() > MAX_LINE {
+                return Next::TooLong;
+            }
+            if self.eof {
+                return Next::Eof;
+            }
+            match self.recv() {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Next::Err(e),
+            }
+        }
+    }
+
+    /// One `recvmsg` of up to 16 KiB (never past [`MAX_LINE`] + 1 buffered bytes) and
+    /// its descriptors.
+    fn recv(&mut self) -> std::io::Result<usize> {
+        let room = (MAX_LINE + 1 - self.buf.len().min(MAX_LINE)).min(16 * 1024);
+        let old = self.buf.len();
+        self.buf.resize(old + room, 0);
+        const SPACE: usize = 64; // >= CMSG_SPACE(MAX_FDS * 4)
+        let mut cbuf = [0u64; SPACE / 8];
+        let mut iov = libc::iovec {
+            iov_base: self.buf[old..].as_mut_ptr().cast(),
+            iov_len: room,
+        };
+        // SAFETY: an all-zero msghdr is valid; the fields set below point at live buffers.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+        // SAFETY: `msg` describes `room` writable bytes of `self.buf` and `cbuf`, both
+        // alive for the call; MSG_CMSG_CLOEXEC marks received descriptors close-on-exec.
+        let n = unsafe { libc::recvmsg(self.fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            self.buf.truncate(old);
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        self.buf.truncate(old + n);
+        let last = (self.base + self.buf.len() as u64).saturating_sub(1);
+        // SAFETY: walking the control buffer the kernel filled, with the CMSG macros
+        // over the same `msg`; each SCM_RIGHTS payload is an array of ints, read
+        // unaligned.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c);
+                    let len = (*c).cmsg_len as usize - (data as usize - c as usize);
+                    for k in 0..len / std::mem::size_of::<RawFd>() {
+                        let raw = std::ptr::read_unaligned((data as *const RawFd).add(k));
+                        // We own every descriptor the kernel installed for us.
+                        let fd = OwnedFd::from_raw_fd(raw);
+                        if n > 0 && self.fds.len() < MAX_FDS {
+                            self.fds.push_back((last, fd));
+                        }
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Sends `line` (which should end with a newline) with `fd` as `SCM_RIGHTS` ancillary
+/// data on the first byte, then the rest if the kernel took only part.
+pub fn send_with_fd(sock: &impl AsRawFd, line: &[u8], fd: RawFd) -> std::io::Result<()> {
+    let mut cbuf = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: line.as_ptr() as *mut libc::c_void,
+        iov_len: line.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the fields set below point at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as _;
+    // SAFETY: `cbuf` (32 bytes) holds CMSG_SPACE(4) = 24 bytes; the header and the one
+    // int written are inside it.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
+    }
+    let n = loop {
+        // SAFETY: `msg` points at `line` and `cbuf`, alive for the call.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut rest = &line[n..];
+    while !rest.is_empty() {
+        // SAFETY: plain send of a live byte slice.
+        let k = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if k < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        rest = &rest[k as usize..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn lines_fds_and_the_cap() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let f = std::fs::File::open("/proc/self/stat").unwrap();
+        (&a).write_all(b"{\"cmd\":\"ping\"}\n").unwrap();
+        send_with_fd(&a, b"second\n", f.as_raw_fd()).unwrap();
+        (&a).write_all(b"third\n").unwrap();
+        let mut r = ConnReader::new(&b);
+        let Next::Line(l, fds) = r.next_line() else {
+            panic!()
+        };
+        assert_eq!(l, b"{\"cmd\":\"ping\"}");
+        assert!(fds.is_empty());
+        let Next::Line(l, fds) = r.next_line() else {
+            panic!()
+        };
+        assert_eq!(l, b"second");
+        assert_eq!(fds.len(), 1);
+        let Next::Line(l, fds) = r.next_line() else {
+            panic!()
+        };
+        assert_eq!(l, b"third");
+        assert!(fds.is_empty());
+        let big = vec![b'x'; MAX_LINE + 10];
+        let t = std::thread::spawn(move || {
+            let _ = (&a).write_all(&big);
+            a
+        });
+        assert!(matches!(r.next_line(), Next::TooLong));
+        drop(b);
+        drop(t.join());
+    }
+}
