@@ -2,7 +2,6 @@
 //! test support adds (`keyring_add`, `keyctl_padd`) is invalidated when the test process
 //! exits, whether its tests passed or failed.
 
-#[allow(dead_code)]
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -20,7 +19,11 @@ fn child_adds_keys() {
         return;
     };
     let a = keyring_add(&[7u8; 32]);
-    let b = keyctl_padd("user", &format!("vmvault-t:{}:child", std::process::id()), b"x");
+    let b = keyctl_padd(
+        "user",
+        &format!("vmvault-t:{}:child", std::process::id()),
+        b"x",
+    );
     println!("SERIALS {a} {b}");
     assert!(mode != "fail", "failing on purpose");
 }
@@ -49,7 +52,10 @@ fn test_keys_are_gone_after_the_test_process_exits() {
         // Invalidated keys are gone at once for lookups (the garbage collector frees
         // them later).
         for s in serials {
-            assert!(!keyring_exists(s), "{mode}: key {s} outlived its test process");
+            assert!(
+                !keyring_exists(s),
+                "{mode}: key {s} outlived its test process"
+            );
         }
     }
 }
