@@ -44,109 +44,38 @@ fn requirements(test: &str) -> bool {
     )
 }
 
-/// A temp dir with a run dir; shuts its daemon down (after unmounting what the test
-/// mounted) on drop.
-struct World {
-    dir: tempfile::TempDir,
-    run: PathBuf,
+/// A LUKS2 image `name` in `w`'s temp dir (cheap PBKDF2), passphrase [`PASS`].
+fn format(w: &World, name: &str) -> PathBuf {
+    let img = w.path().join(name);
+    let kf = pass_file(w);
+    support::luks_format(
+        &img,
+        24,
+        &kf,
+        &[
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+        ],
+    );
+    img
 }
 
-impl World {
-    fn new() -> World {
-        let dir = tmp();
-        let run = dir.path().join("run");
-        World { dir, run }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        full.insert(1, "--run-dir".into());
-        full.insert(2, self.run.display().to_string());
-        let mut c = vaultsetup();
-        c.args(&full).env("VMVAULTD", vmvaultd());
-        c
-    }
-    fn vs(&self, args: &[&str]) -> (i32, String, String) {
-        let o = run_with_input(&mut self.cmd(args), None);
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    }
-    fn vs_ok(&self, args: &[&str]) -> String {
-        let (rc, out, err) = self.vs(args);
-        assert_eq!(
-            rc,
-            0,
-            "vaultsetup {args:?}: {out}\n{err}\ndaemon log:\n{}",
-            self.log()
-        );
-        out
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.run.join("vmvaultd.log")).unwrap_or_default()
-    }
-    fn status(&self, name: &str) -> serde_json::Value {
-        let out = self.vs_ok(&["status", "--json", name]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-    }
-    fn device(&self, name: &str) -> PathBuf {
-        PathBuf::from(self.status(name)["device"].as_str().unwrap())
-    }
-    fn format(&self, name: &str) -> PathBuf {
-        let img = self.path().join(name);
-        let kf = self.pass_file();
-        support::luks_format(
-            &img,
-            24,
-            &kf,
-            &[
-                "--type",
-                "luks2",
-                "--pbkdf",
-                "pbkdf2",
-                "--pbkdf-force-iterations",
-                "1000",
-            ],
-        );
-        img
-    }
-    fn pass_file(&self) -> PathBuf {
-        let kf = self.path().join("pass");
-        std::fs::write(&kf, PASS).unwrap();
-        kf
-    }
-    fn open(&self, img: &Path, name: &str) {
-        let kf = self.pass_file().display().to_string();
-        let img = img.display().to_string();
-        self.vs_ok(&["open", "--key-file", &kf, &img, name]);
-    }
+/// The passphrase as a key file in `w`'s temp dir.
+fn pass_file(w: &World) -> PathBuf {
+    let kf = w.path().join("pass");
+    std::fs::write(&kf, PASS).unwrap();
+    kf
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        if let Ok(m) = std::fs::read_to_string("/proc/self/mounts") {
-            for mp in m.lines().filter_map(|l| l.split_whitespace().nth(1)) {
-                if Path::new(mp).starts_with(self.dir.path())
-                    && !mp.starts_with(&*self.run.to_string_lossy())
-                {
-                    let _ = Command::new("umount").arg("-l").arg(mp).status();
-                }
-            }
-        }
-        if let Ok(mut c) = dm_vmvault::client::Client::connect(&self.run) {
-            let _ = c.shutdown();
-        }
-        for _ in 0..100 {
-            if !self.run.join("control").exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// `vaultsetup open --key-file PASS IMG NAME`, which must succeed.
+fn open(w: &World, img: &Path, name: &str) {
+    let kf = pass_file(w).display().to_string();
+    let img = img.display().to_string();
+    w.vs_ok(&["open", "--key-file", &kf, &img, name]);
 }
 
 /// A child process killed (and reaped) on drop.
@@ -243,7 +172,7 @@ fn hold_open(dev: &Path) -> Reaped {
 }
 
 fn assert_busy(w: &World, name: &str, what: &str) {
-    let (rc, out, err) = w.vs(&["close", name]);
+    let (rc, out, err) = w.vs(&["close", name], None);
     assert_eq!(
         rc,
         5,
@@ -255,7 +184,7 @@ fn assert_busy(w: &World, name: &str, what: &str) {
         "message for close while {what}: {err}"
     );
     assert_eq!(
-        w.status(name)["name"].as_str(),
+        w.status_json(name)["name"].as_str(),
         Some(name),
         "volume must stay active after a refused close ({what})"
     );
@@ -268,8 +197,8 @@ fn close_while_held_is_refused_with_5_and_the_volume_stays_whole() {
     }
     let _g = lock();
     let w = World::new();
-    let img = w.format("held.img");
-    w.open(&img, "heldvol");
+    let img = format(&w, "held.img");
+    open(&w, &img, "heldvol");
     let dev = w.device("heldvol");
     let data = pattern(256 * 1024, 7);
     write_direct(&dev, &data);
@@ -285,11 +214,11 @@ fn close_while_held_is_refused_with_5_and_the_volume_stays_whole() {
     assert_busy(&w, "heldvol", "still held by exec 3<");
     drop(holder);
     w.vs_ok(&["close", "heldvol"]);
-    let (rc, _, _) = w.vs(&["status", "heldvol"]);
+    let (rc, _, _) = w.vs(&["status", "heldvol"], None);
     assert_eq!(rc, 4, "closed volume must be inactive");
 
     // A mounted filesystem.
-    w.open(&img, "heldvol");
+    open(&w, &img, "heldvol");
     let dev = w.device("heldvol");
     run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&dev));
     let mp = w.path().join("mnt");
@@ -306,7 +235,7 @@ fn close_while_held_is_refused_with_5_and_the_volume_stays_whole() {
     w.vs_ok(&["close", "heldvol"]);
 
     // Reopen: what was written survived the refused closes.
-    w.open(&img, "heldvol");
+    open(&w, &img, "heldvol");
     let dev = w.device("heldvol");
     run(Command::new("mount").arg(&dev).arg(&mp));
     assert_eq!(std::fs::read(mp.join("g")).unwrap(), b"and writable");
@@ -321,17 +250,17 @@ fn backing_swapped_for_a_symlink_during_the_key_wait_is_not_used() {
     }
     let _g = lock();
     let w = World::new();
-    let a = w.format("a.img");
+    let a = format(&w, "a.img");
     let b = w.path().join("b.img");
     // Same header and key: only the data tells them apart.
     std::fs::copy(&a, &b).unwrap();
     let len = 128 * 1024;
     let pa = pattern(len, 0xa5);
     let pb = pattern(len, 0x5b);
-    w.open(&a, "swapa");
+    open(&w, &a, "swapa");
     write_direct(&w.device("swapa"), &pa);
     w.vs_ok(&["close", "swapa"]);
-    w.open(&b, "swapb");
+    open(&w, &b, "swapb");
     write_direct(&w.device("swapb"), &pb);
     w.vs_ok(&["close", "swapb"]);
     let b_sum = sha256_file(&b);
@@ -405,7 +334,10 @@ fn backing_swapped_for_a_symlink_during_the_key_wait_is_not_used() {
             "neither image"
         }
     );
-    let backing = w.status("swapped")["backing"].as_str().unwrap().to_string();
+    let backing = w.status_json("swapped")["backing"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(backing.ends_with("a.real"), "backing shown: {backing}");
     // Writes go to the original image only.
     write_direct(&dev, &pattern(len, 0x33));

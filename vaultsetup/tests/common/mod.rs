@@ -167,3 +167,94 @@ pub fn fix_checksum(hdr: &mut [u8]) {
     let d = Sha256::digest(&*hdr);
     hdr[448..480].copy_from_slice(&d);
 }
+
+/// A private daemon world: temp dir, run dir; on drop, unmounts what the test mounted
+/// under the temp dir and shuts the daemon down.
+pub struct World {
+    /// The temp dir.
+    pub dir: tempfile::TempDir,
+    /// The daemon's run dir inside it.
+    pub run: PathBuf,
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tmp();
+        let run = dir.path().join("run");
+        World { dir, run }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    /// The vaultsetup command with `--run-dir` appended to the verb's options.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        full.insert(1, "--run-dir".into());
+        full.insert(2, self.run.display().to_string());
+        let mut c = vaultsetup();
+        c.args(&full).env("VMVAULTD", vmvaultd());
+        c
+    }
+    /// Runs vaultsetup ([`World::cmd`]): exit code, stdout, stderr.
+    pub fn vs(&self, args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+        let o = run_with_input(&mut self.cmd(args), stdin);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+    pub fn vs_ok(&self, args: &[&str]) -> String {
+        let (rc, out, err) = self.vs(args, None);
+        assert_eq!(
+            rc,
+            0,
+            "vaultsetup {args:?} failed: {out}\n{err}\ndaemon log:\n{}",
+            self.log()
+        );
+        out
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.run.join("vmvaultd.log")).unwrap_or_default()
+    }
+    pub fn client(&self) -> Option<dm_vmvault::client::Client> {
+        dm_vmvault::client::Client::connect(&self.run).ok()
+    }
+    pub fn volumes(&self) -> Vec<String> {
+        match self.client() {
+            Some(mut c) => c.list().unwrap().into_iter().map(|v| v.name).collect(),
+            None => Vec::new(),
+        }
+    }
+    pub fn status_json(&self, name: &str) -> serde_json::Value {
+        let out = self.vs_ok(&["status", "--json", name]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+    pub fn device(&self, name: &str) -> PathBuf {
+        PathBuf::from(self.status_json(name)["device"].as_str().unwrap())
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Ok(m) = std::fs::read_to_string("/proc/self/mounts") {
+            for mp in m.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+                if Path::new(mp).starts_with(self.dir.path())
+                    && !mp.starts_with(&*self.run.to_string_lossy())
+                {
+                    let _ = Command::new("umount").arg("-l").arg(mp).status();
+                }
+            }
+        }
+        if let Some(mut c) = self.client() {
+            let _ = c.shutdown();
+        }
+        // Wait for the daemon to go (it removes its socket).
+        for _ in 0..100 {
+            if !self.run.join("control").exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
