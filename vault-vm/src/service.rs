@@ -222,14 +222,13 @@ impl<'a> Service<'a> {
         let cell = &self.slots[slot];
         let mut s = cell.state.load(Ordering::Acquire);
         loop {
-            if s & FULL == 0 {
+            // FULL with WRITER: a drop is wiping the slot (a drop that names another
+            // generation takes WRITER only when it lost the race described in
+            // `drop_key`, and lets go at once).
+            if s & FULL == 0 || s & WRITER != 0 {
                 return Err(status::SLOT_EMPTY);
             }
-            // FULL with WRITER: a drop holds the slot. It either wipes it (we then see
-            // it empty) or finds that its generation is not this key's and lets go (we
-            // then use it): wait for the outcome instead of failing a request on a key
-            // that stays.
-            if s & WRITER != 0 || s & READERS == READERS {
+            if s & READERS == READERS {
                 core::hint::spin_loop();
                 s = cell.state.load(Ordering::Acquire);
                 continue;
@@ -315,6 +314,13 @@ impl<'a> Service<'a> {
                 s = cell.state.load(Ordering::Acquire);
                 continue;
             }
+            // Cheap refusal of a drop that names another key, without taking WRITER
+            // (which would fail requests on the live key meanwhile). Not enough alone:
+            // the slot can be dropped and refilled before the swap below succeeds on an
+            // equal state word (ABA), so the generation is checked again under WRITER.
+            if generation.is_some_and(|g| g != cell.generation.load(Ordering::Relaxed)) {
+                return status::SLOT_EMPTY;
+            }
             #[cfg(test)]
             hook::before_drop_lock(self, slot);
             match cell.state.compare_exchange_weak(
@@ -329,8 +335,8 @@ impl<'a> Service<'a> {
         }
         // WRITER held on a FULL slot: nobody else writes `generation` now.
         if generation.is_some_and(|g| g != cell.generation.load(Ordering::Relaxed)) {
-            // Not the key this drop names: let go (readers that arrived meanwhile were
-            // waiting, not counted; the ones in flight keep their count).
+            // Not the key this drop names (it was dropped and refilled meanwhile): let
+            // go. Readers in flight keep their count.
             cell.state.fetch_and(!WRITER, Ordering::Release);
             return status::SLOT_EMPTY;
         }
