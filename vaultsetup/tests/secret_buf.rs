@@ -28,6 +28,7 @@ fn vm_flags_at(addr: usize) -> String {
     panic!("no mapping with VmFlags contains {addr:#x}");
 }
 
+/// Whether the mapping that contains `addr` is locked (`lo`).
 fn locked_at(addr: usize) -> bool {
     vm_flags_at(addr).split_whitespace().any(|f| f == "lo")
 }
@@ -61,4 +62,12 @@ fn drop_keeps_other_buffers_locked() {
         );
         assert_eq!(b.as_slice(), &[0x5a; 32]);
     }
+}
+
+/// Each buffer is its own mapping, left out of core dumps (`dd`).
+#[test]
+fn buffers_are_not_dumped() {
+    let b = SecretBuf::from_slice(b"0123456789abcdef");
+    let flags = vm_flags_at(b.as_slice().as_ptr() as usize);
+    assert!(flags.split_whitespace().any(|f| f == "dd"), "{flags}");
 }
