@@ -106,7 +106,8 @@ death() {
   esac
   wait "$W" 2>/dev/null
   # gone, or a zombie (reparented to /init, which reaps only its own children)
-  check "$N/daemon-gone" sh -c "[ ! -d /proc/$P ] || grep -q '^State:.*Z' /proc/$P/status"
+  # (a zombie reaped between the two looks is gone too)
+  check "$N/daemon-gone" sh -c "[ ! -d /proc/$P ] || grep -q '^State:.*Z' /proc/$P/status 2>/dev/null || [ ! -d /proc/$P ]"
   check "$N/stale-mapper-left" dmsetup info "$n"
   t0=$(now)
   if check "$N/reopen-same-name" ko; then
