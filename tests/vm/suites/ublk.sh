@@ -105,9 +105,13 @@ death() {
     *) pass "$N/writer-errors-out" "rc $rc after ${secs} s: $(grep -m1 -i error /tmp/w.err)";;
   esac
   wait "$W" 2>/dev/null
-  # gone, or a zombie (reparented to /init, which reaps only its own children)
-  # (a zombie reaped between the two looks is gone too)
-  check "$N/daemon-gone" sh -c "[ ! -d /proc/$P ] || grep -q '^State:.*Z' /proc/$P/status 2>/dev/null || [ ! -d /proc/$P ]"
+  # gone, or a zombie (reparented to /init, which reaps only its own children), within
+  # 20 s: a SIGKILLed process still tears down its memory and io_uring for a while, and
+  # the writer can see its error before that ends (a zombie reaped between the two looks
+  # is gone too)
+  check "$N/daemon-gone" sh -c "i=0; until [ ! -d /proc/$P ] || grep -q '^State:.*Z' /proc/$P/status 2>/dev/null || [ ! -d /proc/$P ]; do
+    [ \$i -ge 200 ] && { grep -E '^(State|Name)' /proc/$P/status; cat /proc/$P/wchan 2>/dev/null; echo; exit 1; }
+    i=\$((i + 1)); sleep 0.1; done"
   check "$N/stale-mapper-left" dmsetup info "$n"
   t0=$(now)
   if check "$N/reopen-same-name" ko; then
