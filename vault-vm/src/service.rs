@@ -304,15 +304,11 @@ impl<'a> Service<'a> {
         let cell = &self.slots[slot];
         let mut s = cell.state.load(Ordering::Acquire);
         loop {
-            if s & FULL == 0 {
-                // Empty, or an import in progress (which a drop must not disturb).
+            // Empty, an import in progress (which a drop must not disturb), or another
+            // drop holding the slot (the host sends one drop per key; a second one is
+            // refused, as before).
+            if s & FULL == 0 || s & WRITER != 0 {
                 return status::SLOT_EMPTY;
-            }
-            if s & WRITER != 0 {
-                // Another drop holds the slot: wait until it wiped it or let it go.
-                core::hint::spin_loop();
-                s = cell.state.load(Ordering::Acquire);
-                continue;
             }
             // Cheap refusal of a drop that names another key, without taking WRITER
             // (which would fail requests on the live key meanwhile). Not enough alone:
