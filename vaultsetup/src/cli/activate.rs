@@ -154,7 +154,8 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
             (k, Some(serial))
         }
         None => {
-            let unlocked = unlock_with_passphrase(&dev, &vol, &a.device, &a.key, cli.verbose, out)?;
+            let unlocked =
+                unlock_with_passphrase(&dev, &vol, &a.device, &a.key, false, cli.verbose, out)?;
             (unlocked.key, None)
         }
     };

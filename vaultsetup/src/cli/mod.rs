@@ -318,7 +318,7 @@ fn run_inner(cli: &Cli, out: &mut Output) -> Result<(), Failure> {
             // As cryptsetup: testing the passphrase of one named keyslot (or with
             // --unbound) may open a keyslot not bound to the data segment.
             let allow_unbound = a.unbound || a.key.key_slot.is_some();
-            unlock_with_passphrase_opts(
+            unlock_with_passphrase(
                 &dev,
                 &vol,
                 &a.device,
@@ -334,20 +334,9 @@ fn run_inner(cli: &Cli, out: &mut Output) -> Result<(), Failure> {
 
 /// Reads the passphrase the way `key` asks (key file, pipe, or a tty prompt naming
 /// `device`) and unlocks a keyslot of `vol`; the passphrase is zeroized on return.
+/// `allow_unbound` also accepts LUKS2 keyslots not bound to the data segment (`open
+/// --test-passphrase` only: their key is not the volume key).
 pub(crate) fn unlock_with_passphrase(
-    dev: &Device,
-    vol: &Volume,
-    device: &std::path::Path,
-    key: &KeyArgs,
-    verbose: bool,
-    out: &mut Output,
-) -> Result<Unlocked, Failure> {
-    unlock_with_passphrase_opts(dev, vol, device, key, false, verbose, out)
-}
-
-/// [`unlock_with_passphrase`], optionally accepting LUKS2 keyslots not bound to the
-/// data segment (`open --test-passphrase` only: their key is not the volume key).
-fn unlock_with_passphrase_opts(
     dev: &Device,
     vol: &Volume,
     device: &std::path::Path,
