@@ -7,9 +7,9 @@ use vault_vm::engine::{CipherSpec, Geometry};
 use vmvault_hv::BackendKind;
 
 use crate::crypt::{Crypt, CryptError, EngineCrypt};
-use crate::keyring::{self, KeyError};
-use crate::protocol::BackendChoice;
 use crate::vault::{VaultError, VaultPool};
+use vmvault_proto::keyring::{self, KeyError};
+use vmvault_proto::protocol::BackendChoice;
 
 /// Errors creating a volume's crypt backend.
 #[derive(Debug, thiserror::Error)]

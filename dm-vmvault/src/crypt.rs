@@ -83,7 +83,7 @@ pub trait Crypt: Send + Sync {
     /// The geometry in use.
     fn geometry(&self) -> Geometry;
     /// Backend name as `vaultsetup status` prints it (`kvm`, `soft`, `in-process`).
-    fn backend(&self) -> String;
+    fn backend(&self) -> vmvault_proto::protocol::BackendChoice;
     /// Human-readable protection level (DESIGN.md §1).
     fn protection(&self) -> String;
     /// Largest range one encrypt/decrypt call should carry.
@@ -207,8 +207,8 @@ impl Crypt for EngineCrypt {
         self.geom
     }
 
-    fn backend(&self) -> String {
-        "in-process".into()
+    fn backend(&self) -> vmvault_proto::protocol::BackendChoice {
+        vmvault_proto::protocol::BackendChoice::InProcess
     }
 
     fn protection(&self) -> String {

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use vault_vm::engine::CipherSpec;
+use vmvault_proto::{CipherSpec, KeySize, SectorSize, Sectors};
 
 /// The target type name in a table line.
 pub const TARGET_NAME: &str = "vmvault";
@@ -69,7 +69,7 @@ pub enum TableError {
     BadOption(String),
     /// The sector size is not 512, 1024, 2048 or 4096.
     #[error("sector size {0} is not 512, 1024, 2048 or 4096")]
-    BadSectorSize(u32),
+    BadSectorSize(u64),
     /// Length or offsets are not multiples of the sector size, or the length is zero.
     #[error("{0}")]
     Misaligned(String),
@@ -78,15 +78,15 @@ pub enum TableError {
 /// A reference to a key held in a vault slot: `:<keybytes>:vault:<slot>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyRef {
-    /// Key size in bytes (64 for AES-256-XTS).
-    pub key_bytes: u32,
+    /// Key size (64 bytes for AES-256-XTS).
+    pub key: KeySize,
     /// Vault slot number.
     pub slot: u32,
 }
 
 impl fmt::Display for KeyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, ":{}:vault:{}", self.key_bytes, self.slot)
+        write!(f, ":{}:vault:{}", self.key.bytes(), self.slot)
     }
 }
 
@@ -103,7 +103,7 @@ impl FromStr for KeyRef {
                 "expected `:<keybytes>:vault:<slot>`".into(),
             ));
         }
-        let key_bytes: u32 = parts[0].parse().map_err(|_| {
+        let key_bytes: usize = parts[0].parse().map_err(|_| {
             TableError::BadKeyRef(format!("key size `{}` is not a number", parts[0]))
         })?;
         if parts[1] != "vault" {
@@ -115,10 +115,9 @@ impl FromStr for KeyRef {
         let slot: u32 = parts[2]
             .parse()
             .map_err(|_| TableError::BadKeyRef(format!("slot `{}` is not a number", parts[2])))?;
-        if key_bytes == 0 {
-            return Err(TableError::BadKeyRef("key size 0".into()));
-        }
-        Ok(KeyRef { key_bytes, slot })
+        let key = KeySize::from_bytes(key_bytes)
+            .map_err(|_| TableError::BadKeyRef(format!("key size {key_bytes}")))?;
+        Ok(KeyRef { key, slot })
     }
 }
 
@@ -137,8 +136,8 @@ pub struct TargetOptions {
     pub no_write_workqueue: bool,
     /// Accepted for dm-crypt compatibility (no effect).
     pub high_priority: bool,
-    /// Encryption sector size in bytes (512 unless `sector_size:N` is given).
-    pub sector_size: u32,
+    /// Encryption sector size (512 bytes unless `sector_size:N` is given).
+    pub sector_size: SectorSize,
     /// IVs count `sector_size` units rather than 512-byte units.
     pub iv_large_sectors: bool,
 }
@@ -152,7 +151,7 @@ impl Default for TargetOptions {
             no_read_workqueue: false,
             no_write_workqueue: false,
             high_priority: false,
-            sector_size: 512,
+            sector_size: SectorSize::B512,
             iv_large_sectors: false,
         }
     }
@@ -175,7 +174,7 @@ impl TargetOptions {
                 v.push(name.to_string());
             }
         }
-        if self.sector_size != 512 {
+        if self.sector_size != SectorSize::B512 {
             v.push(format!("sector_size:{}", self.sector_size));
         }
         if self.iv_large_sectors {
@@ -195,14 +194,12 @@ impl TargetOptions {
             "iv_large_sectors" => self.iv_large_sectors = true,
             _ => {
                 if let Some(n) = arg.strip_prefix("sector_size:") {
-                    let n: u32 = n.parse().map_err(|_| TableError::BadNumber {
+                    let n: u64 = n.parse().map_err(|_| TableError::BadNumber {
                         field: "sector_size",
                         value: n.to_string(),
                     })?;
-                    if !matches!(n, 512 | 1024 | 2048 | 4096) {
-                        return Err(TableError::BadSectorSize(n));
-                    }
-                    self.sector_size = n;
+                    self.sector_size =
+                        SectorSize::try_from(n).map_err(|_| TableError::BadSectorSize(n))?;
                 } else {
                     return Err(TableError::BadOption(arg.to_string()));
                 }
@@ -215,20 +212,20 @@ impl TargetOptions {
 /// One `vmvault` target line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Table {
-    /// First sector of the mapping (512-byte units).
-    pub start: u64,
-    /// Length of the mapping (512-byte units).
-    pub len: u64,
+    /// First sector of the mapping.
+    pub start: Sectors,
+    /// Length of the mapping.
+    pub len: Sectors,
     /// Cipher specification as written (`aes-xts-plain64`, `capi:xts(aes)-plain64`, ...).
-    pub cipher: String,
+    pub cipher: CipherSpec,
     /// The vault slot holding the key.
     pub key: KeyRef,
-    /// Added to the sector number before IV derivation (512-byte units).
-    pub iv_offset: u64,
+    /// Added to the sector number before IV derivation.
+    pub iv_offset: Sectors,
     /// Backing device: a path or `major:minor`.
     pub device: String,
-    /// Start of the encrypted data on the backing device (512-byte units).
-    pub offset: u64,
+    /// Start of the encrypted data on the backing device.
+    pub offset: Sectors,
     /// Optional arguments.
     pub options: TargetOptions,
 }
@@ -241,38 +238,28 @@ fn num(field: &'static str, s: &str) -> Result<u64, TableError> {
 }
 
 impl Table {
-    /// The parsed cipher specification.
-    pub fn cipher_spec(&self) -> Result<CipherSpec, TableError> {
-        CipherSpec::parse(&self.cipher).map_err(|_| TableError::BadCipher(self.cipher.clone()))
-    }
-
-    /// Checks the line's internal consistency: cipher known, key size fits, alignment.
+    /// Checks the line's internal consistency: key size fits the cipher, alignment.
     pub fn validate(&self) -> Result<(), TableError> {
-        let spec = self.cipher_spec()?;
-        if !spec.key_len_ok(self.key.key_bytes as usize) {
+        if !self.cipher.key_size_ok(self.key.key) {
             return Err(TableError::KeySizeMismatch {
-                bytes: self.key.key_bytes,
-                cipher: self.cipher.clone(),
+                bytes: self.key.key.bytes() as u32,
+                cipher: self.cipher.to_string(),
             });
         }
         if self.device.is_empty() || self.device.chars().any(char::is_whitespace) {
             return Err(TableError::BadDevice(self.device.clone()));
         }
-        let ss = u64::from(self.options.sector_size);
-        if !matches!(ss, 512 | 1024 | 2048 | 4096) {
-            return Err(TableError::BadSectorSize(self.options.sector_size));
-        }
-        let units = ss / 512;
-        if self.len == 0 {
+        let ss = self.options.sector_size;
+        if self.len == Sectors(0) {
             return Err(TableError::Misaligned("length is zero".into()));
         }
-        if !self.len.is_multiple_of(units) {
+        if !ss.divides(self.len) {
             return Err(TableError::Misaligned(format!(
                 "length {} is not a multiple of the {ss}-byte sector size",
                 self.len
             )));
         }
-        if !self.iv_offset.is_multiple_of(units) {
+        if !ss.divides(self.iv_offset) {
             return Err(TableError::Misaligned(format!(
                 "iv_offset {} is not a multiple of the {ss}-byte sector size",
                 self.iv_offset
@@ -305,13 +292,13 @@ impl FromStr for Table {
             }
         }
         let t = Table {
-            start: num("start", f[0])?,
-            len: num("len", f[1])?,
-            cipher: f[3].to_string(),
+            start: Sectors(num("start", f[0])?),
+            len: Sectors(num("len", f[1])?),
+            cipher: CipherSpec::parse(f[3]).map_err(|_| TableError::BadCipher(f[3].to_string()))?,
             key: f[4].parse()?,
-            iv_offset: num("iv_offset", f[5])?,
+            iv_offset: Sectors(num("iv_offset", f[5])?),
             device: f[6].to_string(),
-            offset: num("offset", f[7])?,
+            offset: Sectors(num("offset", f[7])?),
             options,
         };
         t.validate()?;
@@ -353,18 +340,18 @@ mod tests {
     #[test]
     fn parse_basic() {
         let t: Table = BASIC.parse().unwrap();
-        assert_eq!(t.start, 0);
-        assert_eq!(t.len, 2048);
-        assert_eq!(t.cipher, "aes-xts-plain64");
+        assert_eq!(t.start, Sectors(0));
+        assert_eq!(t.len, Sectors(2048));
+        assert_eq!(t.cipher.as_str(), "aes-xts-plain64");
         assert_eq!(
             t.key,
             KeyRef {
-                key_bytes: 64,
+                key: KeySize::from_bytes(64).unwrap(),
                 slot: 3
             }
         );
         assert_eq!(t.device, "/dev/loop0");
-        assert_eq!(t.offset, 4096);
+        assert_eq!(t.offset, Sectors(4096));
         assert_eq!(t.options, TargetOptions::default());
         assert_eq!(t.to_string(), BASIC);
     }
@@ -375,7 +362,7 @@ mod tests {
                     4 allow_discards same_cpu_crypt sector_size:4096 iv_large_sectors";
         let t: Table = line.parse().unwrap();
         assert!(t.options.allow_discards && t.options.same_cpu_crypt);
-        assert_eq!(t.options.sector_size, 4096);
+        assert_eq!(t.options.sector_size, SectorSize::B4096);
         assert!(t.options.iv_large_sectors);
         let again: Table = t.to_string().parse().unwrap();
         assert_eq!(again, t);

@@ -50,7 +50,7 @@ use vmvault_hv::{
 
 use crate::crypt::{Crypt, CryptError, IoBuf};
 use crate::io::IO_BUF_LEN;
-use crate::keyring::KeyError;
+use vmvault_proto::keyring::KeyError;
 
 /// Window bytes one pooled buffer takes.
 const BUF_SPAN: u64 = (IO_BUF_LEN as u64).div_ceil(WINDOW_GRANULE) * WINDOW_GRANULE;
@@ -444,8 +444,12 @@ impl Crypt for VaultCrypt {
         crate::io::MAX_IO
     }
 
-    fn backend(&self) -> String {
-        self.vault.backend().name().to_string()
+    fn backend(&self) -> vmvault_proto::protocol::BackendChoice {
+        match self.vault.backend() {
+            vmvault_hv::BackendKind::Soft => vmvault_proto::protocol::BackendChoice::Soft,
+            // Auto never comes back from an open vault: it resolved to one of the two.
+            _ => vmvault_proto::protocol::BackendChoice::Kvm,
+        }
     }
 
     fn protection(&self) -> String {
@@ -557,7 +561,7 @@ impl VaultPool {
             .import_key_from_keyring(spec, serial, key_len)
             .map_err(|e| match e {
                 HvError::Keyring { serial, err } => {
-                    VaultError::Key(crate::keyring::map_err(serial, err))
+                    VaultError::Key(vmvault_proto::keyring::map_err(serial, err))
                 }
                 HvError::KeyringLength { serial, got, want } => {
                     VaultError::Key(KeyError::WrongSize { serial, got, want })

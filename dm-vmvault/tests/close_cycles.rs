@@ -121,7 +121,7 @@ fn hundred_open_write_close_cycles_never_fail() {
     }
 }
 
-fn cycles(backend: dm_vmvault::protocol::BackendChoice) {
+fn cycles(backend: vmvault_proto::protocol::BackendChoice) {
     let t = TempDir::new("close-cycles");
     let rundir = t.path().join("run");
     let img = t.path().join("img");
@@ -135,7 +135,7 @@ fn cycles(backend: dm_vmvault::protocol::BackendChoice) {
         on.store(i >= CYCLES / 2, Ordering::Relaxed);
         let mut req = open_req("cycle", &img, &key, 4096);
         req.backend = backend;
-        let st = match d.client().open(req) {
+        let st = match d.client().open(req).map(|(st, _)| st) {
             Ok(st) => st,
             Err(e) => {
                 failures.push(format!("cycle {i}: open: {e}"));
@@ -161,7 +161,7 @@ fn cycles(backend: dm_vmvault::protocol::BackendChoice) {
     // Every cycle's write reached the image: read them back through a fresh open.
     let mut req = open_req("cycle", &img, &key, 4096);
     req.backend = backend;
-    let st = d.client().open(req).unwrap();
+    let st = d.client().open(req).map(|(st, _)| st).unwrap();
     let f = std::fs::File::open(&st.device).unwrap();
     let mut got = vec![0u8; CHUNK];
     for i in 0..CYCLES {

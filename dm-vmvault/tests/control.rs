@@ -45,7 +45,7 @@ fn overlong_request_line_is_refused_and_the_connection_closed() {
     });
     let line = read_line(&s);
     assert!(
-        line.contains("\"ok\":false")
+        line.contains("\"result\":\"error\"")
             && line.contains("\"code\":1")
             && line.contains("longer than 65536"),
         "answer to an overlong line: {line:?}"
@@ -60,13 +60,12 @@ fn overlong_request_line_is_refused_and_the_connection_closed() {
     let _ = writer.join();
     // The daemon still serves.
     assert_eq!(d.client().ping().unwrap(), d.pid());
-    // A long line under the cap is an ordinary (bad) request.
-    let s = UnixStream::connect(rundir.join("control")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // A long line under the cap is an ordinary request.
+    let mut c = d.client();
     let req = format!("{{\"cmd\":\"ping\"}}{}\n", " ".repeat(60_000));
-    (&s).write_all(req.as_bytes()).unwrap();
-    let line = read_line(&s);
-    assert!(line.contains("\"ok\":true"), "{line}");
+    c.send_line(req.as_bytes(), None).unwrap();
+    let line = c.read_line().unwrap();
+    assert!(line.contains("\"result\":\"ok\""), "{line}");
     d.shutdown();
 }
 
@@ -85,25 +84,25 @@ fn overflowing_offsets_and_sizes_in_open_are_bad_args() {
     let base = |extra: &str| {
         format!(
             "{{\"cmd\":\"open\",\"name\":\"ovf\",\"backing\":{},\"cipher\":\"aes-xts-plain64\",\
-             \"key_size\":512,\"key_serial\":{serial},\"backend\":\"soft\",\"keep_key\":true{extra}}}\n",
+             \"key_size\":512,\"key_serial\":{serial},\"backend\":\"soft\",\"frontend\":\"auto\",\
+             \"keep_key\":true,\"sector_size\":512,\"iv_offset\":0,\"iv_large_sectors\":false{extra}}}\n",
             serde_json::to_string(&img_s).unwrap()
         )
     };
     let cases = [
         // offset * 512 wraps to 0.
-        base(",\"offset\":36028797018963968"),
+        base(",\"offset\":36028797018963968,\"size\":null"),
         // size * 512 wraps.
         base(",\"offset\":2048,\"size\":36028797018963968"),
         // offset + size overflows although each product fits.
         base(",\"offset\":18014398509481984,\"size\":18014398509481984"),
     ];
     for req in &cases {
-        let s = UnixStream::connect(rundir.join("control")).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        (&s).write_all(req.as_bytes()).unwrap();
-        let line = read_line(&s);
+        let mut c = d.client();
+        c.send_line(req.as_bytes(), None).unwrap();
+        let line = c.read_line().unwrap();
         assert!(
-            line.contains("\"ok\":false") && line.contains("\"code\":1"),
+            line.contains("\"result\":\"error\"") && line.contains("\"code\":1"),
             "request {req} answered {line:?}; log: {}",
             d.log()
         );
@@ -131,7 +130,7 @@ fn refused_start(run_dir: &Path) -> String {
             break st;
         }
         if t0.elapsed() > Duration::from_secs(10) {
-            if let Ok(mut c) = dm_vmvault::client::Client::connect(run_dir) {
+            if let Ok(mut c) = vmvault_proto::client::Client::connect(run_dir) {
                 let _ = c.shutdown();
             }
             let _ = child.kill();
@@ -201,7 +200,7 @@ fn run_directory_must_be_root_owned_private_and_its_files_not_symlinks() {
     std::fs::create_dir(&run).unwrap();
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::symlink(&victim, run.join("vmvaultd.log")).unwrap();
-    let r = dm_vmvault::client::connect_or_spawn(&run);
+    let r = vmvault_proto::client::connect_or_spawn(&run, &Default::default());
     if let Ok(mut c) = r {
         let _ = c.shutdown();
         panic!("connect_or_spawn followed a symlinked log");
@@ -267,7 +266,7 @@ fn client_refuses_a_control_socket_served_by_non_root() {
         .read_line(&mut ready)
         .unwrap();
     assert_eq!(ready.trim(), "ready");
-    match dm_vmvault::client::Client::connect(&run) {
+    match vmvault_proto::client::Client::connect(&run) {
         Ok(mut c) => {
             let r = c.ping();
             panic!("the client talked to a non-root peer (ping: {r:?})");
@@ -279,7 +278,7 @@ fn client_refuses_a_control_socket_served_by_non_root() {
     }
     // connect_or_spawn (what vaultsetup uses) must not hand anything over either, nor
     // start a daemon over the impostor.
-    assert!(dm_vmvault::client::connect_or_spawn(&run).is_err());
+    assert!(vmvault_proto::client::connect_or_spawn(&run, &Default::default()).is_err());
 }
 
 /// Polls `f` every 50 ms for up to `secs`.
@@ -307,8 +306,15 @@ fn sigterm_closes_idle_volumes_waits_for_busy_ones_then_exits_0() {
     sparse_image(&img2, 9);
     let key = test_key(64, 5);
     let mut d = start_daemon(&rundir);
-    d.client().open(open_req("idle", &img1, &key, 512)).unwrap();
-    let busy = d.client().open(open_req("busy", &img2, &key, 512)).unwrap();
+    d.client()
+        .open(open_req("idle", &img1, &key, 512))
+        .map(|(st, _)| st)
+        .unwrap();
+    let busy = d
+        .client()
+        .open(open_req("busy", &img2, &key, 512))
+        .map(|(st, _)| st)
+        .unwrap();
     let holder = std::fs::File::open(&busy.device).unwrap();
     // Positive control for the wipe check at exit: vault memory is mapped now.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", d.pid())).unwrap();
@@ -322,7 +328,7 @@ fn sigterm_closes_idle_volumes_waits_for_busy_ones_then_exits_0() {
     wait_for(30, "the idle volume to close", || {
         d.client()
             .list()
-            .is_ok_and(|l| l.len() == 1 && l[0].name == "busy")
+            .is_ok_and(|l| l.len() == 1 && l[0].name.as_str() == "busy")
     });
     wait_for(30, "the daemon to log what it waits for", || {
         d.log().contains("waiting for busy")
@@ -336,6 +342,7 @@ fn sigterm_closes_idle_volumes_waits_for_busy_ones_then_exits_0() {
     let e = d
         .client()
         .open(open_req("late", &img1, &key, 512))
+        .map(|(st, _)| st)
         .unwrap_err();
     assert_eq!(e.exit_code(), 5, "{e}");
     // The busy volume still works.

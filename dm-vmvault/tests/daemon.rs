@@ -22,7 +22,7 @@ fn ext4_open_close_reopen_fsck() {
     }
 }
 
-fn ext4_cycle(backend: dm_vmvault::protocol::BackendChoice) {
+fn ext4_cycle(backend: vmvault_proto::protocol::BackendChoice) {
     let t = TempDir::new("daemon-ext4");
     let rundir = t.path().join("run");
     let img = t.path().join("img");
@@ -32,17 +32,17 @@ fn ext4_cycle(backend: dm_vmvault::protocol::BackendChoice) {
     let mut req = open_req("ext4vol", &img, &key, 4096);
     req.backend = backend;
     let serial = req.key_serial;
-    let st = d.client().open(req.clone()).unwrap();
+    let st = d.client().open(req.clone()).map(|(st, _)| st).unwrap();
     assert!(
         !keyring_exists(serial),
         "keyring key must be invalidated after import"
     );
-    assert_eq!(st.backend, backend.as_str(), "{st:?}");
-    assert_eq!(st.name, "ext4vol");
-    assert_eq!(st.key_size, 512);
-    assert_eq!(st.sector_size, 4096);
-    assert_eq!(st.offset, 2048);
-    assert_eq!(st.size, 40 * 2048);
+    assert_eq!(st.backend, backend, "{st:?}");
+    assert_eq!(st.name.as_str(), "ext4vol");
+    assert_eq!(st.key_size.bits(), 512);
+    assert_eq!(st.sector_size.bytes(), 4096);
+    assert_eq!(st.offset.0, 2048);
+    assert_eq!(st.size.0, 40 * 2048);
     assert_eq!(st.daemon_pid, d.child.id());
     assert!(st.table.contains(":64:vault:"), "{}", st.table);
     assert!(Path::new(&st.device).exists());
@@ -69,7 +69,7 @@ fn ext4_cycle(backend: dm_vmvault::protocol::BackendChoice) {
     assert!(d.client().list().unwrap().is_empty());
 
     req.key_serial = keyring_add(&key);
-    let st = d.client().open(req).unwrap();
+    let st = d.client().open(req).map(|(st, _)| st).unwrap();
     let dev = Path::new(&st.device).to_path_buf();
     fsck_clean(&dev);
     mount(&dev, &fsmp);
@@ -98,10 +98,14 @@ fn second_open_of_active_name_is_code_5_and_bad_requests_are_refused() {
     sparse_image(&img2, 9);
     let key = test_key(64, 4);
     let d = start_daemon(&rundir);
-    d.client().open(open_req("dup", &img, &key, 512)).unwrap();
+    d.client()
+        .open(open_req("dup", &img, &key, 512))
+        .map(|(st, _)| st)
+        .unwrap();
     let e = d
         .client()
         .open(open_req("dup", &img2, &key, 512))
+        .map(|(st, _)| st)
         .unwrap_err();
     assert_eq!(e.exit_code(), 5, "{e}");
     assert!(e.to_string().contains("already exists"), "{e}");
@@ -121,6 +125,7 @@ fn second_open_of_active_name_is_code_5_and_bad_requests_are_refused() {
     let e = d
         .client()
         .open(open_req("nodev", &t.path().join("missing"), &key, 512))
+        .map(|(st, _)| st)
         .unwrap_err();
     assert_eq!(e.exit_code(), 4, "{e}");
     // Stacking on our own device: refused.
@@ -128,13 +133,12 @@ fn second_open_of_active_name_is_code_5_and_bad_requests_are_refused() {
     let e = d
         .client()
         .open(open_req("stack", Path::new(&own), &key, 512))
+        .map(|(st, _)| st)
         .unwrap_err();
     assert_eq!(e.exit_code(), 4, "{e}");
-    // Bad name and unknown volume.
-    let e = d
-        .client()
-        .open(open_req("a/b", &img2, &key, 512))
-        .unwrap_err();
+    // Bad name (refused before it is sent; the daemon's own refusal is in
+    // tests/protocol.rs) and unknown volume.
+    let e = d.client().close("a/b").unwrap_err();
     assert_eq!(e.exit_code(), 1, "{e}");
     assert_eq!(d.client().close("nosuch").unwrap_err().exit_code(), 4);
     assert_eq!(d.client().list().unwrap().len(), 1);
@@ -167,8 +171,8 @@ fn sectors_decrypt_with_python_cryptography() {
         let d = start_daemon(&rundir);
         let mut req = open_req("compat", &img, &key, ss);
         req.backend = backend;
-        let st = d.client().open(req).unwrap();
-        assert_eq!(st.backend, backend.as_str());
+        let st = d.client().open(req).map(|(st, _)| st).unwrap();
+        assert_eq!(st.backend, backend);
         let plain: Vec<u8> = (0..65536u32)
             .map(|i| (i * 13 % 256) as u8 ^ (i >> 9) as u8)
             .collect();
@@ -242,7 +246,11 @@ fn backing_io_errors_reach_the_user_as_eio() {
     sparse_image(&img, 17); // 17 MiB sparse file on a 4 MiB tmpfs
     let key = test_key(64, 5);
     let d = start_daemon(&rundir);
-    let st = d.client().open(open_req("eio", &img, &key, 4096)).unwrap();
+    let st = d
+        .client()
+        .open(open_req("eio", &img, &key, 4096))
+        .map(|(st, _)| st)
+        .unwrap();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT)
@@ -308,6 +316,7 @@ fn sigkill_during_writes_no_hang_restart_reopen_fsynced_data_intact() {
     let st = d
         .client()
         .open(open_req("killvol", &img, &key, 4096))
+        .map(|(st, _)| st)
         .unwrap();
     let dev = Path::new(&st.device).to_path_buf();
     let fsmp = t.path().join("fs");
@@ -378,6 +387,7 @@ fn sigkill_during_writes_no_hang_restart_reopen_fsynced_data_intact() {
     let st = d2
         .client()
         .open(open_req("killvol", &img, &key, 4096))
+        .map(|(st, _)| st)
         .unwrap();
     let dev = Path::new(&st.device).to_path_buf();
     mount(&dev, &fsmp); // replays the journal
@@ -399,13 +409,13 @@ fn control_socket_serves_root_only_and_spawns_on_demand() {
     let t = TempDir::new("daemon-ctl");
     let rundir = t.path().join("run");
     // Spawn on demand (vmvaultd is found one directory above the test binary).
-    let mut c = dm_vmvault::client::connect_or_spawn(&rundir).unwrap();
+    let mut c = vmvault_proto::client::connect_or_spawn(&rundir, &Default::default()).unwrap();
     let pid = c.ping().unwrap();
     // Stop the spawned daemon whatever happens below.
     struct Stop(std::path::PathBuf, u32);
     impl Drop for Stop {
         fn drop(&mut self) {
-            if let Ok(mut c) = dm_vmvault::client::Client::connect(&self.0) {
+            if let Ok(mut c) = vmvault_proto::client::Client::connect(&self.0) {
                 let _ = c.shutdown();
             }
             // SAFETY: kill(2) on the pid of the daemon this test spawned.
@@ -415,7 +425,7 @@ fn control_socket_serves_root_only_and_spawns_on_demand() {
     let _stop = Stop(rundir.clone(), pid);
     // A second call finds the running daemon instead of starting another.
     assert_eq!(
-        dm_vmvault::client::connect_or_spawn(&rundir)
+        vmvault_proto::client::connect_or_spawn(&rundir, &Default::default())
             .unwrap()
             .ping()
             .unwrap(),
@@ -453,7 +463,7 @@ fn control_socket_serves_root_only_and_spawns_on_demand() {
         .unwrap();
     let line = String::from_utf8_lossy(&out.stdout);
     assert!(
-        line.contains("\"ok\":false") && line.contains("\"code\":2"),
+        line.contains("\"result\":\"error\"") && line.contains("\"code\":2"),
         "non-root peer got: {line} {}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -483,7 +493,7 @@ fn zeroout_reads_back_zeros_with_and_without_discards() {
         let d = start_daemon(&rundir);
         let mut req = open_req("zvol", &img, &key, 4096);
         req.allow_discards = allow_discards;
-        let st = d.client().open(req).unwrap();
+        let st = d.client().open(req).map(|(st, _)| st).unwrap();
         let dev = Path::new(&st.device).to_path_buf();
         let pattern = vec![0x5au8; 1 << 20];
         {

@@ -111,7 +111,7 @@ fn make_image(dir: &Path, i: usize) -> Image {
 fn open_all(
     d: &Daemon,
     images: &[Image],
-    backend: dm_vmvault::protocol::BackendChoice,
+    backend: vmvault_proto::protocol::BackendChoice,
 ) -> Vec<String> {
     images
         .iter()
@@ -119,15 +119,16 @@ fn open_all(
         .map(|(i, img)| {
             let name = format!("vol{i}");
             let mut req = open_req(&name, &img.path, &img.key, img.sector_size);
-            req.offset = img.offset_sectors;
+            req.offset = vmvault_proto::Sectors(img.offset_sectors);
             req.backend = backend;
             let st = d
                 .client()
                 .open(req)
+                .map(|(st, _)| st)
                 .unwrap_or_else(|e| panic!("open {name}: {e}\nvmvaultd log:\n{}", d.log()));
-            assert_eq!(st.size, DATA_MIB << 11, "{name}: {st:?}");
-            assert_eq!(st.backend, backend.as_str(), "{name}: {st:?}");
-            st.device
+            assert_eq!(st.size.0, DATA_MIB << 11, "{name}: {st:?}");
+            assert_eq!(st.backend, backend, "{name}: {st:?}");
+            st.device.display().to_string()
         })
         .collect()
 }

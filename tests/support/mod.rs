@@ -381,7 +381,7 @@ impl Daemon {
         };
         let t0 = Instant::now();
         loop {
-            if let Ok(mut c) = dm_vmvault::client::Client::connect(run_dir) {
+            if let Ok(mut c) = vmvault_proto::client::Client::connect(run_dir) {
                 if c.ping().is_ok() {
                     return d;
                 }
@@ -399,8 +399,8 @@ impl Daemon {
         self.child.id()
     }
 
-    pub fn client(&self) -> dm_vmvault::client::Client {
-        dm_vmvault::client::Client::connect(&self.run_dir).unwrap()
+    pub fn client(&self) -> vmvault_proto::client::Client {
+        vmvault_proto::client::Client::connect(&self.run_dir).unwrap()
     }
 
     pub fn log(&self) -> String {
@@ -422,7 +422,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            if let Ok(mut c) = dm_vmvault::client::Client::connect(&self.run_dir) {
+            if let Ok(mut c) = vmvault_proto::client::Client::connect(&self.run_dir) {
                 let _ = c.shutdown();
             }
             std::thread::sleep(Duration::from_millis(100));

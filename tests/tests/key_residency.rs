@@ -27,11 +27,11 @@ use std::time::Duration;
 #[path = "../support/mod.rs"]
 mod support;
 
-use dm_vmvault::protocol::{BackendChoice, OpenRequest};
 use support::{
     cargo_build, hex_decode, hex_encode, keyctl_padd, keyring_add, luks_format,
     luks_volume_key_hex, require, run, Daemon, TempDir,
 };
+use vmvault_proto::protocol::{BackendChoice, OpenRequest};
 use vmvault_tests::residency::{
     aes, pids_named, scan_keyrings, scan_mapping, scan_process, Needles, ScanOptions, ScanReport,
     GUEST_MEMFD_PATH, SECRETMEM_PATH,
@@ -174,16 +174,20 @@ fn open_via_keyring(d: &Daemon, luks: &Luks, name: &str, backend: BackendChoice)
         "key_size": luks.key.len() * 8,
         "sector_size": luks.sector_size,
         "offset": luks.offset,
+        "iv_offset": 0,
+        "iv_large_sectors": false,
+        "size": null,
         "backend": backend,
+        "frontend": "auto",
         "key_serial": keyring_add(&luks.key),
     }))
     .expect("OpenRequest from JSON");
-    let st = d
+    let (st, _) = d
         .client()
         .open(req)
         .unwrap_or_else(|e| panic!("open {name}: {e}\n{}", d.log()));
-    assert_eq!(st.backend, backend.as_str(), "{st:?}");
-    st.device
+    assert_eq!(st.backend, backend, "{st:?}");
+    st.device.display().to_string()
 }
 
 /// Runs `vaultsetup VERB --run-dir RUN ARGS...`; panics with its output on failure.
@@ -216,8 +220,8 @@ fn open_via_passphrase(d: &Daemon, luks: &Luks, name: &str, backend: &str) -> St
         ],
     );
     let st = d.client().status(name).unwrap();
-    assert_eq!(st.backend, backend, "{st:?}");
-    st.device
+    assert_eq!(st.backend.as_str(), backend, "{st:?}");
+    st.device.display().to_string()
 }
 
 /// `vaultsetup open --volume-key-keyring DESC` with the volume key placed in the user
@@ -239,8 +243,8 @@ fn open_via_volume_key_keyring(d: &Daemon, luks: &Luks, name: &str, backend: &st
         ],
     );
     let st = d.client().status(name).unwrap();
-    assert_eq!(st.backend, backend, "{st:?}");
-    st.device
+    assert_eq!(st.backend.as_str(), backend, "{st:?}");
+    st.device.display().to_string()
 }
 
 /// Writes then reads 64 MiB through the device (O_DIRECT and through the page cache).

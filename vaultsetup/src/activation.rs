@@ -7,7 +7,7 @@
 //! to the end of the device). LUKS2 counts IVs in 512-byte units whatever the sector
 //! size (cryptsetup never sets dm-crypt's `iv_large_sectors` for LUKS2).
 
-use vault_vm::engine::CipherSpec;
+use vmvault_proto::{CipherSpec, KeySize, SectorSize, Sectors};
 
 use crate::device::Device;
 use crate::exit::{ExitCode, HasExitCode};
@@ -37,34 +37,41 @@ impl HasExitCode for ActivationError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CryptParams {
     /// dm-crypt cipher specification, e.g. `aes-xts-plain64`.
-    pub cipher: String,
-    /// Volume key length in bytes.
-    pub key_bytes: u32,
-    /// Encryption sector size in bytes.
-    pub sector_size: u32,
-    /// Start of the data on the device, 512-byte sectors.
-    pub offset: u64,
-    /// IV offset, 512-byte sectors.
-    pub iv_offset: u64,
+    pub cipher: CipherSpec,
+    /// Volume key size.
+    pub key: KeySize,
+    /// Encryption sector size.
+    pub sector_size: SectorSize,
+    /// Start of the data on the device.
+    pub offset: Sectors,
+    /// IV offset.
+    pub iv_offset: Sectors,
     /// IVs counted in sector-size units (never for LUKS).
     pub iv_large_sectors: bool,
-    /// Length of the data, 512-byte sectors.
-    pub size: u64,
+    /// Length of the data.
+    pub size: Sectors,
 }
 
-fn check_cipher(cipher: &str, key_bytes: u32) -> Result<(), ActivationError> {
-    let spec = CipherSpec::parse(cipher).map_err(|e| {
+/// The header's cipher and key size, checked against what the vault serves.
+fn typed_cipher(cipher: &str, key_bytes: u32) -> Result<(CipherSpec, KeySize), ActivationError> {
+    let spec = vault_vm::engine::CipherSpec::parse(cipher).map_err(|e| {
         ActivationError::Unsupported(format!(
             "Cipher {cipher} is not supported by the vault: {e}"
         ))
     })?;
-    if !spec.key_len_ok(key_bytes as usize) {
-        return Err(ActivationError::Unsupported(format!(
+    let bad_key = || {
+        ActivationError::Unsupported(format!(
             "Cipher {cipher} cannot use a {}-bit key.",
-            key_bytes * 8
-        )));
+            u64::from(key_bytes) * 8
+        ))
+    };
+    if !spec.key_len_ok(key_bytes as usize) {
+        return Err(bad_key());
     }
-    Ok(())
+    let key = KeySize::from_bytes(key_bytes as usize).map_err(|_| bad_key())?;
+    let cipher =
+        CipherSpec::parse(cipher).map_err(|e| ActivationError::Unsupported(e.to_string()))?;
+    Ok((cipher, key))
 }
 
 impl CryptParams {
@@ -80,14 +87,15 @@ impl CryptParams {
                         "Device {name} is too small: the data starts at sector {offset} but the device has {dev_sectors} sectors."
                     )));
                 }
+                let (cipher, key) = typed_cipher(&h.cipher_spec(), h.key_bytes)?;
                 CryptParams {
-                    cipher: h.cipher_spec(),
-                    key_bytes: h.key_bytes,
-                    sector_size: 512,
-                    offset,
-                    iv_offset: 0,
+                    cipher,
+                    key,
+                    sector_size: SectorSize::B512,
+                    offset: Sectors(offset),
+                    iv_offset: Sectors(0),
                     iv_large_sectors: false,
-                    size: dev_sectors - offset,
+                    size: Sectors(dev_sectors - offset),
                 }
             }
             Volume::Luks2(h) => {
@@ -119,12 +127,13 @@ impl CryptParams {
                         "LUKS2 segment {id} uses authenticated encryption (dm-integrity), which the vault does not support."
                     )));
                 }
-                let sector_size = seg.sector_size.unwrap_or(512);
-                if !matches!(sector_size, 512 | 1024 | 2048 | 4096) {
+                let raw_sector_size = seg.sector_size.unwrap_or(512);
+                let Ok(ss) = SectorSize::try_from(u64::from(raw_sector_size)) else {
                     return Err(ActivationError::Unsupported(format!(
-                        "LUKS2 segment {id}: sector size {sector_size} is not 512..4096."
+                        "LUKS2 segment {id}: sector size {raw_sector_size} is not 512..4096."
                     )));
-                }
+                };
+                let sector_size = u64::from(ss.bytes());
                 let cipher = seg.encryption.clone().unwrap_or_default();
                 let Some(key_bytes) = luks2_segment_key_bytes(h, id) else {
                     return Err(ActivationError::Unsupported(format!(
@@ -132,7 +141,7 @@ impl CryptParams {
                     )));
                 };
                 let off_bytes = seg.offset.0;
-                if off_bytes % u64::from(sector_size) != 0 {
+                if !off_bytes.is_multiple_of(sector_size) {
                     return Err(ActivationError::Geometry(format!(
                         "LUKS2 segment {id}: offset {off_bytes} is not aligned to the {sector_size}-byte sector size."
                     )));
@@ -163,23 +172,23 @@ impl CryptParams {
                         }
                     }
                 };
-                if len_bytes % u64::from(sector_size) != 0 {
+                if !len_bytes.is_multiple_of(sector_size) {
                     return Err(ActivationError::Geometry(format!(
                         "Device size is not aligned to requested sector size: {len_bytes} bytes of data is not a multiple of {sector_size}."
                     )));
                 }
+                let (cipher, key) = typed_cipher(&cipher, key_bytes)?;
                 CryptParams {
                     cipher,
-                    key_bytes,
-                    sector_size,
-                    offset,
-                    iv_offset: seg.iv_tweak.map_or(0, |t| t.0),
+                    key,
+                    sector_size: ss,
+                    offset: Sectors(offset),
+                    iv_offset: Sectors(seg.iv_tweak.map_or(0, |t| t.0)),
                     iv_large_sectors: false,
-                    size: len_bytes / 512,
+                    size: Sectors(len_bytes / 512),
                 }
             }
         };
-        check_cipher(&p.cipher, p.key_bytes)?;
         Ok(p)
     }
 }

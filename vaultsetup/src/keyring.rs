@@ -14,11 +14,11 @@
 
 use std::ffi::CString;
 
-use dm_vmvault::keyring::{
+use vmvault_proto::keyring::{
     add_key, is_not_found as not_found, keyctl_describe, keyctl_link, keyctl_read,
     keyctl_set_timeout, keyctl_setperm, KEY_SPEC_PROCESS_KEYRING,
 };
-pub use dm_vmvault::keyring::{
+pub use vmvault_proto::keyring::{
     keyctl_invalidate as invalidate, KEY_POS_ALL, KEY_POS_LINK, KEY_POS_READ, KEY_POS_SEARCH,
     KEY_POS_VIEW,
 };
@@ -96,6 +96,7 @@ pub fn describe(serial: i32) -> std::io::Result<(String, u32, u32, u32, String)>
 /// A volume key staged for the daemon: a `user` key with [`STAGED_KEY_PERM`] in a
 /// private keyring of this process. Dropping it invalidates both (the daemon normally
 /// has invalidated the key already).
+#[derive(Debug)]
 pub struct StagedKey {
     ring: i32,
     key: i32,

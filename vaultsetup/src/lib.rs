@@ -12,7 +12,7 @@ pub mod af;
 pub mod cli;
 pub mod device;
 pub mod dump;
-pub mod exit;
+pub use vmvault_proto::exit;
 pub mod kdf;
 pub mod keyring;
 pub mod keyslot;

@@ -9,18 +9,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{require_for, start_daemon};
-use dm_vmvault::protocol::{BackendChoice, OpenRequest, Request};
 use vaultsetup::keyring::{self, StagedKey, STAGED_KEY_PERM};
+use vmvault_proto::protocol::{BackendChoice, KeyRingReply, OpenRequest, Request, Response};
+use vmvault_proto::{CipherSpec, KeySize, SectorSize, Sectors, VolumeName};
 
 fn req(name: &str, img: &Path, serial: i32, ring: Option<i32>) -> OpenRequest {
     OpenRequest {
-        name: name.into(),
+        name: VolumeName::new(name).unwrap(),
         backing: img.to_path_buf(),
-        cipher: "aes-xts-plain64".into(),
-        key_size: 512,
-        sector_size: 512,
-        offset: 0,
-        iv_offset: 0,
+        cipher: CipherSpec::parse("aes-xts-plain64").unwrap(),
+        key_size: KeySize::from_bits(512).unwrap(),
+        sector_size: SectorSize::B512,
+        offset: Sectors(0),
+        iv_offset: Sectors(0),
         iv_large_sectors: false,
         size: None,
         readonly: false,
@@ -60,8 +61,9 @@ fn possessor_only_key_reaches_the_vault_only_through_the_request_keyring() {
     let e = d
         .client()
         .open(req("h", &img, staged.serial(), None))
+        .map(|(st, _)| st)
         .unwrap_err();
-    assert_eq!(e.exit_code(), 2, "{e}");
+    assert_eq!(e.exit_code().code(), 2, "{e}");
     assert!(keyring::exists(staged.serial()));
 
     // A ring named on another connection is refused.
@@ -70,13 +72,14 @@ fn possessor_only_key_reaches_the_vault_only_through_the_request_keyring() {
     let e = d
         .client()
         .open(req("h", &img, staged.serial(), Some(ring)))
+        .map(|(st, _)| st)
         .unwrap_err();
-    assert_eq!(e.exit_code(), 1, "{e}");
+    assert_eq!(e.exit_code().code(), 1, "{e}");
     // The request keyring is opaque to us (no view), but we may link into it.
     assert!(keyring::describe(ring).is_err());
     staged.link_into(ring).unwrap();
-    let st = c.open(req("h", &img, staged.serial(), Some(ring))).unwrap();
-    assert_eq!(st.name, "h");
+    let (st, _) = c.open(req("h", &img, staged.serial(), Some(ring))).unwrap();
+    assert_eq!(st.name.as_str(), "h");
     // The key and the request keyring are gone.
     assert!(!keyring::exists(staged.serial()), "key not invalidated");
     let again = StagedKey::new(&key).unwrap();
@@ -99,8 +102,10 @@ fn possessor_only_key_reaches_the_vault_only_through_the_request_keyring() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Raw protocol shape.
-    let r = c.call_raw(&Request::PrepareKey).unwrap();
-    assert!(r.ok && r.key_ring.is_some());
+    let r = c
+        .call_raw::<KeyRingReply>(&Request::PrepareKey {}, None)
+        .unwrap();
+    assert!(matches!(r, Response::Ok { .. }), "{r:?}");
     c.close("h").unwrap();
     drop(c);
 }

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! The run directory defaults to `$VMVAULT_RUN_DIR`, else `/run/vmvault`. Control
-//! socket: `<run-dir>/control` (root only, JSON lines; see `dm_vmvault::protocol`). The
+//! socket: `<run-dir>/control` (root only, JSON lines; see `vmvault_proto::protocol`). The
 //! run directory must be a directory (not a symlink) owned by root that group and others
 //! cannot write; it is created with mode 0700 when missing.
 //!

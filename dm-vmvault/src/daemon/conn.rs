@@ -13,12 +13,13 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-pub use crate::protocol::MAX_LINE;
+pub use vmvault_proto::protocol::MAX_LINE;
 
 /// Most descriptors taken from one `recvmsg`.
 const MAX_FDS: usize = 4;
 
 /// What [`ConnReader::next_line`] found.
+#[derive(Debug)]
 pub enum Next {
     /// A line (without its newline) and the descriptors sent with it.
     Line(Vec<u8>, Vec<OwnedFd>),
@@ -31,6 +32,7 @@ pub enum Next {
 }
 
 /// A line reader over a connected Unix stream socket.
+#[derive(Debug)]
 pub struct ConnReader {
     fd: RawFd,
     buf: Vec<u8>,
@@ -143,69 +145,12 @@ impl ConnReader {
     }
 }
 
-/// Sends `line` (which should end with a newline) with `fd` as `SCM_RIGHTS` ancillary
-/// data on the first byte, then the rest if the kernel took only part.
-pub fn send_with_fd(sock: &impl AsRawFd, line: &[u8], fd: RawFd) -> std::io::Result<()> {
-    let mut cbuf = [0u64; 4];
-    let mut iov = libc::iovec {
-        iov_base: line.as_ptr() as *mut libc::c_void,
-        iov_len: line.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid; the fields set below point at live buffers.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as _;
-    // SAFETY: `cbuf` (32 bytes) holds CMSG_SPACE(4) = 24 bytes; the header and the one
-    // int written are inside it.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
-    }
-    let n = loop {
-        // SAFETY: `msg` points at `line` and `cbuf`, alive for the call.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    let mut rest = &line[n..];
-    while !rest.is_empty() {
-        // SAFETY: plain send of a live byte slice.
-        let k = unsafe {
-            libc::send(
-                sock.as_raw_fd(),
-                rest.as_ptr().cast(),
-                rest.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if k < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        rest = &rest[k as usize..];
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
     use std::os::unix::net::UnixStream;
+    use vmvault_proto::sock::send_with_fd;
 
     #[test]
     fn lines_fds_and_the_cap() {

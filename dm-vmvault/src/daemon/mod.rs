@@ -27,22 +27,21 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::protocol::{code, OpenRequest, Request, Response, VolumeStatus};
+use serde::Serialize;
+use vmvault_proto::protocol::{
+    refusal, Done, HelloReply, KeyRingReply, ListReply, OpenRequest, PingReply, Request, Response,
+    VolumeStatus, VERSION,
+};
+use vmvault_proto::sock::peer_uid;
+pub use vmvault_proto::sock::{socket_path, DEFAULT_RUN_DIR};
+use vmvault_proto::ExitCode;
 use volume::{Volume, VolumeError};
-
-/// Default run directory.
-pub const DEFAULT_RUN_DIR: &str = "/run/vmvault";
 
 /// The run directory: `VMVAULT_RUN_DIR` if set, else [`DEFAULT_RUN_DIR`].
 pub fn default_run_dir() -> PathBuf {
     std::env::var_os("VMVAULT_RUN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
-}
-
-/// Path of the control socket in `run_dir`.
-pub fn socket_path(run_dir: &Path) -> PathBuf {
-    run_dir.join("control")
 }
 
 /// Daemon options.
@@ -86,7 +85,7 @@ struct ConnKeys {
 impl Drop for ConnKeys {
     fn drop(&mut self) {
         for r in self.rings.drain(..) {
-            let _ = crate::keyring::invalidate(r);
+            let _ = vmvault_proto::keyring::invalidate(r);
         }
     }
 }
@@ -111,30 +110,6 @@ pub struct Daemon {
     vaults: crate::vault::VaultPool,
 }
 
-/// uid of the peer of a Unix stream (`SO_PEERCRED`).
-pub fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: u32::MAX,
-        gid: u32::MAX,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes a `struct ucred` of `len` bytes into `cred`.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cred.uid)
-}
-
 impl Daemon {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -149,29 +124,26 @@ impl Daemon {
             .collect()
     }
 
-    fn open(&self, req: &OpenRequest, backing_fd: Option<File>) -> Response {
-        if let Err(e) = volume::check_name(&req.name) {
-            return Response::err(e.code(), e.to_string());
-        }
+    fn open(&self, req: &OpenRequest, backing_fd: Option<File>) -> Response<VolumeStatus> {
         if self.terminating.load(Ordering::SeqCst) {
             return Response::err(
-                code::BUSY,
+                ExitCode::Busy,
                 "vmvaultd is shutting down (SIGTERM): it opens no new volumes",
             );
         }
         {
             let mut st = self.state();
             let in_mapper = crate::frontend::mapper::available()
-                && Path::new("/dev/mapper").join(&req.name).exists();
-            if st.volumes.contains_key(&req.name)
-                || st.opening.contains(&req.name)
-                || st.closing.contains_key(&req.name)
+                && Path::new("/dev/mapper").join(req.name.as_str()).exists();
+            if st.volumes.contains_key(req.name.as_str())
+                || st.opening.contains(req.name.as_str())
+                || st.closing.contains_key(req.name.as_str())
                 || in_mapper
             {
-                let e = VolumeError::Exists(req.name.clone());
+                let e = VolumeError::Exists(req.name.to_string());
                 return Response::err(e.code(), e.to_string());
             }
-            st.opening.insert(req.name.clone());
+            st.opening.insert(req.name.to_string());
         }
         let own = self.own_devices();
         let mut warnings = Vec::new();
@@ -202,20 +174,20 @@ impl Daemon {
             &mut warnings,
         );
         let mut st = self.state();
-        st.opening.remove(&req.name);
+        st.opening.remove(req.name.as_str());
         match r {
             Ok(v) => {
                 let status = v.status().clone();
-                st.volumes.insert(req.name.clone(), v);
+                st.volumes.insert(req.name.to_string(), v);
                 eprintln!(
                     "vmvaultd: opened {} on {} ({})",
-                    status.name, status.device, status.backend
+                    status.name,
+                    status.device.display(),
+                    status.backend.as_str()
                 );
-                Response {
-                    ok: true,
-                    status: Some(status),
+                Response::Ok {
+                    reply: status,
                     warnings,
-                    ..Default::default()
                 }
             }
             Err(e) => {
@@ -223,9 +195,11 @@ impl Daemon {
                     self.mapper_records.forget(&req.name);
                 }
                 eprintln!("vmvaultd: open {} failed: {e}", req.name);
-                let mut r = Response::err(e.code(), e.to_string());
-                r.warnings = warnings;
-                r
+                // A refusal carries no warnings; those of a failed open go to the log.
+                for w in warnings {
+                    eprintln!("vmvaultd: open {}: {w}", req.name);
+                }
+                Response::err(e.code(), e.to_string())
             }
         }
     }
@@ -234,7 +208,7 @@ impl Daemon {
     /// volume leaves the table only once it is torn down: if the check or a teardown
     /// step fails, it goes back whole (or with what is still up), and a later `close`
     /// can finish the job.
-    fn close(&self, name: &str) -> Response {
+    fn close(&self, name: &str) -> Response<Done> {
         let mut users = Vec::new();
         let r = self.try_close(name, &mut users);
         if !users.is_empty() {
@@ -244,7 +218,7 @@ impl Daemon {
             );
         }
         match r {
-            Ok(()) => Response::ok(),
+            Ok(()) => Response::ok(Done {}),
             Err(e @ VolumeError::Busy(_)) => Response::err(e.code(), e.to_string()),
             Err(e @ VolumeError::NotActive(_)) => Response::err(e.code(), e.to_string()),
             Err(e) => Response::err(e.code(), format!("close {name}: {e}")),
@@ -299,19 +273,18 @@ impl Daemon {
     }
 
     /// Closes every volume; refuses (busy) if one is in use.
-    fn close_all(&self) -> Response {
+    fn close_all(&self) -> Response<Done> {
         let names: Vec<String> = self.state().volumes.keys().cloned().collect();
         let mut busy = Vec::new();
         for n in names {
-            let r = self.close(&n);
-            if !r.ok {
-                busy.push(format!("{n}: {}", r.error.unwrap_or_default()));
+            if let Response::Error { error, .. } = self.close(&n) {
+                busy.push(format!("{n}: {error}"));
             }
         }
         if busy.is_empty() {
-            Response::ok()
+            Response::ok(Done {})
         } else {
-            Response::err(code::BUSY, format!("cannot close: {}", busy.join("; ")))
+            Response::err(ExitCode::Busy, format!("cannot close: {}", busy.join("; ")))
         }
     }
 
@@ -336,105 +309,105 @@ impl Daemon {
     }
 
     /// `prepare_key`: a request keyring in our process keyring (see
-    /// [`crate::keyring::new_request_keyring`]), remembered by the connection.
-    fn prepare_key(&self, conn: &mut ConnKeys) -> Response {
+    /// [`vmvault_proto::keyring::new_request_keyring`]), remembered by the connection.
+    fn prepare_key(&self, conn: &mut ConnKeys) -> Response<KeyRingReply> {
         use std::sync::atomic::AtomicU64;
         static N: AtomicU64 = AtomicU64::new(0);
         if conn.rings.len() >= 8 {
-            return Response::err(code::BUSY, "too many prepared key rings on this connection");
+            return Response::err(
+                ExitCode::Busy,
+                "too many prepared key rings on this connection",
+            );
         }
         let desc = format!(
             "vmvaultd:req:{}:{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        match crate::keyring::new_request_keyring(&desc, REQUEST_KEYRING_TIMEOUT_S) {
+        match vmvault_proto::keyring::new_request_keyring(&desc, REQUEST_KEYRING_TIMEOUT_S) {
             Ok(serial) => {
                 conn.rings.push(serial);
-                Response {
-                    ok: true,
-                    key_ring: Some(serial),
-                    ..Default::default()
-                }
+                Response::ok(KeyRingReply { key_ring: serial })
             }
-            Err(e) => Response::err(code::PERMISSION, format!("prepare_key: {e}")),
+            Err(e) => Response::err(ExitCode::NoPermission, format!("prepare_key: {e}")),
         }
     }
 
     /// `open` over a connection: a `key_ring` must be one this connection prepared; it
     /// is invalidated after the import whatever the outcome.
-    fn open_conn(&self, o: &OpenRequest, fd: Option<File>, conn: &mut ConnKeys) -> Response {
+    fn open_conn(
+        &self,
+        o: &OpenRequest,
+        fd: Option<File>,
+        conn: &mut ConnKeys,
+    ) -> Response<VolumeStatus> {
         let Some(ring) = o.key_ring else {
             return self.open(o, fd);
         };
         let Some(i) = conn.rings.iter().position(|&r| r == ring) else {
             return Response::err(
-                code::BAD_ARGS,
+                ExitCode::WrongParameters,
                 format!("key ring {ring} was not prepared on this connection"),
             );
         };
         conn.rings.swap_remove(i);
         let r = self.open(o, fd);
-        let _ = crate::keyring::invalidate(ring);
+        let _ = vmvault_proto::keyring::invalidate(ring);
         r
     }
 
-    fn handle(&self, req: Request, mut fds: Vec<OwnedFd>, conn: &mut ConnKeys) -> Response {
+    /// Serves one request after the hello; returns the answer line (each command
+    /// encodes its own reply type).
+    fn handle(&self, req: Request, mut fds: Vec<OwnedFd>, conn: &mut ConnKeys) -> String {
         match req {
-            Request::PrepareKey => self.prepare_key(conn),
-            Request::Open(o) => self.open_conn(&o, None, conn),
+            Request::Hello { .. } => encode(&refusal(
+                ExitCode::WrongParameters,
+                "hello was already said on this connection",
+            )),
+            Request::PrepareKey {} => encode(&self.prepare_key(conn)),
+            Request::Open(o) => encode(&self.open_conn(&o, None, conn)),
             Request::OpenFd(o) => {
                 if fds.len() != 1 {
-                    return Response::err(
-                        code::BAD_ARGS,
+                    return encode(&refusal(
+                        ExitCode::WrongParameters,
                         format!(
                             "open_fd: expected one backing descriptor with the request, got {}",
                             fds.len()
                         ),
-                    );
+                    ));
                 }
                 let fd = fds.pop().map(File::from);
-                self.open_conn(&o, fd, conn)
+                encode(&self.open_conn(&o, fd, conn))
             }
-            Request::Close { name } => self.close(&name),
-            Request::Status { name } => match self.status_of(&name) {
-                Some(status) => Response {
-                    ok: true,
-                    status: Some(status),
-                    ..Default::default()
-                },
+            Request::Close { name } => encode(&self.close(&name)),
+            Request::Status { name } => encode(&match self.status_of(&name) {
+                Some(status) => Response::ok(status),
                 None => {
-                    let e = VolumeError::NotActive(name);
+                    let e = VolumeError::NotActive(name.to_string());
                     Response::err(e.code(), e.to_string())
                 }
-            },
-            Request::List => {
+            }),
+            Request::List {} => {
                 let st = self.state();
-                let mut v: Vec<_> = st
+                let mut volumes: Vec<_> = st
                     .volumes
                     .values()
                     .map(|v| v.status().clone())
                     .chain(st.closing.values().map(|(_, s)| s.clone()))
                     .collect();
                 drop(st);
-                v.sort_by(|a, b| a.name.cmp(&b.name));
-                Response {
-                    ok: true,
-                    volumes: Some(v),
-                    ..Default::default()
-                }
+                volumes.sort_by(|a, b| a.name.cmp(&b.name));
+                encode(&Response::ok(ListReply { volumes }))
             }
-            Request::Ping => Response {
-                ok: true,
-                pid: Some(std::process::id()),
-                ..Default::default()
-            },
-            Request::Shutdown => {
+            Request::Ping {} => encode(&Response::ok(PingReply {
+                pid: std::process::id(),
+            })),
+            Request::Shutdown {} => {
                 let r = self.close_all();
-                if r.ok {
+                if matches!(r, Response::Ok { .. }) {
                     self.stop.store(true, Ordering::SeqCst);
                 }
-                r
+                encode(&r)
             }
         }
     }
@@ -454,11 +427,11 @@ impl Daemon {
                 let mut first = Vec::new();
                 let _ = BufReader::new(std::io::Read::take(&stream, 4096))
                     .read_until(b'\n', &mut first);
-                let r = Response::err(
-                    code::PERMISSION,
+                let r = refusal(
+                    ExitCode::NoPermission,
                     format!("vmvaultd serves root only (peer uid {uid})"),
                 );
-                let _ = writeln!(w, "{}", serde_json::to_string(&r).unwrap_or_default());
+                let _ = writeln!(w, "{}", encode(&r));
                 return;
             }
             Err(e) => {
@@ -468,18 +441,19 @@ impl Daemon {
         }
         let mut reader = conn::ConnReader::new(&stream);
         let mut conn = ConnKeys::default();
+        let mut hello = false;
         loop {
             let (line, fds) = match reader.next_line() {
                 conn::Next::Line(l, fds) => (l, fds),
                 conn::Next::TooLong => {
-                    let r = Response::err(
-                        code::BAD_ARGS,
+                    let r = refusal(
+                        ExitCode::WrongParameters,
                         format!(
                             "request line longer than {} bytes: closing the connection",
                             conn::MAX_LINE
                         ),
                     );
-                    let _ = writeln!(w, "{}", serde_json::to_string(&r).unwrap_or_default());
+                    let _ = writeln!(w, "{}", encode(&r));
                     let _ = stream.shutdown(std::net::Shutdown::Both);
                     break;
                 }
@@ -488,12 +462,43 @@ impl Daemon {
             if line.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
             }
-            let resp = match serde_json::from_slice::<Request>(&line) {
-                Ok(req) => self.handle(req, fds, &mut conn),
-                Err(e) => Response::err(code::BAD_ARGS, format!("bad request: {e}")),
+            let req = serde_json::from_slice::<Request>(&line);
+            let out = match (hello, req) {
+                (true, Ok(req)) => self.handle(req, fds, &mut conn),
+                (false, Ok(Request::Hello { version })) if version == VERSION => {
+                    hello = true;
+                    encode(&Response::ok(HelloReply {
+                        version: VERSION,
+                        pid: std::process::id(),
+                    }))
+                }
+                (false, Ok(Request::Hello { version })) => {
+                    let r = refusal(
+                        ExitCode::WrongParameters,
+                        format!(
+                            "protocol version {version} is not spoken by this vmvaultd \
+                             (version {VERSION}): client and daemon come from different builds"
+                        ),
+                    );
+                    let _ = writeln!(w, "{}", encode(&r));
+                    break;
+                }
+                (false, _) => {
+                    let r = refusal(
+                        ExitCode::WrongParameters,
+                        format!(
+                            "the first request on a connection must be \
+                             {{\"cmd\":\"hello\",\"version\":{VERSION}}}: closing the connection"
+                        ),
+                    );
+                    let _ = writeln!(w, "{}", encode(&r));
+                    break;
+                }
+                (true, Err(e)) => encode(&refusal(
+                    ExitCode::WrongParameters,
+                    format!("bad request: {e}"),
+                )),
             };
-            let out =
-                serde_json::to_string(&resp).unwrap_or_else(|_| r#"{"ok":false,"code":1}"#.into());
             if writeln!(w, "{out}").is_err() {
                 break;
             }
@@ -750,4 +755,14 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&sock);
     eprintln!("vmvaultd: shut down");
     Ok(())
+}
+
+/// One answer line.
+fn encode<T: Serialize>(r: &Response<T>) -> String {
+    serde_json::to_string(r).unwrap_or_else(|e| {
+        format!(
+            r#"{{"result":"error","code":1,"error":"vmvaultd cannot encode its answer: {}"}}"#,
+            e.to_string().replace(['"', '\\'], "'")
+        )
+    })
 }

@@ -7,15 +7,16 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vault_vm::engine::{CipherSpec, Geometry};
+use vault_vm::engine::Geometry;
+use vmvault_proto::keyring::KeyError;
+use vmvault_proto::protocol::{FrontendChoice, FrontendKind, OpenRequest, VolumeStatus};
+use vmvault_proto::{ExitCode, Sectors};
 
 use crate::backend::{self, BackendError};
 use crate::frontend::fuse::{FuseError, FuseExport};
 use crate::frontend::loopdev::{LoopDevice, LoopError};
 use crate::frontend::mapper::{MapperDevice, MapperError};
 use crate::io::{IoConfig, IoEngine, IoError};
-use crate::keyring::KeyError;
-use crate::protocol::{code, FrontendChoice, OpenRequest, VolumeStatus};
 use crate::table::{KeyRef, Table, TargetOptions};
 
 /// Errors opening or closing a volume; each maps to a cryptsetup exit code.
@@ -74,38 +75,23 @@ impl From<BackendError> for VolumeError {
 
 impl VolumeError {
     /// cryptsetup-style exit code.
-    pub fn code(&self) -> i32 {
+    pub fn code(&self) -> ExitCode {
         match self {
-            VolumeError::Exists(_) | VolumeError::Busy(_) => code::BUSY,
-            VolumeError::NotActive(_) | VolumeError::Device(_) => code::DEVICE,
-            VolumeError::BadArgs(_) => code::BAD_ARGS,
-            VolumeError::Key(KeyError::Memory(_)) => code::NO_MEMORY,
-            VolumeError::Key(_) => code::PERMISSION,
-            VolumeError::Backend(_) | VolumeError::Io(_) | VolumeError::Fuse(_) => code::DEVICE,
-            VolumeError::Loop(LoopError::Busy(_)) => code::BUSY,
+            VolumeError::Exists(_) | VolumeError::Busy(_) => ExitCode::Busy,
+            VolumeError::NotActive(_) | VolumeError::Device(_) => ExitCode::WrongDevice,
+            VolumeError::BadArgs(_) => ExitCode::WrongParameters,
+            VolumeError::Key(KeyError::Memory(_)) => ExitCode::OutOfMemory,
+            VolumeError::Key(_) => ExitCode::NoPermission,
+            VolumeError::Backend(_) | VolumeError::Io(_) | VolumeError::Fuse(_) => {
+                ExitCode::WrongDevice
+            }
+            VolumeError::Loop(LoopError::Busy(_)) => ExitCode::Busy,
             VolumeError::Loop(_) | VolumeError::Mapper(_) | VolumeError::NoFrontend(_) => {
-                code::DEVICE
+                ExitCode::WrongDevice
             }
             #[cfg(feature = "ublk")]
-            VolumeError::Ublk(_) => code::DEVICE,
+            VolumeError::Ublk(_) => ExitCode::WrongDevice,
         }
-    }
-}
-
-/// Checks a volume name: 1–127 characters of `[A-Za-z0-9._+-]`, not starting with `.`.
-pub fn check_name(name: &str) -> Result<(), VolumeError> {
-    let ok = !name.is_empty()
-        && name.len() < 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(VolumeError::BadArgs(format!(
-            "invalid volume name `{name}` (use 1-127 characters of A-Z a-z 0-9 . _ + -)"
-        )))
     }
 }
 
@@ -246,18 +232,22 @@ impl Volume {
         vaults: &crate::vault::VaultPool,
         warnings: &mut Vec<String>,
     ) -> Result<Volume, VolumeError> {
-        check_name(&req.name)?;
-        let spec = CipherSpec::parse(&req.cipher)
-            .map_err(|e| VolumeError::BadArgs(format!("cipher `{}`: {e}", req.cipher)))?;
-        if !req.key_size.is_multiple_of(8) || !spec.key_len_ok(req.key_size as usize / 8) {
+        // Name, cipher, key size and sector size were checked when the request parsed.
+        let spec = req.cipher.engine();
+        if !req.cipher.key_size_ok(req.key_size) {
             return Err(VolumeError::BadArgs(format!(
                 "key size {} bits does not fit cipher {}",
-                req.key_size, req.cipher
+                req.key_size.bits(),
+                req.cipher
             )));
         }
-        let geom = Geometry::new(req.sector_size, req.iv_large_sectors, req.iv_offset)
-            .map_err(|e| VolumeError::BadArgs(e.to_string()))?;
-        if !req.offset.is_multiple_of(u64::from(req.sector_size / 512)) {
+        let geom = Geometry::new(
+            req.sector_size.bytes(),
+            req.iv_large_sectors,
+            req.iv_offset.0,
+        )
+        .map_err(|e| VolumeError::BadArgs(e.to_string()))?;
+        if !req.sector_size.divides(req.offset) {
             return Err(VolumeError::BadArgs(format!(
                 "offset {} is not aligned to the {}-byte sector size",
                 req.offset, req.sector_size
@@ -265,13 +255,14 @@ impl Volume {
         }
         // Products of request fields, checked: a wrapped `offset * 512` would map the
         // wrong part of the backing device.
-        let offset_bytes = req.offset.checked_mul(512).ok_or_else(|| {
+        let offset_bytes = req.offset.bytes().map_err(|_| {
             VolumeError::BadArgs(format!("offset {} sectors is out of range", req.offset))
         })?;
         if let Some(size) = req.size {
             let end = size
-                .checked_mul(512)
-                .and_then(|s| s.checked_add(offset_bytes));
+                .bytes()
+                .ok()
+                .and_then(|s| s.0.checked_add(offset_bytes.0));
             if end.is_none() {
                 return Err(VolumeError::BadArgs(format!(
                     "size {size} sectors at offset {} is out of range",
@@ -302,7 +293,7 @@ impl Volume {
             // Size probe without a key.
             let sz =
                 crate::io::backing_size(&file).map_err(|e| VolumeError::Device(e.to_string()))?;
-            if sz <= offset_bytes {
+            if sz <= offset_bytes.0 {
                 return Err(VolumeError::Device(format!(
                     "Device {} is too small for data offset {}",
                     backing.display(),
@@ -314,8 +305,8 @@ impl Volume {
         // Backing first (cheap checks) so a bad device does not import a key.
         let io_cfg = IoConfig {
             backing: backing.clone(),
-            offset_sectors: req.offset,
-            len_sectors: req.size,
+            offset_sectors: req.offset.0,
+            len_sectors: req.size.map(|s| s.0),
             readonly: req.readonly,
             direct: true,
             allow_discards: req.allow_discards,
@@ -327,10 +318,10 @@ impl Volume {
             spec,
             geom,
             req.key_serial,
-            req.key_size as usize / 8,
+            req.key_size.bytes(),
         )?;
         if !req.keep_key {
-            if let Err(e) = crate::keyring::invalidate(req.key_serial) {
+            if let Err(e) = vmvault_proto::keyring::invalidate(req.key_serial) {
                 warnings.push(format!(
                     "could not invalidate keyring key {}: {e}",
                     req.key_serial
@@ -340,13 +331,13 @@ impl Volume {
         let backend_name = keyed.crypt.backend();
         let protection = keyed.crypt.protection();
         let engine = Arc::new(IoEngine::open_file(&io_cfg, file, keyed.crypt)?);
-        let len = engine.size() / 512;
+        let len = Sectors(engine.size() / 512);
         let table = Table {
-            start: 0,
+            start: Sectors(0),
             len,
             cipher: req.cipher.clone(),
             key: KeyRef {
-                key_bytes: req.key_size / 8,
+                key: req.key_size,
                 slot: keyed.slot,
             },
             iv_offset: req.iv_offset,
@@ -370,9 +361,9 @@ impl Volume {
                         ..Default::default()
                     };
                     let u = UblkDevice::start(engine.clone(), opts)?;
-                    let p = u.path().display().to_string();
+                    let p = u.path().to_path_buf();
                     let d = u.dev_numbers();
-                    (Frontend::Ublk(u), p, d, false, "ublk")
+                    (Frontend::Ublk(u), p, d, false, FrontendKind::Ublk)
                 }
                 _ => {
                     if req.allow_discards {
@@ -383,7 +374,7 @@ impl Volume {
                                 .into(),
                         );
                     }
-                    let mountpoint = mnt_root.join(&req.name);
+                    let mountpoint = mnt_root.join(req.name.as_str());
                     let fuse = FuseExport::mount(
                         engine.clone(),
                         &mountpoint,
@@ -391,13 +382,20 @@ impl Volume {
                         &format!("vmvault:{}", req.name),
                         fuse_threads,
                     )?;
-                    let lo = LoopDevice::attach(fuse.file(), req.readonly, req.sector_size)?;
-                    let p = lo.path().display().to_string();
+                    let lo =
+                        LoopDevice::attach(fuse.file(), req.readonly, req.sector_size.bytes())?;
+                    let p = lo.path().to_path_buf();
                     let d = lo
                         .dev_numbers()
-                        .map_err(|e| VolumeError::Device(format!("{p}: {e}")))?;
+                        .map_err(|e| VolumeError::Device(format!("{}: {e}", p.display())))?;
                     let dio = lo.direct_io();
-                    (Frontend::Fuse { fuse, lo }, p, d, dio, "fuse+loop")
+                    (
+                        Frontend::Fuse { fuse, lo },
+                        p,
+                        d,
+                        dio,
+                        FrontendKind::FuseLoop,
+                    )
                 }
             };
         let uuid = crate::frontend::mapper::dm_uuid(
@@ -405,23 +403,23 @@ impl Volume {
             req.volume_type.as_deref(),
             req.volume_uuid.as_deref(),
         );
-        let mapper = match MapperDevice::create(&req.name, &uuid, (major, minor), len, req.readonly)
-        {
-            Ok(m) => m,
-            Err(e) => {
-                close_frontend(front);
-                return Err(e.into());
-            }
-        };
+        let mapper =
+            match MapperDevice::create(&req.name, &uuid, (major, minor), len.0, req.readonly) {
+                Ok(m) => m,
+                Err(e) => {
+                    close_frontend(front);
+                    return Err(e.into());
+                }
+            };
         let device = mapper
             .as_ref()
-            .map(|m| m.path().display().to_string())
+            .map(|m| m.path().to_path_buf())
             .unwrap_or_else(|| front_path.clone());
         let status = VolumeStatus {
             name: req.name.clone(),
             device,
             loop_device: front_path,
-            backing: backing.display().to_string(),
+            backing: backing.clone(),
             cipher: req.cipher.clone(),
             key_size: req.key_size,
             sector_size: req.sector_size,
@@ -433,7 +431,7 @@ impl Volume {
             allow_discards: req.allow_discards,
             backend: backend_name,
             protection,
-            frontend: front_name.into(),
+            frontend: front_name,
             direct_io,
             table: table.to_string(),
             daemon_pid: std::process::id(),
@@ -456,7 +454,7 @@ impl Volume {
     pub fn devices(&self) -> Vec<(u32, u32)> {
         let mut v = Vec::new();
         if self.front.is_some() {
-            if let Some(d) = block_dev_numbers(Path::new(&self.status.loop_device)) {
+            if let Some(d) = block_dev_numbers(&self.status.loop_device) {
                 v.push(d);
             }
         }
@@ -478,7 +476,7 @@ impl Volume {
         }
         crate::frontend::mapper::udev_settle(std::time::Duration::from_secs(10));
         let mut users = Vec::new();
-        let front = block_dev_numbers(Path::new(&self.status.loop_device));
+        let front = block_dev_numbers(&self.status.loop_device);
         let mut named = |path: &str, list: Vec<String>| {
             users.extend(list.into_iter().map(|u| format!("{path}: {u}")));
         };
@@ -502,7 +500,7 @@ impl Volume {
                 named(&path, busy::loops_backed_by(top));
                 if let Some(f) = front {
                     // Claimed by our mapper (O_EXCL says nothing), held by it in sysfs.
-                    let lp = &self.status.loop_device;
+                    let lp = &self.status.loop_device.display().to_string();
                     named(lp, busy::holders(f, &[top]));
                     named(lp, busy::processes(f));
                     named(lp, busy::loops_backed_by(f));
@@ -510,7 +508,7 @@ impl Volume {
             }
             None => {
                 if let Some(f) = front {
-                    let lp = self.status.loop_device.clone();
+                    let lp = self.status.loop_device.display().to_string();
                     if busy::claimed(Path::new(&lp)) {
                         named(&lp, vec!["claimed exclusively".into()]);
                     }
@@ -529,7 +527,7 @@ impl Volume {
         if self.users().is_empty() {
             Ok(())
         } else {
-            Err(VolumeError::Busy(self.status.name.clone()))
+            Err(VolumeError::Busy(self.status.name.to_string()))
         }
     }
 
@@ -545,7 +543,7 @@ impl Volume {
                 let held = crate::frontend::mapper::query(&self.status.name)
                     .is_ok_and(|q| q.is_some_and(|q| q.open_count > 0));
                 return Err(if held {
-                    VolumeError::Busy(self.status.name.clone())
+                    VolumeError::Busy(self.status.name.to_string())
                 } else {
                     e.into()
                 });
@@ -558,7 +556,7 @@ impl Volume {
                 if let Err((lo, e)) = lo.detach() {
                     self.front = Some(Frontend::Fuse { fuse, lo });
                     return Err(match e {
-                        LoopError::Busy(_) => VolumeError::Busy(self.status.name.clone()),
+                        LoopError::Busy(_) => VolumeError::Busy(self.status.name.to_string()),
                         e => e.into(),
                     });
                 }

@@ -49,22 +49,22 @@ pub fn fsck_clean(dev: &Path) {
 }
 
 /// The backend the daemon tests use by default: `VMVAULT_TEST_BACKEND`, else `auto`.
-pub fn test_backend() -> dm_vmvault::protocol::BackendChoice {
+pub fn test_backend() -> vmvault_proto::protocol::BackendChoice {
     match std::env::var("VMVAULT_TEST_BACKEND").as_deref() {
-        Ok("kvm") => dm_vmvault::protocol::BackendChoice::Kvm,
-        Ok("soft") => dm_vmvault::protocol::BackendChoice::Soft,
-        Ok("in-process") => dm_vmvault::protocol::BackendChoice::InProcess,
-        _ => dm_vmvault::protocol::BackendChoice::Auto,
+        Ok("kvm") => vmvault_proto::protocol::BackendChoice::Kvm,
+        Ok("soft") => vmvault_proto::protocol::BackendChoice::Soft,
+        Ok("in-process") => vmvault_proto::protocol::BackendChoice::InProcess,
+        _ => vmvault_proto::protocol::BackendChoice::Auto,
     }
 }
 
 /// The vault backends every end-to-end test covers: kvm (required in CI) and soft.
-pub fn vault_backends() -> Vec<dm_vmvault::protocol::BackendChoice> {
+pub fn vault_backends() -> Vec<vmvault_proto::protocol::BackendChoice> {
     let mut v = Vec::new();
     if require(&["kvm"]) {
-        v.push(dm_vmvault::protocol::BackendChoice::Kvm);
+        v.push(vmvault_proto::protocol::BackendChoice::Kvm);
     }
-    v.push(dm_vmvault::protocol::BackendChoice::Soft);
+    v.push(vmvault_proto::protocol::BackendChoice::Soft);
     v
 }
 
@@ -74,15 +74,15 @@ pub fn open_req(
     backing: &Path,
     key: &[u8],
     ss: u32,
-) -> dm_vmvault::protocol::OpenRequest {
-    dm_vmvault::protocol::OpenRequest {
-        name: name.into(),
+) -> vmvault_proto::protocol::OpenRequest {
+    vmvault_proto::protocol::OpenRequest {
+        name: vmvault_proto::VolumeName::new(name).unwrap(),
         backing: backing.to_path_buf(),
-        cipher: "aes-xts-plain64".into(),
-        key_size: key.len() as u32 * 8,
-        sector_size: ss,
-        offset: 2048,
-        iv_offset: 0,
+        cipher: vmvault_proto::CipherSpec::parse("aes-xts-plain64").unwrap(),
+        key_size: vmvault_proto::KeySize::from_bytes(key.len()).unwrap(),
+        sector_size: vmvault_proto::SectorSize::try_from(ss).unwrap(),
+        offset: vmvault_proto::Sectors(2048),
+        iv_offset: vmvault_proto::Sectors(0),
         iv_large_sectors: false,
         size: None,
         readonly: false,

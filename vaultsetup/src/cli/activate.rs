@@ -7,8 +7,11 @@
 //! `open` with its serial. The daemon reads the key straight into the vault's transfer
 //! page and invalidates it; this process zeroizes its copy before talking to the daemon.
 
-use dm_vmvault::client::{connect_or_spawn, Client, ClientError};
-use dm_vmvault::protocol::{BackendChoice, FrontendChoice, OpenRequest, VolumeStatus};
+use vmvault_proto::client::{connect_or_spawn, Client, ClientError};
+use vmvault_proto::protocol::{
+    BackendChoice, FrontendChoice, FrontendKind, OpenRequest, VolumeStatus,
+};
+use vmvault_proto::VolumeName;
 
 use super::{
     fail, read_volume, unlock_with_passphrase, BackendArg, Cli, CloseArgs, Failure, FrontendArg,
@@ -36,14 +39,7 @@ impl HasExitCode for KeyringError {
 }
 
 fn client_fail(e: ClientError) -> Failure {
-    let code = match e.exit_code() {
-        1 => ExitCode::WrongParameters,
-        2 => ExitCode::NoPermission,
-        3 => ExitCode::OutOfMemory,
-        5 => ExitCode::Busy,
-        _ => ExitCode::WrongDevice,
-    };
-    fail(code, e.to_string())
+    fail(e.exit_code(), e.to_string())
 }
 
 fn backend_choice(b: BackendArg) -> BackendChoice {
@@ -106,8 +102,7 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
             "Command requires device and mapped name as arguments.",
         ));
     };
-    dm_vmvault::daemon::volume::check_name(name)
-        .map_err(|e| fail(ExitCode::WrongParameters, e.to_string()))?;
+    let name = VolumeName::new(name).map_err(|e| fail(ExitCode::WrongParameters, e.to_string()))?;
     // The backing device as vmvaultd will use it: opened once, here, with the mode the
     // mapping needs, and handed over as a descriptor. The header must come from the same
     // file, so a path swapped meanwhile (a symlink to another disk) is refused, and one
@@ -139,9 +134,9 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
     .filter(|p| p.is_absolute())
     .unwrap_or_else(|| a.device.clone());
     let run_dir = a.daemon.dir();
-    let mut client = connect_or_spawn(&run_dir).map_err(client_fail)?;
+    let mut client = connect_or_spawn(&run_dir, &a.daemon.spawn()).map_err(client_fail)?;
     // Like cryptsetup: an active NAME is refused before asking for a passphrase.
-    if client.status(name).is_ok() {
+    if client.status(name.as_str()).is_ok() {
         return Err(fail(
             ExitCode::Busy,
             format!("Device {name} already exists."),
@@ -160,13 +155,13 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
         }
     };
     drop(dev);
-    if key.len() != params.key_bytes as usize {
+    if key.len() != params.key.bytes() {
         return Err(fail(
             ExitCode::WrongParameters,
             format!(
                 "Volume key has {} bytes but the data segment needs {}.",
                 key.len(),
-                params.key_bytes
+                params.key.bytes()
             ),
         ));
     }
@@ -176,10 +171,10 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
     let ring = client.prepare_key().map_err(client_fail)?;
     staged.link_into(ring)?;
     let req = OpenRequest {
-        name: name.to_string(),
+        name: name.clone(),
         backing,
         cipher: params.cipher.clone(),
-        key_size: params.key_bytes * 8,
+        key_size: params.key,
         sector_size: params.sector_size,
         offset: params.offset,
         iv_offset: params.iv_offset,
@@ -198,25 +193,12 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
         }),
         frontend: frontend_choice(a.frontend),
     };
-    let resp = client.open_fd_raw(req, std::os::fd::AsFd::as_fd(&backing_file));
+    let resp = client.open_fd(req, std::os::fd::AsFd::as_fd(&backing_file));
     drop(staged);
-    let resp = resp.map_err(client_fail)?;
-    for w in &resp.warnings {
+    let (st, warnings) = resp.map_err(client_fail)?;
+    for w in &warnings {
         out.stderr.push(format!("WARNING: {w}"));
     }
-    if !resp.ok {
-        let code = resp.code.unwrap_or(4);
-        return Err(client_fail(ClientError::Remote {
-            code,
-            message: resp.error.unwrap_or_else(|| "open failed".into()),
-        }));
-    }
-    let st = resp.status.ok_or_else(|| {
-        fail(
-            ExitCode::WrongDevice,
-            "vmvaultd answered open without a status",
-        )
-    })?;
     if let (Some(serial), Some(spec)) = (original, &a.volume_key_keyring) {
         if a.keep_keyring_key {
             out.stderr.push(format!(
@@ -231,7 +213,8 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
     if cli.verbose {
         out.stdout.push_str(&format!(
             "Device {name} is {} ({} backend).\n",
-            st.device, st.backend
+            st.device.display(),
+            st.backend.as_str()
         ));
     }
     Ok(())
@@ -271,6 +254,10 @@ pub fn close(a: &CloseArgs, _out: &mut Output) -> Result<(), Failure> {
             format!("Device {} is not active.", a.name),
         )
     };
+    // A name the daemon could not hold is not active.
+    if VolumeName::new(&a.name).is_err() {
+        return Err(not_active());
+    }
     let Some(mut c) = connect_existing(&a.daemon.dir()) else {
         return Err(not_active());
     };
@@ -278,24 +265,23 @@ pub fn close(a: &CloseArgs, _out: &mut Output) -> Result<(), Failure> {
 }
 
 fn human_status(st: &VolumeStatus) -> String {
-    let mut s = format!("{} is active.\n", st.device);
+    let mut s = format!("{} is active.\n", st.device.display());
     let ty = st.volume_type.as_deref().unwrap_or("n/a");
     s += &format!("  type:    {ty}\n");
     s += &format!("  cipher:  {}\n", st.cipher);
-    s += &format!("  keysize: {} bits\n", st.key_size);
+    s += &format!("  keysize: {}\n", st.key_size);
     s += &format!(
         "  key location: vault ({} backend, key slot in the vault; never in the keyring or dm table)\n",
-        st.backend
+        st.backend.as_str()
     );
     s += &format!("  protection: {}\n", st.protection);
-    s += &format!("  device:  {}\n", st.backing);
+    s += &format!("  device:  {}\n", st.backing.display());
     if st.loop_device != st.device {
-        let label = if st.frontend == "ublk" {
-            "ublk"
-        } else {
-            "loop"
+        let label = match st.frontend {
+            FrontendKind::Ublk => "ublk",
+            FrontendKind::FuseLoop => "loop",
         };
-        s += &format!("  {label}:    {}\n", st.loop_device);
+        s += &format!("  {label}:    {}\n", st.loop_device.display());
     }
     s += &format!("  sector size:  {}\n", st.sector_size);
     s += &format!("  offset:  {} sectors\n", st.offset);
@@ -313,7 +299,8 @@ fn human_status(st: &VolumeStatus) -> String {
     }
     s += &format!(
         "  daemon:  vmvaultd pid {} ({})\n",
-        st.daemon_pid, st.frontend
+        st.daemon_pid,
+        st.frontend.as_str()
     );
     s
 }

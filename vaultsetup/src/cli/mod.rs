@@ -120,9 +120,20 @@ pub struct DaemonArgs {
 impl DaemonArgs {
     /// The run directory in effect.
     pub fn dir(&self) -> PathBuf {
-        self.run_dir
-            .clone()
-            .unwrap_or_else(dm_vmvault::daemon::default_run_dir)
+        self.run_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("VMVAULT_RUN_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(vmvault_proto::sock::DEFAULT_RUN_DIR))
+        })
+    }
+
+    /// How to start vmvaultd if none runs: `$VMVAULTD`, else next to this program, else
+    /// in `$PATH`.
+    pub fn spawn(&self) -> vmvault_proto::client::SpawnConfig {
+        vmvault_proto::client::SpawnConfig {
+            program: std::env::var_os("VMVAULTD").map(PathBuf::from),
+            search_path: std::env::var_os("PATH"),
+        }
     }
 }
 

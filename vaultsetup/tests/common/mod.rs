@@ -217,12 +217,17 @@ impl World {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.run.join("vmvaultd.log")).unwrap_or_default()
     }
-    pub fn client(&self) -> Option<dm_vmvault::client::Client> {
-        dm_vmvault::client::Client::connect(&self.run).ok()
+    pub fn client(&self) -> Option<vmvault_proto::client::Client> {
+        vmvault_proto::client::Client::connect(&self.run).ok()
     }
     pub fn volumes(&self) -> Vec<String> {
         match self.client() {
-            Some(mut c) => c.list().unwrap().into_iter().map(|v| v.name).collect(),
+            Some(mut c) => c
+                .list()
+                .unwrap()
+                .into_iter()
+                .map(|v| v.name.to_string())
+                .collect(),
             None => Vec::new(),
         }
     }

@@ -53,12 +53,12 @@ pub enum KeyError {
     Keyctl {
         /// Key serial.
         serial: i32,
-        /// Cause.
+        /// The keyctl(2) error.
         source: std::io::Error,
     },
     /// Mapping or locking the secret page failed.
     #[error("cannot allocate locked memory for the key: {0}")]
-    Memory(std::io::Error),
+    Memory(#[source] std::io::Error),
 }
 
 /// One anonymous page, locked in RAM, excluded from core dumps, zeroed and unmapped on
@@ -66,6 +66,13 @@ pub enum KeyError {
 pub struct SecretPage {
     ptr: *mut u8,
     len: usize,
+}
+
+impl std::fmt::Debug for SecretPage {
+    /// Never the bytes: only how many there are.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretPage({} bytes, redacted)", self.len)
+    }
 }
 
 // SAFETY: SecretPage uniquely owns its mapping.

@@ -1,0 +1,438 @@
+//! The control protocol of `vmvaultd`: one JSON object per line over the Unix stream
+//! socket `<run-dir>/control`, each request answered by one response line.
+//!
+//! ```text
+//! → {"cmd":"hello","version":1}
+//! ← {"result":"ok","reply":{"version":1,"pid":4242}}
+//! → {"cmd":"prepare_key"}
+//! ← {"result":"ok","reply":{"key_ring":987654321}}
+//!   (the client links its possessor-only key into that keyring, then sends
+//!    `open` with "key_serial" and "key_ring")
+//! → {"cmd":"open","name":"vol","backing":"/img","cipher":"aes-xts-plain64","key_size":512,
+//!    "sector_size":4096,"offset":32768,"iv_offset":0,"iv_large_sectors":false,"size":null,
+//!    "backend":"auto","frontend":"auto","key_serial":123456789,"key_ring":987654321}
+//! ← {"result":"ok","reply":{"name":"vol","device":"/dev/mapper/vol",...}}
+//! → {"cmd":"open_fd",...}   + SCM_RIGHTS: one descriptor
+//!   (the same fields as `open`; the backing device is the descriptor sent as ancillary
+//!    data with the line, `backing` only names it)
+//! → {"cmd":"close","name":"vol"}
+//! ← {"result":"ok","reply":{}}
+//! ← {"result":"error","code":5,"error":"Device vol already exists."}
+//! ```
+//!
+//! Strict by design:
+//! - The first request on a connection is [`Request::Hello`] with [`VERSION`]; another
+//!   version, or any other request first, is refused and the connection closed. A change
+//!   to any request or reply bumps [`VERSION`].
+//! - Every request and reply refuses unknown fields, and the mapping's geometry
+//!   (`sector_size`, `offset`, `iv_offset`, `iv_large_sectors`, `size`) has no default:
+//!   a misspelt or missing field is an error, never a mapping with the wrong geometry.
+//! - Each command has one reply type ([`Request`] names it); a refusal carries an
+//!   [`ExitCode`].
+//!
+//! A request line is at most [`MAX_LINE`] bytes; a longer one is refused and the
+//! connection closed.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use crate::exit::ExitCode;
+use crate::types::{CipherSpec, KeySize, SectorSize, Sectors, VolumeName};
+
+/// The protocol version this build speaks. Client and daemon must agree exactly.
+pub const VERSION: u32 = 1;
+
+/// Longest request line the daemon reads (bytes, without the newline).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Which crypt backend a volume uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// The vault VM under KVM.
+    Kvm,
+    /// The vault's software backend (keys in `memfd_secret`).
+    Soft,
+    /// `kvm` when `/dev/kvm` works, else `soft`.
+    #[default]
+    Auto,
+    /// The engine in the daemon's own heap: tests and comparisons only, never chosen by `auto`.
+    InProcess,
+}
+
+impl BackendChoice {
+    /// Name as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Kvm => "kvm",
+            BackendChoice::Soft => "soft",
+            BackendChoice::Auto => "auto",
+            BackendChoice::InProcess => "in-process",
+        }
+    }
+}
+
+/// Which frontend gives the kernel the plaintext block device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FrontendChoice {
+    /// The plaintext as a file in a FUSE mount, attached to a loop device.
+    Fuse,
+    /// A ublk block device served by vmvaultd through io_uring.
+    Ublk,
+    /// `ublk` where `/dev/ublk-control` exists (and the daemon was built with it), else
+    /// `fuse`.
+    #[default]
+    Auto,
+}
+
+impl FrontendChoice {
+    /// Name as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrontendChoice::Fuse => "fuse",
+            FrontendChoice::Ublk => "ublk",
+            FrontendChoice::Auto => "auto",
+        }
+    }
+}
+
+/// The frontend a volume got (what `status` reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrontendKind {
+    /// A FUSE file attached to a loop device.
+    #[serde(rename = "fuse+loop")]
+    FuseLoop,
+    /// A ublk block device.
+    #[serde(rename = "ublk")]
+    Ublk,
+}
+
+impl FrontendKind {
+    /// The name `status` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrontendKind::FuseLoop => "fuse+loop",
+            FrontendKind::Ublk => "ublk",
+        }
+    }
+}
+
+/// A field that must be present, even when its value may be `null`.
+fn required<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    T::deserialize(d)
+}
+
+/// Parameters of `open` and `open_fd`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenRequest {
+    /// Volume name (`/dev/mapper/NAME` where device-mapper exists).
+    pub name: VolumeName,
+    /// Backing file or block device holding the ciphertext.
+    pub backing: PathBuf,
+    /// dm-crypt cipher specification, e.g. `aes-xts-plain64`.
+    pub cipher: CipherSpec,
+    /// Key size (bits on the wire: 512 for AES-256-XTS).
+    pub key_size: KeySize,
+    /// Encryption sector size.
+    pub sector_size: SectorSize,
+    /// Start of the encrypted data on the backing device.
+    pub offset: Sectors,
+    /// IV offset.
+    pub iv_offset: Sectors,
+    /// IVs count sector-size units instead of 512-byte units.
+    pub iv_large_sectors: bool,
+    /// Device length; `null` means to the end of the backing device. Must be present.
+    #[serde(deserialize_with = "required")]
+    pub size: Option<Sectors>,
+    /// Read-only mapping.
+    #[serde(default)]
+    pub readonly: bool,
+    /// Pass discards to the backing file.
+    #[serde(default)]
+    pub allow_discards: bool,
+    /// Crypt backend.
+    pub backend: BackendChoice,
+    /// Frontend.
+    pub frontend: FrontendChoice,
+    /// Serial of a kernel keyring `user` key holding the volume key; the daemon must be
+    /// able to read it (possessor, or user-read for uid 0).
+    pub key_serial: i32,
+    /// Keep the keyring key after import (default: invalidate it).
+    #[serde(default)]
+    pub keep_key: bool,
+    /// The request keyring from `prepare_key` that the client linked `key_serial` into;
+    /// the daemon invalidates it after the import, whatever the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ring: Option<i32>,
+    /// What the client opened, for `status` (e.g. `LUKS2`); informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_type: Option<String>,
+    /// The volume's uuid (the LUKS header's), for the device-mapper uuid
+    /// `VMVAULT-<type>-<uuid>-NAME` that udev rules see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_uuid: Option<String>,
+}
+
+/// A request line. The doc of each variant names its reply type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+// Commands without parameters are empty struct variants, not unit variants: serde
+// ignores unknown fields after a unit variant's tag, and they must be refused.
+pub enum Request {
+    /// The first request on every connection: the client's protocol version.
+    /// Reply: [`HelloReply`].
+    Hello {
+        /// The client's [`VERSION`].
+        version: u32,
+    },
+    /// Open a volume; the daemon opens `backing` itself. Reply: [`VolumeStatus`].
+    Open(OpenRequest),
+    /// Open a volume on the backing descriptor sent with this line (`SCM_RIGHTS`, exactly
+    /// one): the file the client checked, with no path resolved again. It must be a
+    /// regular file or a block device, open read-write unless `readonly`.
+    /// Reply: [`VolumeStatus`].
+    OpenFd(OpenRequest),
+    /// Create a per-request keyring that the daemon possesses and the client may link
+    /// a key into. It lives until the `open` that names it, the end of the connection,
+    /// or 60 s, whichever comes first. Reply: [`KeyRingReply`].
+    PrepareKey {},
+    /// Close a volume. Reply: [`Done`].
+    Close {
+        /// Volume name.
+        name: VolumeName,
+    },
+    /// Status of one volume. Reply: [`VolumeStatus`].
+    Status {
+        /// Volume name.
+        name: VolumeName,
+    },
+    /// Status of every volume. Reply: [`ListReply`].
+    List {},
+    /// Liveness check. Reply: [`PingReply`].
+    Ping {},
+    /// Close every volume and exit; refused while a volume is in use. Reply: [`Done`].
+    Shutdown {},
+}
+
+/// What `status` reports about a volume (the fields `vaultsetup status --json` prints).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeStatus {
+    /// Volume name.
+    pub name: VolumeName,
+    /// The plaintext block device (`/dev/mapper/NAME` or the frontend's device).
+    pub device: PathBuf,
+    /// The frontend's block device under it: `/dev/loopN` (`fuse+loop`) or
+    /// `/dev/ublkbN` (`ublk`). The name predates the ublk frontend.
+    pub loop_device: PathBuf,
+    /// Backing file or device.
+    pub backing: PathBuf,
+    /// Cipher specification.
+    pub cipher: CipherSpec,
+    /// Key size (bits on the wire).
+    pub key_size: KeySize,
+    /// Encryption sector size.
+    pub sector_size: SectorSize,
+    /// Data offset on the backing device.
+    pub offset: Sectors,
+    /// IV offset.
+    pub iv_offset: Sectors,
+    /// IVs in sector-size units.
+    pub iv_large_sectors: bool,
+    /// Device size.
+    pub size: Sectors,
+    /// Read-only mapping.
+    pub readonly: bool,
+    /// Discards passed down.
+    pub allow_discards: bool,
+    /// Crypt backend in use (`kvm`, `soft`, `in-process`).
+    pub backend: BackendChoice,
+    /// Protection level in words (DESIGN.md §1).
+    pub protection: String,
+    /// Frontend (`fuse+loop` or `ublk`).
+    pub frontend: FrontendKind,
+    /// Whether the loop device does direct I/O on the FUSE file (false for `ublk`).
+    pub direct_io: bool,
+    /// The target table line (a vault slot reference, never a key).
+    pub table: String,
+    /// Pid of vmvaultd.
+    pub daemon_pid: u32,
+    /// What the client said it opened (e.g. `LUKS2`), if it said.
+    pub volume_type: Option<String>,
+}
+
+/// Reply to [`Request::Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelloReply {
+    /// The daemon's [`VERSION`] (equal to the client's, or the hello was refused).
+    pub version: u32,
+    /// The daemon's pid.
+    pub pid: u32,
+}
+
+/// Reply to [`Request::PrepareKey`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRingReply {
+    /// Serial of the request keyring.
+    pub key_ring: i32,
+}
+
+/// Reply to [`Request::List`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListReply {
+    /// Every open volume.
+    pub volumes: Vec<VolumeStatus>,
+}
+
+/// Reply to [`Request::Ping`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PingReply {
+    /// The daemon's pid.
+    pub pid: u32,
+}
+
+/// Reply to requests that only succeed or fail ([`Request::Close`],
+/// [`Request::Shutdown`]): `{}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Done {}
+
+/// A response line: the command's reply, or a refusal with the exit code the client
+/// should use (cryptsetup's: 1 bad arguments, 2 no permission or bad key, 3 out of
+/// memory, 4 wrong device, 5 busy or exists).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response<T> {
+    /// The request succeeded.
+    Ok {
+        /// The command's reply.
+        reply: T,
+        /// Non-fatal warnings (e.g. the keyring key could not be invalidated).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
+    },
+    /// The request was refused.
+    Error {
+        /// Exit code for the client.
+        code: ExitCode,
+        /// What went wrong, for the user.
+        error: String,
+    },
+}
+
+impl<T> Response<T> {
+    /// A success without warnings.
+    pub fn ok(reply: T) -> Self {
+        Response::Ok {
+            reply,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// A refusal.
+    pub fn err(code: ExitCode, msg: impl Into<String>) -> Self {
+        Response::Error {
+            code,
+            error: msg.into(),
+        }
+    }
+}
+
+/// The refusal line for a request that did not parse, or came at the wrong time; it
+/// has no reply type.
+pub fn refusal(code: ExitCode, msg: impl Into<String>) -> Response<Done> {
+    Response::err(code, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPEN: &str = r#"{"cmd":"open","name":"v","backing":"/img","cipher":"aes-xts-plain64","key_size":512,"sector_size":4096,"offset":32768,"iv_offset":0,"iv_large_sectors":false,"size":null,"backend":"auto","frontend":"ublk","key_serial":42}"#;
+
+    fn parse(line: &str) -> Result<Request, String> {
+        serde_json::from_str(line).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn open_request_round_trip() {
+        let r = parse(OPEN).unwrap();
+        let Request::Open(o) = &r else { panic!() };
+        assert_eq!(o.sector_size, SectorSize::B4096);
+        assert_eq!(o.offset, Sectors(32768));
+        assert_eq!(o.key_size.bytes(), 64);
+        assert_eq!(o.frontend, FrontendChoice::Ublk);
+        assert!(!o.keep_key && !o.readonly && o.size.is_none());
+        let again = parse(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(again, r);
+        assert_eq!(
+            parse(r#"{"cmd":"close","name":"v"}"#).unwrap(),
+            Request::Close {
+                name: VolumeName::new("v").unwrap()
+            }
+        );
+        let b: BackendChoice = serde_json::from_str(r#""in-process""#).unwrap();
+        assert_eq!(b, BackendChoice::InProcess);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = parse(&OPEN.replace(r#""offset""#, r#""ofset""#)).unwrap_err();
+        assert!(e.contains("ofset"), "{e}");
+        let e = parse(&OPEN.replace('}', r#","extra":1}"#)).unwrap_err();
+        assert!(e.contains("unknown field `extra`"), "{e}");
+        let e = parse(r#"{"cmd":"close","name":"v","force":true}"#).unwrap_err();
+        assert!(e.contains("unknown field `force`"), "{e}");
+        let e = parse(r#"{"cmd":"ping","x":1}"#).unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn geometry_has_no_defaults() {
+        for field in [
+            r#""sector_size":4096,"#,
+            r#""offset":32768,"#,
+            r#""iv_offset":0,"#,
+            r#""iv_large_sectors":false,"#,
+            r#""size":null,"#,
+        ] {
+            let e = parse(&OPEN.replace(field, "")).unwrap_err();
+            let name = field.split('"').nth(1).unwrap();
+            assert!(
+                e.contains(&format!("missing field `{name}`")),
+                "{name}: {e}"
+            );
+        }
+        let e = parse(&OPEN.replace(r#""sector_size":4096"#, r#""sector_size":4095"#)).unwrap_err();
+        assert!(e.contains("sector size 4095"), "{e}");
+        let e = parse(&OPEN.replace(r#""name":"v""#, r#""name":"../v""#)).unwrap_err();
+        assert!(e.contains("invalid volume name"), "{e}");
+    }
+
+    #[test]
+    fn response_shapes() {
+        let s = serde_json::to_string(&refusal(ExitCode::Busy, "busy")).unwrap();
+        assert_eq!(s, r#"{"result":"error","code":5,"error":"busy"}"#);
+        let s = serde_json::to_string(&Response::ok(Done {})).unwrap();
+        assert_eq!(s, r#"{"result":"ok","reply":{}}"#);
+        let r: Response<PingReply> =
+            serde_json::from_str(r#"{"result":"ok","reply":{"pid":7}}"#).unwrap();
+        assert_eq!(r, Response::ok(PingReply { pid: 7 }));
+        // The reply of another command does not pass for this one.
+        assert!(serde_json::from_str::<Response<PingReply>>(
+            r#"{"result":"ok","reply":{"key_ring":7}}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<Response<Done>>(
+            r#"{"result":"error","code":9,"error":"x"}"#
+        )
+        .is_err());
+    }
+}
