@@ -57,7 +57,7 @@ pub fn key_backend(
     match choice {
         BackendChoice::InProcess => {
             let key = keyring::read_key(serial, key_len)?;
-            let crypt = EngineCrypt::new(spec, key.bytes(), geom)?;
+            let crypt = EngineCrypt::new(spec, key.as_slice(), geom)?;
             Ok(Keyed {
                 crypt: Arc::new(crypt),
                 slot: 0,

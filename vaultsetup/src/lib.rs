@@ -19,7 +19,7 @@ pub mod keyslot;
 pub mod luks1;
 pub mod luks2;
 pub mod passphrase;
-pub mod secret;
+pub use vmvault_proto::secret;
 pub mod util;
 pub mod volume;
 

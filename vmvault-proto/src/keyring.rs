@@ -2,11 +2,13 @@
 //! the safe keyctl(2)/add_key(2) layer that vaultsetup's side of the key hand-over
 //! (`vaultsetup::keyring`) uses too.
 //!
-//! Vault backends do not use this module's [`SecretPage`]: vmvault-hv reads the key
+//! Vault backends do not use [`read_key`]: vmvault-hv reads the key
 //! with `keyctl_read` straight into the vault's transfer page. Only the in-process
 //! engine (tests, comparisons) reads keys here.
 
 use zeroize::Zeroize;
+
+use crate::secret::SecretBuf;
 
 const KEYCTL_SETPERM: libc::c_long = 5;
 const KEYCTL_DESCRIBE: libc::c_long = 6;
@@ -59,77 +61,6 @@ pub enum KeyError {
     /// Mapping or locking the secret page failed.
     #[error("cannot allocate locked memory for the key: {0}")]
     Memory(#[source] std::io::Error),
-}
-
-/// One anonymous page, locked in RAM, excluded from core dumps, zeroed and unmapped on
-/// drop. Holds at most 4096 bytes.
-pub struct SecretPage {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl std::fmt::Debug for SecretPage {
-    /// Never the bytes: only how many there are.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SecretPage({} bytes, redacted)", self.len)
-    }
-}
-
-// SAFETY: SecretPage uniquely owns its mapping.
-unsafe impl Send for SecretPage {}
-
-impl SecretPage {
-    const SIZE: usize = 4096;
-
-    /// Maps and locks a zeroed page.
-    pub fn new() -> Result<Self, KeyError> {
-        // SAFETY: anonymous private mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                Self::SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(KeyError::Memory(std::io::Error::last_os_error()));
-        }
-        let page = SecretPage {
-            ptr: p.cast(),
-            len: 0,
-        };
-        // SAFETY: p is our fresh mapping of SIZE bytes.
-        if unsafe { libc::mlock(p, Self::SIZE) } != 0 {
-            return Err(KeyError::Memory(std::io::Error::last_os_error()));
-        }
-        // SAFETY: p is our mapping; these advices only change dump and fork behaviour.
-        unsafe { libc::madvise(p, Self::SIZE, libc::MADV_DONTDUMP) };
-        // SAFETY: as above.
-        unsafe { libc::madvise(p, Self::SIZE, libc::MADV_WIPEONFORK) };
-        Ok(page)
-    }
-
-    /// The key bytes.
-    pub fn bytes(&self) -> &[u8] {
-        // SAFETY: ptr maps SIZE bytes; len <= SIZE.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    fn whole_mut(&mut self) -> &mut [u8] {
-        // SAFETY: ptr maps SIZE writable bytes owned by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, Self::SIZE) }
-    }
-}
-
-impl Drop for SecretPage {
-    fn drop(&mut self) {
-        self.whole_mut().zeroize();
-        // SAFETY: unmapping the mapping created in `new`, not used afterwards.
-        unsafe { libc::munmap(self.ptr.cast(), Self::SIZE) };
-    }
 }
 
 fn keyctl(
@@ -275,19 +206,26 @@ pub fn read_key_into(serial: i32, dst: &mut [u8]) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Reads key `serial` (exactly `len` bytes) into a fresh [`SecretPage`].
-pub fn read_key(serial: i32, len: usize) -> Result<SecretPage, KeyError> {
-    if len == 0 || len > SecretPage::SIZE {
+/// Reads key `serial` (exactly `len` bytes, at most 4096) into a fresh, locked
+/// [`SecretBuf`]; an unlocked buffer (`RLIMIT_MEMLOCK`) is an error here, since the
+/// caller keeps the key.
+pub fn read_key(serial: i32, len: usize) -> Result<SecretBuf, KeyError> {
+    if len == 0 || len > 4096 {
         return Err(KeyError::WrongSize {
             serial,
             got: 0,
             want: len,
         });
     }
-    let mut page = SecretPage::new()?;
-    read_key_into(serial, &mut page.whole_mut()[..len])?;
-    page.len = len;
-    Ok(page)
+    let mut buf = SecretBuf::zeroed(len);
+    if !buf.is_locked() {
+        return Err(KeyError::Memory(std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            "mlock failed (raise RLIMIT_MEMLOCK)",
+        )));
+    }
+    read_key_into(serial, buf.as_mut_slice())?;
+    Ok(buf)
 }
 
 /// Invalidates key `serial` (`KEYCTL_INVALIDATE`).

@@ -9,6 +9,8 @@
 //!   512-byte sectors, volume names), parsed once;
 //! - [`exit`]: cryptsetup's exit codes, one enum for the CLI and the protocol;
 //! - [`keyring`]: the keyctl(2)/add_key(2) layer of the key hand-over;
+//! - [`secret`]: the one secret-buffer type (locked, undumpable, zeroized pages of its
+//!   own) and its newtypes for passphrases and keys;
 //! - [`sock`]: the control socket's path, `SO_PEERCRED` and `SCM_RIGHTS`.
 //!
 //! `vaultsetup` (and later the boot-time tools and the PKCS#11 module) depend on this
@@ -19,6 +21,7 @@ pub mod client;
 pub mod exit;
 pub mod keyring;
 pub mod protocol;
+pub mod secret;
 pub mod sock;
 pub mod types;
 
