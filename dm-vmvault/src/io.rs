@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use crate::crypt::{Crypt, CryptError, IoBuf};
 use crate::locks::RangeLocks;
+use vmvault_proto::Sectors;
 
 /// Largest plaintext range one pooled buffer serves (bigger requests are split).
 pub const MAX_IO: usize = 1024 * 1024;
@@ -88,10 +89,10 @@ impl IoError {
 pub struct IoConfig {
     /// Backing file or block device.
     pub backing: PathBuf,
-    /// Start of the encrypted data (512-byte sectors).
-    pub offset_sectors: u64,
-    /// Device length (512-byte sectors); `None` = to the end of the backing file.
-    pub len_sectors: Option<u64>,
+    /// Start of the encrypted data.
+    pub offset: Sectors,
+    /// Device length; `None` = to the end of the backing file.
+    pub len: Option<Sectors>,
     /// Open read-only and refuse writes.
     pub readonly: bool,
     /// Try `O_DIRECT` on the backing file (falls back to buffered I/O if refused).
@@ -216,11 +217,12 @@ impl IoEngine {
         };
         let ss = u64::from(crypt.geometry().sector_size);
         let total = backing_size(&file).map_err(err)?;
-        let data_off = cfg.offset_sectors * 512;
+        let too_small = || IoError::TooSmall(cfg.backing.clone());
+        let data_off = cfg.offset.bytes().map_err(|_| too_small())?.0;
         let avail = total.saturating_sub(data_off) / ss * ss;
-        let size = match cfg.len_sectors {
-            Some(l) if l * 512 <= avail => l * 512,
-            Some(_) => return Err(IoError::TooSmall(cfg.backing.clone())),
+        let size = match cfg.len.map(Sectors::bytes) {
+            Some(Ok(l)) if l.0 <= avail => l.0,
+            Some(_) => return Err(too_small()),
             None => avail,
         };
         if size == 0 || size % ss != 0 {
@@ -542,8 +544,8 @@ mod tests {
         let crypt = Arc::new(EngineCrypt::new(spec, &key, geom).unwrap());
         let cfg = IoConfig {
             backing: p,
-            offset_sectors: 8,
-            len_sectors: None,
+            offset: Sectors(8),
+            len: None,
             readonly: false,
             direct: false,
             allow_discards: true,

@@ -24,8 +24,8 @@ fn attach(
         Arc::new(EngineCrypt::new(spec, key, Geometry::new(ss, false, 0).unwrap()).unwrap());
     let cfg = IoConfig {
         backing: img.to_path_buf(),
-        offset_sectors: 2048,
-        len_sectors: None,
+        offset: vmvault_proto::Sectors(2048),
+        len: None,
         readonly: false,
         direct: true,
         allow_discards: false,

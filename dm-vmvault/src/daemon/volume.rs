@@ -305,8 +305,8 @@ impl Volume {
         // Backing first (cheap checks) so a bad device does not import a key.
         let io_cfg = IoConfig {
             backing: backing.clone(),
-            offset_sectors: req.offset.0,
-            len_sectors: req.size.map(|s| s.0),
+            offset: req.offset,
+            len: req.size,
             readonly: req.readonly,
             direct: true,
             allow_discards: req.allow_discards,
