@@ -12,23 +12,14 @@
 //! (offset, length) ranges inside it. The vault validates every request on a private
 //! copy and answers bad ones with an error status.
 //!
-//! Tuning (environment, read when a vault opens):
-//! - `VMVAULT_RUN=thread|caller`: who runs a sleeping vCPU when [`VaultConfig::run`] is
-//!   [`RunMode::Auto`] (default: `caller` when the vCPUs would take half the usable CPUs
-//!   or more, as on a 2-CPU machine; `thread` otherwise). See [`RunMode`].
-//! - `VMVAULT_IDLE_SPINS`: base idle spin of a vCPU thread before it sleeps (default
-//!   4000 ring scans, about 100 µs here). It adapts: doubled (up to 16×) each time the
-//!   thread is woken less than 2 ms after it slept, back to the base after 50 ms of
-//!   quiet. A sleeping vCPU costs a VM exit (~25–60 µs on this PVM host).
-//! - `VMVAULT_CALLER_SPINS`: idle spin when a submitting thread runs the vCPU (default
-//!   1: exit as soon as the ring is empty; the runner then runs another episode if
-//!   threads submitted meanwhile, and wakes the threads whose requests it served).
-//! - `VMVAULT_ASSIST=0`: in thread mode, do not let a submitter that finds the vCPU
-//!   asleep serve the ring itself while the vCPU thread is being woken.
-//! - `VMVAULT_VCPU_CPUS=3,2` pins vCPU `i` to the `i`-th listed CPU; `none` disables the
-//!   default pinning (thread mode: vCPUs on the highest CPUs when CPUs outnumber vCPUs;
-//!   caller mode pins nothing).
-//! - `VMVAULT_VCPU_NICE=-10`: CPU weight of the vCPU threads (needs CAP_SYS_NICE).
+//! Configuration is plain data: [`VaultConfig`] says which backend, how many vCPUs, how
+//! large a window and who runs the vCPUs ([`RunMode`]); its [`Tuning`] fine-tunes the
+//! `kvm` backend's vCPUs (idle spins of a polling vCPU thread and of a submitter running
+//! the vCPU, whether submitters assist a waking vCPU thread, CPU pinning
+//! ([`CpuPinning`]) and nice value of the vCPU threads). The library reads no
+//! environment variable; the `vmvault-hv` tool takes the `VMVAULT_RUN`,
+//! `VMVAULT_IDLE_SPINS`, `VMVAULT_CALLER_SPINS`, `VMVAULT_ASSIST`, `VMVAULT_VCPU_CPUS`
+//! and `VMVAULT_VCPU_NICE` overrides from its environment (or options) and fills them in.
 //!
 //! ```no_run
 //! use vmvault_hv::{Vault, VaultConfig, BackendKind};
@@ -44,6 +35,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod config;
 mod error;
 pub mod kvm;
 mod layout;
@@ -64,93 +56,12 @@ use vault_vm::abi::{self, op, status, Request, Response, Segment, MAX_SEGMENTS, 
 use vault_vm::engine::{CipherSpec, Geometry};
 
 use backend::{Backend, Ticket};
+pub use config::{BackendKind, CpuPinning, ParseTuningError, RunMode, Tuning, VaultConfig};
 pub use error::{HvError, Result};
 pub use window::{Window, WindowBuf, WINDOW_GRANULE};
 
 /// The flat vault guest image (built by `build.rs`).
 pub static GUEST_IMAGE: &[u8] = include_bytes!(env!("VAULT_GUEST_IMAGE"));
-
-/// Which backend runs the vault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BackendKind {
-    /// The vault VM under KVM.
-    Kvm,
-    /// In-process, keys in `memfd_secret`.
-    Soft,
-    /// `Kvm` when `/dev/kvm` works, else `Soft`.
-    Auto,
-}
-
-impl BackendKind {
-    /// Lower-case name (`kvm`, `soft`, `auto`).
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Kvm => "kvm",
-            BackendKind::Soft => "soft",
-            BackendKind::Auto => "auto",
-        }
-    }
-}
-
-impl std::str::FromStr for BackendKind {
-    type Err = HvError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "kvm" => Ok(BackendKind::Kvm),
-            "soft" => Ok(BackendKind::Soft),
-            "auto" => Ok(BackendKind::Auto),
-            _ => Err(HvError::Config(format!(
-                "unknown backend {s:?} (kvm, soft or auto)"
-            ))),
-        }
-    }
-}
-
-/// Who runs a vCPU of the `kvm` backend ([`VaultConfig::run`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum RunMode {
-    /// `VMVAULT_RUN=thread|caller` if set, else [`RunMode::Caller`] when the vCPUs
-    /// would take half the usable CPUs or more, [`RunMode::Thread`] otherwise.
-    #[default]
-    Auto,
-    /// One thread per vCPU polls its ring (~1 µs hand-off, full throughput per vCPU) and
-    /// sleeps after an adaptive idle spin; a submitter that finds it asleep serves the
-    /// ring itself until the thread is back. Needs CPUs to spare for the polling.
-    Thread,
-    /// Run to completion on the caller: a submitter that finds the vCPU asleep enters
-    /// `KVM_RUN` itself and the guest serves the ring until it is drained; nobody polls
-    /// between bursts. Submitters that find the vCPU taken sleep until the runner's
-    /// episode ends, and the runner runs another episode for them, so one `KVM_RUN`
-    /// serves several threads' requests under load. Each episode costs one VM exit
-    /// (~25 µs of CPU on PVM, 1–3 µs on VMX/SVM hardware) but there is no cross-CPU
-    /// hand-off and no polling thread competing with the submitters: the better choice
-    /// on small machines.
-    Caller,
-}
-
-/// How to open a vault.
-#[derive(Clone, Debug)]
-pub struct VaultConfig {
-    /// Backend to use.
-    pub backend: BackendKind,
-    /// vCPUs serving requests (1..=`abi::MAX_VCPUS`).
-    pub vcpus: usize,
-    /// Size of the data window in bytes (rounded up to 2 MiB).
-    pub window_size: u64,
-    /// Who runs the vCPUs (`kvm` backend).
-    pub run: RunMode,
-}
-
-impl Default for VaultConfig {
-    fn default() -> Self {
-        VaultConfig {
-            backend: BackendKind::Auto,
-            vcpus: 1,
-            window_size: 16 << 20,
-            run: RunMode::Auto,
-        }
-    }
-}
 
 /// A key slot in the vault: a handle, never the key. It names one import: once the key
 /// is dropped the handle stays invalid even if a new key lands in the same slot.
@@ -245,25 +156,13 @@ impl Vault {
                 abi::WINDOW_MAX
             )));
         }
-        let idle_spins = std::env::var("VMVAULT_IDLE_SPINS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(kvm::DEFAULT_IDLE_SPINS);
-        let backend: Box<dyn Backend> =
-            match cfg.backend {
-                BackendKind::Kvm => Box::new(kvm::KvmBackend::open(
-                    GUEST_IMAGE,
-                    cfg.vcpus,
-                    window,
-                    idle_spins,
-                    cfg.run,
-                )?),
-                BackendKind::Soft => Box::new(soft::SoftBackend::open(cfg.vcpus, window)?),
-                BackendKind::Auto if kvm::KvmBackend::available() => Box::new(
-                    kvm::KvmBackend::open(GUEST_IMAGE, cfg.vcpus, window, idle_spins, cfg.run)?,
-                ),
-                BackendKind::Auto => Box::new(soft::SoftBackend::open(cfg.vcpus, window)?),
-            };
+        let kvm = || kvm::KvmBackend::open(GUEST_IMAGE, cfg.vcpus, window, cfg.run, &cfg.tuning);
+        let backend: Box<dyn Backend> = match cfg.backend {
+            BackendKind::Kvm => Box::new(kvm()?),
+            BackendKind::Soft => Box::new(soft::SoftBackend::open(cfg.vcpus, window)?),
+            BackendKind::Auto if kvm::KvmBackend::available() => Box::new(kvm()?),
+            BackendKind::Auto => Box::new(soft::SoftBackend::open(cfg.vcpus, window)?),
+        };
         Ok(Vault {
             backend,
             slots: Mutex::new([None; MAX_SLOTS]),

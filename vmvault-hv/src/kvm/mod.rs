@@ -21,12 +21,12 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vault_vm::abi::{self, Request, Response};
 
 use crate::backend::{Backend, Ticket};
+use crate::config::{BackendKind, RunMode, Tuning};
 use crate::error::{HvError, Result};
 use crate::layout;
 use crate::memory::SharedMem;
 use crate::ring::{request_bytes, Racer, RingClient, WaitMode};
 use crate::window::Window;
-use crate::{BackendKind, RunMode};
 
 /// Name of the guest RAM memfd (scanners look for `/memfd:vmvault-guest`).
 pub const GUEST_MEMFD_NAME: &CStr = c"vmvault-guest";
@@ -34,28 +34,22 @@ pub const GUEST_MEMFD_NAME: &CStr = c"vmvault-guest";
 pub const WINDOW_MEMFD_NAME: &CStr = c"vmvault-window";
 
 /// Idle spins of a vCPU before it sleeps (each spin scans the ring once and pauses,
-/// about 25 ns here: 4000 spins are about 100 µs). Override with `VMVAULT_IDLE_SPINS`.
-pub const DEFAULT_IDLE_SPINS: u64 = 4_000;
+/// about 25 ns here: 4000 spins are about 100 µs): [`Tuning::DEFAULT_IDLE_SPINS`]; set
+/// [`Tuning::idle_spins`] for another.
+pub const DEFAULT_IDLE_SPINS: u64 = Tuning::DEFAULT_IDLE_SPINS as u64;
 
 /// Default idle spins of the guest when a submitting thread runs the vCPU itself: one
-/// empty scan of the ring, then exit. Requests submitted meanwhile by other threads are
-/// picked up by the runner's next episode (those threads sleep until then), which batches
-/// several requests per `KVM_RUN` under load; spinning longer in the guest only took
-/// CPU from the rest of the I/O stack (fio random 4K, 2 CPUs: 1 spin 101 MB/s write vs
-/// 400 spins 90 MB/s). Override with `VMVAULT_CALLER_SPINS`.
-pub const DEFAULT_CALLER_SPINS: u64 = 1;
+/// empty scan of the ring, then exit ([`Tuning::DEFAULT_CALLER_SPINS`]; see
+/// [`Tuning::caller_spins`]).
+pub const DEFAULT_CALLER_SPINS: u64 = Tuning::DEFAULT_CALLER_SPINS as u64;
 
-/// Resolves [`RunMode::Auto`]: `VMVAULT_RUN=thread|caller` if set, else caller mode
-/// when the vCPUs would take half the CPUs this process may use or more (each polling
-/// vCPU keeps a CPU busy; on small machines the submitters need them).
+/// Resolves [`RunMode::Auto`]: caller mode when the vCPUs would take half the CPUs this
+/// process may use or more (each polling vCPU keeps a CPU busy; on small machines the
+/// submitters need them), thread mode otherwise. Other modes are returned as they are.
 pub fn resolve_run_mode(mode: RunMode, vcpus: usize) -> RunMode {
     match mode {
-        RunMode::Auto => match std::env::var("VMVAULT_RUN").as_deref() {
-            Ok("thread") => RunMode::Thread,
-            Ok("caller") => RunMode::Caller,
-            _ if vcpu::allowed_cpus().len() < 2 * vcpus + 2 => RunMode::Caller,
-            _ => RunMode::Thread,
-        },
+        RunMode::Auto if vcpu::allowed_cpus().len() < 2 * vcpus + 2 => RunMode::Caller,
+        RunMode::Auto => RunMode::Thread,
         m => m,
     }
 }
@@ -79,8 +73,10 @@ pub(crate) struct Shared {
     pub runners: Vec<Runner>,
     pub caller_runs: bool,
     /// Thread mode: a submitter that finds the vCPU asleep also serves the ring itself
-    /// until the vCPU thread takes over (`VMVAULT_ASSIST=0` disables).
+    /// until the vCPU thread takes over ([`Tuning::assist`]).
     pub assist: bool,
+    /// Nice value of the vCPU threads ([`Tuning::vcpu_nice`]).
+    pub vcpu_nice: Option<i32>,
     pub failed: AtomicBool,
     pub failure: Mutex<Option<String>>,
     pub ready: Mutex<usize>,
@@ -121,8 +117,8 @@ impl KvmBackend {
         image: &[u8],
         vcpus: usize,
         window_len: u64,
-        idle_spins: u64,
         mode: RunMode,
+        tuning: &Tuning,
     ) -> Result<Self> {
         let header = layout::parse_image(image)?;
         let kvm = Kvm::new().map_err(|e| HvError::KvmUnavailable(format!("/dev/kvm: {e}")))?;
@@ -167,13 +163,9 @@ impl KvmBackend {
             entry: header.entry,
             vcpus,
             window_len,
-            idle_spins,
+            idle_spins: u64::from(tuning.idle_spins),
             flags: boot_flags(),
         };
-        let caller_spins = std::env::var("VMVAULT_CALLER_SPINS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(DEFAULT_CALLER_SPINS);
         let clamp = |n: u64| n.clamp(1, abi::MAX_IDLE_SPINS) as u32;
         let mut runners = Vec::new();
         for i in 0..vcpus {
@@ -181,8 +173,8 @@ impl KvmBackend {
                 fd: Mutex::new(vcpu::setup(&kvm, &vm, i, &boot)?),
                 over: AtomicBool::new(false),
                 thread_coming: AtomicBool::new(false),
-                idle_spins: clamp(idle_spins),
-                caller_spins: clamp(caller_spins),
+                idle_spins: clamp(u64::from(tuning.idle_spins)),
+                caller_spins: clamp(u64::from(tuning.caller_spins)),
             });
         }
         let mode = resolve_run_mode(mode, vcpus);
@@ -196,7 +188,8 @@ impl KvmBackend {
             rings,
             runners,
             caller_runs: mode == RunMode::Caller,
-            assist: std::env::var("VMVAULT_ASSIST").map_or(true, |v| v != "0"),
+            assist: tuning.assist,
+            vcpu_nice: tuning.vcpu_nice,
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             ready: Mutex::new(0),
@@ -206,7 +199,7 @@ impl KvmBackend {
         let mut threads = Vec::new();
         // Caller mode: the vCPUs run on the submitting threads; nothing to pin.
         let cpus = match mode {
-            RunMode::Thread => vcpu::pin_plan(vcpus),
+            RunMode::Thread => vcpu::pin_plan(vcpus, &tuning.vcpu_cpus),
             _ => None,
         };
         let mut err = None;

@@ -10,6 +10,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vault_vm::abi;
 
 use super::Shared;
+use crate::config::CpuPinning;
 use crate::error::{HvError, Result};
 
 /// Boot parameters shared by all vCPUs.
@@ -174,17 +175,16 @@ pub(super) fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// The CPU each vCPU is pinned to (`None`: not pinned). By default, when there are more
-/// CPUs than vCPUs, vCPU `i` takes the `i`-th CPU from the top of the allowed set, so
-/// the scheduler keeps the submitting threads on the others: a vCPU woken by a
-/// submitter would otherwise be placed on the submitter's CPU, and its idle polling
-/// would then keep the submitter from seeing its completion. `VMVAULT_VCPU_CPUS=3,2`
-/// picks the CPUs, `none` disables pinning.
-pub(super) fn pin_plan(vcpus: usize) -> Option<Vec<usize>> {
-    let cpus: Vec<usize> = match std::env::var("VMVAULT_VCPU_CPUS") {
-        Ok(v) if v == "none" => return None,
-        Ok(v) => v.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
-        Err(_) => {
+/// The CPU each vCPU is pinned to (`None`: not pinned), as [`CpuPinning`] says. By
+/// default, when there are more CPUs than vCPUs, vCPU `i` takes the `i`-th CPU from the
+/// top of the allowed set, so the scheduler keeps the submitting threads on the others:
+/// a vCPU woken by a submitter would otherwise be placed on the submitter's CPU, and its
+/// idle polling would then keep the submitter from seeing its completion.
+pub(super) fn pin_plan(vcpus: usize, pinning: &CpuPinning) -> Option<Vec<usize>> {
+    let cpus: Vec<usize> = match pinning {
+        CpuPinning::None => return None,
+        CpuPinning::Cpus(cpus) => cpus.clone(),
+        CpuPinning::Default => {
             let allowed = allowed_cpus();
             if allowed.len() <= vcpus {
                 return None;
@@ -333,13 +333,10 @@ pub(super) fn run_on_caller(i: usize, sh: &Shared) -> bool {
 pub(super) fn run(i: usize, cpu: Option<usize>, sh: Arc<Shared>) {
     let ring = &sh.rings[i];
     let runner = &sh.runners[i];
-    // Optional CPU weight for the vCPU threads (VMVAULT_VCPU_NICE, needs CAP_SYS_NICE).
-    // Off by default: a vCPU woken by a submitting thread tends to land on that
-    // thread's CPU, and a heavier vCPU would then starve the thread waiting for it.
-    if let Some(nice) = std::env::var("VMVAULT_VCPU_NICE")
-        .ok()
-        .and_then(|s| s.parse::<i32>().ok())
-    {
+    // Optional CPU weight for the vCPU threads (`Tuning::vcpu_nice`, below 0 needs
+    // CAP_SYS_NICE). Off by default: a vCPU woken by a submitting thread tends to land on
+    // that thread's CPU, and a heavier vCPU would then starve the thread waiting for it.
+    if let Some(nice) = sh.vcpu_nice {
         // SAFETY: gettid/setpriority on this thread only.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
     }
