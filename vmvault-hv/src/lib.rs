@@ -214,7 +214,7 @@ impl Vault {
 
     fn call(&self, req: &mut Request) -> Result<Response> {
         req.id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.backend.call(Self::lane(), req, None)
+        self.backend.call(Self::lane(), req)
     }
 
     /// Like [`Vault::call`] without waiting: the ticket goes to `Backend::complete`.
@@ -561,7 +561,7 @@ impl Vault {
                 ..Request::ZERO
             };
             req.op = op::SELFTEST;
-            let resp = Self::check(self.backend.call(lane, &req, None)?)?;
+            let resp = Self::check(self.backend.call(lane, &req)?)?;
             backend = resp.aux[0];
         }
         let engine_backend = match backend {
@@ -581,7 +581,7 @@ impl Vault {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 ..Request::ZERO
             };
-            let r = Self::check(self.backend.call(lane, &req, None)?)?;
+            let r = Self::check(self.backend.call(lane, &req)?)?;
             s.requests += r.aux[abi::stats::REQUESTS];
             s.bytes += r.bytes;
             s.errors += r.aux[abi::stats::ERRORS];
@@ -621,38 +621,6 @@ impl Vault {
             _ => r,
         }
     }
-
-    /// Sends a raw request to vCPU `lane % vcpus()` and returns the raw response, with
-    /// no checks on the host side. For the hostile-request tests.
-    ///
-    /// # Safety
-    /// The vault may write any window range named by the request; no live `WindowBuf`
-    /// borrow may overlap them. Raw IMPORT_KEY/DROP_KEY bypass the slot bookkeeping.
-    #[doc(hidden)]
-    pub unsafe fn submit_raw(&self, lane: usize, req: &Request) -> Result<Response> {
-        self.backend.call(lane, req, None)
-    }
-
-    /// Like [`Vault::submit_raw`], with `racer` called in a loop from another thread on
-    /// the request *in shared memory* while the vault serves it.
-    ///
-    /// # Safety
-    /// As for [`Vault::submit_raw`], for every request the racer can produce.
-    #[doc(hidden)]
-    pub unsafe fn submit_raw_racing(
-        &self,
-        lane: usize,
-        req: &Request,
-        racer: &(dyn Fn(*mut Request) + Sync),
-    ) -> Result<Response> {
-        self.backend.call(lane, req, Some(racer))
-    }
-
-    /// The key transfer page (for the hostile-request tests).
-    #[doc(hidden)]
-    pub fn transfer_page(&self) -> *mut u8 {
-        self.backend.transfer()
-    }
 }
 
 /// A request in flight (from [`Vault::encrypt_async`] or [`Vault::decrypt_async`]); the
@@ -691,16 +659,6 @@ impl Drop for Pending<'_> {
 impl Drop for Vault {
     fn drop(&mut self) {
         let _ = self.shutdown();
-    }
-}
-
-#[cfg(feature = "test-api")]
-impl Vault {
-    /// Test builds: the register state of vCPU `vcpu` as KVM keeps it while the vCPU is
-    /// out of guest mode (`KVM_GET_XSAVE2`, else `KVM_GET_XSAVE`). Waits until whoever
-    /// runs the vCPU lets go of it (the vCPU sleeps). Only the `kvm` backend has one.
-    pub fn vcpu_xsave(&self, vcpu: usize) -> Result<test_api::XsaveDump> {
-        self.backend.vcpu_xsave(vcpu)
     }
 }
 

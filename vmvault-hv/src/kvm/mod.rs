@@ -25,7 +25,7 @@ use crate::config::{BackendKind, RunMode, Tuning};
 use crate::error::{HvError, Result};
 use crate::layout;
 use crate::memory::SharedMem;
-use crate::ring::{request_bytes, Racer, RingClient, WaitMode};
+use crate::ring::{request_bytes, Alone, Beside, RingClient, WaitMode};
 use crate::window::Window;
 
 /// Name of the guest RAM memfd (scanners look for `/memfd:vmvault-guest`).
@@ -274,12 +274,6 @@ impl KvmBackend {
             .clone()
             .unwrap_or_else(|| "unknown".into())
     }
-
-    /// Host address of guest RAM (for tests that scan it).
-    #[allow(dead_code)]
-    pub fn guest_ram(&self) -> (*const u8, usize) {
-        (self.shared.guest.ptr(), self.shared.guest.len())
-    }
 }
 
 impl Backend for KvmBackend {
@@ -320,9 +314,20 @@ impl Backend for KvmBackend {
         unsafe { self.shared.guest.ptr().add(abi::TRANSFER_GPA as usize) }
     }
 
-    fn call(&self, lane: usize, req: &Request, racer: Option<Racer<'_>>) -> Result<Response> {
+    fn call(&self, lane: usize, req: &Request) -> Result<Response> {
         let ticket = self.submit(lane, req)?;
-        self.wait(ticket, racer)
+        self.wait(ticket, Alone)
+    }
+
+    #[cfg(feature = "test-api")]
+    fn call_racing(
+        &self,
+        lane: usize,
+        req: &Request,
+        racer: crate::test_api::Racer<'_>,
+    ) -> Result<Response> {
+        let ticket = self.submit(lane, req)?;
+        self.wait(ticket, crate::test_api::Racing(racer))
     }
 
     fn submit(&self, lane: usize, req: &Request) -> Result<Ticket> {
@@ -349,7 +354,7 @@ impl Backend for KvmBackend {
     }
 
     fn complete(&self, ticket: Ticket) -> Result<Response> {
-        self.wait(ticket, None)
+        self.wait(ticket, Alone)
     }
 
     #[cfg(feature = "test-api")]
@@ -464,8 +469,9 @@ impl KvmBackend {
 }
 
 impl KvmBackend {
-    /// Waits for `ticket` (with the test racer rewriting the request, if any).
-    fn wait(&self, ticket: Ticket, racer: Option<Racer<'_>>) -> Result<Response> {
+    /// Waits for `ticket` (with `beside` running beside the wait: in test builds, a racer
+    /// may rewrite the request).
+    fn wait(&self, ticket: Ticket, beside: impl Beside) -> Result<Response> {
         let (i, entry, bytes) = match ticket {
             Ticket::Ring { ring, entry, bytes } => (ring, entry, bytes),
             Ticket::Done(resp) => return Ok(resp),
@@ -474,7 +480,7 @@ impl KvmBackend {
         let failed = &self.shared.failed;
         let r = if self.shared.caller_runs {
             let run = || vcpu::run_on_caller(i, &self.shared);
-            ring.complete(entry, bytes, failed, racer, WaitMode::Caller { run: &run })
+            ring.complete(entry, bytes, failed, beside, WaitMode::Caller { run: &run })
         } else {
             let wake = || {
                 // The vCPU thread resumes polling; until it is scheduled, serve the ring
@@ -484,7 +490,7 @@ impl KvmBackend {
                     vcpu::run_on_caller(i, &self.shared);
                 }
             };
-            ring.complete(entry, bytes, failed, racer, WaitMode::Poll { wake: &wake })
+            ring.complete(entry, bytes, failed, beside, WaitMode::Poll { wake: &wake })
         };
         r.map_err(|e| self.vault_error(e))
     }
