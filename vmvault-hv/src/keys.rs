@@ -90,7 +90,7 @@ impl Vault {
         if abi::key_len_ok(spec, len) {
             Ok(())
         } else {
-            Err(HvError::BadKeyLength(len, spec.to_string()))
+            Err(HvError::BadKeyLength(len, spec))
         }
     }
 

@@ -57,7 +57,7 @@ use vault_vm::abi::{self, op, status, Request, Response};
 
 use backend::{Backend, Ticket};
 pub use config::{BackendKind, CpuPinning, ParseTuningError, RunMode, Tuning, VaultConfig};
-pub use error::{HvError, Result};
+pub use error::{HvError, Result, VaultFailure};
 pub use keys::SlotId;
 use keys::Slots;
 pub use pending::Pending;

@@ -11,7 +11,7 @@ use vault_vm::abi::{
     Request, Response, Ring, ENTRY_CLAIMED, ENTRY_DONE, ENTRY_FREE, ENTRY_SUBMITTED, RING_ENTRIES,
 };
 
-use crate::error::{HvError, Result};
+use crate::error::{HvError, Result, VaultFailure};
 
 /// How long a waiting thread spins before it starts sleeping. Short: several waiting
 /// threads may share one CPU, and a spinning one keeps the others from resubmitting.
@@ -206,7 +206,7 @@ impl RingClient {
                 break idx;
             }
             if failed.load(Ordering::Relaxed) {
-                return Err(HvError::VaultFailed("a vCPU stopped".into()));
+                return Err(HvError::VaultFailed(VaultFailure::VcpuStopped));
             }
             spins.wait();
         };
@@ -280,9 +280,7 @@ impl RingClient {
                     wake();
                 }
                 if failed.load(Ordering::Relaxed) {
-                    return Err(HvError::VaultFailed(
-                        "a vCPU stopped while serving a request".into(),
-                    ));
+                    return Err(HvError::VaultFailed(VaultFailure::StoppedServing));
                 }
                 spins.wait();
             }
@@ -303,9 +301,7 @@ impl RingClient {
                 return Ok(());
             }
             if failed.load(Ordering::Relaxed) {
-                return Err(HvError::VaultFailed(
-                    "a vCPU stopped while serving a request".into(),
-                ));
+                return Err(HvError::VaultFailed(VaultFailure::StoppedServing));
             }
             let seen = self.done.generation();
             // Let the threads that are ready on this CPU submit first, so that one

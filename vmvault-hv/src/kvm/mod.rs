@@ -22,7 +22,7 @@ use vault_vm::abi::{self, Request, Response};
 
 use crate::backend::{Backend, Ticket};
 use crate::config::{BackendKind, RunMode, Tuning};
-use crate::error::{HvError, Result};
+use crate::error::{HvError, Result, VaultFailure};
 use crate::layout;
 use crate::memory::SharedMem;
 use crate::ring::{request_bytes, Alone, Beside, RingClient, WaitMode};
@@ -78,13 +78,13 @@ pub(crate) struct Shared {
     /// Nice value of the vCPU threads ([`Tuning::vcpu_nice`]).
     pub vcpu_nice: Option<i32>,
     pub failed: AtomicBool,
-    pub failure: Mutex<Option<String>>,
+    pub failure: Mutex<Option<VaultFailure>>,
     pub ready: Mutex<usize>,
     pub ready_cv: Condvar,
 }
 
 impl Shared {
-    pub fn fail(&self, why: String) {
+    pub fn fail(&self, why: VaultFailure) {
         let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
             *f = Some(why);
@@ -121,7 +121,7 @@ impl KvmBackend {
         tuning: &Tuning,
     ) -> Result<Self> {
         let header = layout::parse_image(image)?;
-        let kvm = Kvm::new().map_err(|e| HvError::KvmUnavailable(format!("/dev/kvm: {e}")))?;
+        let kvm = Kvm::new().map_err(HvError::KvmUnavailable)?;
         let vm = kvm.create_vm().map_err(|err| HvError::Kvm {
             what: "KVM_CREATE_VM",
             err,
@@ -245,9 +245,7 @@ impl KvmBackend {
         while *ready < vcpus && !backend.shared.failed.load(Ordering::SeqCst) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                backend
-                    .shared
-                    .fail("the vault guest did not start within 20 s".into());
+                backend.shared.fail(VaultFailure::StartTimeout);
                 break;
             }
             ready = backend
@@ -266,13 +264,14 @@ impl KvmBackend {
         Ok(backend)
     }
 
-    fn failure(&self) -> String {
+    /// The recorded cause of the vault's failure.
+    fn failure(&self) -> VaultFailure {
         self.shared
             .failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .unwrap_or_else(|| "unknown".into())
+            .unwrap_or(VaultFailure::Unknown)
     }
 }
 
@@ -390,13 +389,11 @@ impl Backend for KvmBackend {
         }
         // The guest wiped its slots and stack on the way out; wipe all of guest RAM and
         // the window anyway (no vCPU runs any more).
-        self.shared.fail("the vault has been shut down".into());
+        self.shared.fail(VaultFailure::ShutDown);
         self.shared.guest.wipe();
         self.window.wipe();
         if stuck > 0 {
-            return Err(HvError::VaultFailed(format!(
-                "{stuck} vCPU thread(s) did not stop"
-            )));
+            return Err(HvError::VaultFailed(VaultFailure::ThreadsStuck(stuck)));
         }
         Ok(())
     }

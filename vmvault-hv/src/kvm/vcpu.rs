@@ -11,7 +11,7 @@ use vault_vm::abi;
 
 use super::Shared;
 use crate::config::CpuPinning;
-use crate::error::{HvError, Result};
+use crate::error::{HvError, Result, VaultFailure};
 
 /// Boot parameters shared by all vCPUs.
 pub(super) struct Boot {
@@ -223,7 +223,7 @@ pub(super) fn drive(fd: &mut VcpuFd, i: usize, sh: &Shared) -> Episode {
         return Episode::Over;
     }
     ring.ring().header.sleeping.store(0, Ordering::SeqCst);
-    let over = |why: Option<String>| {
+    let over = |why: Option<VaultFailure>| {
         runner.over.store(true, Ordering::SeqCst);
         if let Some(why) = why {
             sh.fail(why);
@@ -239,7 +239,7 @@ pub(super) fn drive(fd: &mut VcpuFd, i: usize, sh: &Shared) -> Episode {
                 }
                 continue;
             }
-            Err(e) => return over(Some(format!("KVM_RUN on vCPU {i} failed: {e}"))),
+            Err(err) => return over(Some(VaultFailure::Run { vcpu: i, err })),
         };
         match exit {
             VcpuExit::MmioWrite(addr, data) if addr == abi::DOORBELL_GPA => {
@@ -251,29 +251,26 @@ pub(super) fn drive(fd: &mut VcpuFd, i: usize, sh: &Shared) -> Episode {
                         sh.ready_cv.notify_all();
                     }
                     abi::EXIT_STOPPED => return over(None),
-                    abi::EXIT_PANIC => {
-                        return over(Some(format!("the vault guest panicked on vCPU {i}")))
-                    }
-                    c => return over(Some(format!("unknown doorbell code {c} from vCPU {i}"))),
+                    abi::EXIT_PANIC => return over(Some(VaultFailure::GuestPanic(i))),
+                    code => return over(Some(VaultFailure::UnknownDoorbell { code, vcpu: i })),
                 }
             }
             VcpuExit::MmioWrite(addr, _) | VcpuExit::MmioRead(addr, _) => {
-                return over(Some(format!(
-                    "vCPU {i} accessed unbacked guest address {addr:#x}"
-                )));
+                return over(Some(VaultFailure::Unbacked { vcpu: i, addr }));
             }
             VcpuExit::Intr => {}
             VcpuExit::Shutdown => {
-                return over(Some(format!(
-                    "vCPU {i} faulted (shutdown exit: an exception with no IDT)"
-                )));
+                return over(Some(VaultFailure::Fault(i)));
             }
             VcpuExit::InternalError => {
-                return over(Some(format!(
-                    "vCPU {i}: KVM internal error (emulation failure)"
-                )));
+                return over(Some(VaultFailure::InternalError(i)));
             }
-            other => return over(Some(format!("vCPU {i}: unexpected exit {other:?}"))),
+            other => {
+                return over(Some(VaultFailure::UnexpectedExit {
+                    vcpu: i,
+                    exit: format!("{other:?}"),
+                }))
+            }
         }
     }
 }
