@@ -8,6 +8,7 @@
 //! (timer interrupt, host scheduling) still saves round keys until the vCPU runs again;
 //! only encrypted guest register state (SEV-ES/SEV-SNP) closes that window.
 
+mod arch;
 mod vcpu;
 
 use std::ffi::CStr;

@@ -5,10 +5,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 
-use kvm_bindings::{kvm_regs, kvm_segment, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_regs, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vault_vm::abi;
 
+use x86_64::registers::control::Cr4Flags;
+
+use super::arch::{self, CpuidLeaf1Ecx, CpuidLeaf7Ebx, CpuidLeaf7Ecx};
 use super::Shared;
 use crate::config::CpuPinning;
 use crate::error::{HvError, Result, VaultFailure};
@@ -22,13 +25,6 @@ pub(super) struct Boot {
     /// `vault_vm::abi::BOOT_*` flags (test builds only set any).
     pub flags: u64,
 }
-
-const CR0_PE_MP_ET_NE_PG: u64 = 0x8000_0033;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_OSFXSR: u64 = 1 << 9;
-const CR4_OSXMMEXCPT: u64 = 1 << 10;
-const CR4_OSXSAVE: u64 = 1 << 18;
-const EFER_LME_LMA: u64 = 0x500;
 
 /// Signal used to kick a stuck vCPU thread out of `KVM_RUN` at shutdown.
 fn kick_signal() -> i32 {
@@ -66,11 +62,9 @@ fn guest_cpuid(kvm: &Kvm) -> Result<CpuId> {
     use std::arch::x86_64::__cpuid_count;
     let l1 = __cpuid_count(1, 0);
     let l7 = __cpuid_count(7, 0);
-    // leaf 1 ecx: PCLMULQDQ, SSSE3, SSE4.1, SSE4.2, AES, XSAVE, AVX.
-    let l1_ecx = (1 << 1) | (1 << 9) | (1 << 19) | (1 << 20) | (1 << 25) | (1 << 26) | (1 << 28);
-    // leaf 7 ebx: AVX2, AVX512F, AVX512DQ, AVX512BW, AVX512VL; ecx: VAES, VPCLMULQDQ.
-    let l7_ebx = (1 << 5) | (1 << 16) | (1 << 17) | (1 << 30) | (1 << 31);
-    let l7_ecx = (1 << 9) | (1 << 10);
+    let l1_ecx = CpuidLeaf1Ecx::all().bits();
+    let l7_ebx = CpuidLeaf7Ebx::all().bits();
+    let l7_ecx = CpuidLeaf7Ecx::all().bits();
     for e in cpuid.as_mut_slice() {
         match (e.function, e.index) {
             (1, _) => e.ecx |= l1.ecx & l1_ecx,
@@ -82,24 +76,6 @@ fn guest_cpuid(kvm: &Kvm) -> Result<CpuId> {
         }
     }
     Ok(cpuid)
-}
-
-fn segment(selector: u16, type_: u8, l: u8, db: u8) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl: 3,
-        db,
-        s: 1,
-        l,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
 }
 
 /// Creates vCPU `i` in 64-bit mode at CPL3, ready to enter the guest's `_start`.
@@ -117,17 +93,17 @@ pub(super) fn setup(kvm: &Kvm, vm: &VmFd, i: usize, boot: &Boot) -> Result<VcpuF
         what: "KVM_GET_SREGS",
         err,
     })?;
-    s.cs = segment(0x33, 11, 1, 0);
-    let data = segment(0x2b, 3, 0, 1);
+    s.cs = arch::code_segment();
+    let data = arch::data_segment();
     (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
-    s.cr0 = CR0_PE_MP_ET_NE_PG;
+    s.cr0 = arch::CR0.bits();
     s.cr3 = abi::PAGE_TABLES_GPA;
-    s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_OSXSAVE;
-    s.efer = EFER_LME_LMA;
+    s.cr4 = arch::CR4.bits();
+    s.efer = arch::EFER.bits();
     if fd.set_sregs(&s).is_err() {
         // Without XSAVE in the vCPU model, run without OSXSAVE: the engine then sees no
         // AVX and uses AES-NI on xmm registers.
-        s.cr4 &= !CR4_OSXSAVE;
+        s.cr4 &= !Cr4Flags::OSXSAVE.bits();
         fd.set_sregs(&s).map_err(|err| HvError::Kvm {
             what: "KVM_SET_SREGS",
             err,
@@ -140,13 +116,13 @@ pub(super) fn setup(kvm: &Kvm, vm: &VmFd, i: usize, boot: &Boot) -> Result<VcpuF
         let host_xcr0 = unsafe { std::arch::x86_64::_xgetbv(0) };
         xcrs.nr_xcrs = 1;
         xcrs.xcrs[0].xcr = 0;
-        xcrs.xcrs[0].value = host_xcr0 & 0xe7;
+        xcrs.xcrs[0].value = host_xcr0 & arch::XCR0_GUEST.bits();
         let _ = fd.set_xcrs(&xcrs);
     }
     let regs = kvm_regs {
         rip: boot.entry,
         rsp: abi::stack_top(i) - 8,
-        rflags: 0x202,
+        rflags: arch::RFLAGS.bits(),
         rdi: i as u64,
         rsi: boot.vcpus as u64,
         rdx: boot.window_len,
