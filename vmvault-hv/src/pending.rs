@@ -72,6 +72,15 @@ pub struct Pending<'a> {
     _buf: PhantomData<&'a mut WindowBuf>,
 }
 
+impl std::fmt::Debug for Pending<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("vault", self.vault)
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Pending<'_> {
     /// Waits for the request and returns its result.
     pub fn wait(mut self) -> Result<()> {

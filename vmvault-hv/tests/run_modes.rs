@@ -106,11 +106,11 @@ fn pipelined_requests_match_the_engine() {
                 .collect();
             let sector = |k: usize| (round * 100 + k as u64) * 8;
             {
-                // SAFETY: every Pending is waited for or dropped below.
                 let mut pending: Vec<_> = bufs
                     .iter_mut()
                     .enumerate()
                     .map(|(k, b)| {
+                        // SAFETY: every Pending is waited for or dropped below.
                         unsafe { vault.encrypt_async(slot, &geom, sector(k), b) }.unwrap()
                     })
                     .collect();
@@ -134,11 +134,11 @@ fn pipelined_requests_match_the_engine() {
                 );
             }
             {
-                // SAFETY: as above.
                 let pending: Vec<_> = bufs
                     .iter_mut()
                     .enumerate()
                     .map(|(k, b)| {
+                        // SAFETY: every Pending is waited for below.
                         unsafe { vault.decrypt_async(slot, &geom, sector(k), b) }.unwrap()
                     })
                     .collect();

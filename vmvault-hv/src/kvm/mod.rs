@@ -152,8 +152,9 @@ impl KvmBackend {
                 memory_size: len,
                 userspace_addr: host as u64,
             };
-            // SAFETY: the host range is a live mapping of `len` bytes that outlives the VM
-            // (the backend owns both and drops the VM first... see field order notes).
+            // SAFETY: the host range is a live mapping of `len` bytes. The backend owns it
+            // and the VM, and `KvmBackend::_vm` is declared first so the VM is dropped
+            // before the memory; on an early error return no vCPU has run and none will.
             unsafe { vm.set_user_memory_region(region) }.map_err(|err| HvError::Kvm {
                 what: "KVM_SET_USER_MEMORY_REGION",
                 err,
