@@ -130,11 +130,12 @@ impl Vault {
                 abi::WINDOW_MAX
             )));
         }
-        let kvm = || kvm::KvmBackend::open(GUEST_IMAGE, cfg.vcpus, window, cfg.run, &cfg.tuning);
+        let open_kvm =
+            || kvm::KvmBackend::open(GUEST_IMAGE, cfg.vcpus, window, cfg.run, &cfg.tuning);
         let backend: Box<dyn Backend> = match cfg.backend {
-            BackendKind::Kvm => Box::new(kvm()?),
+            BackendKind::Kvm => Box::new(open_kvm()?),
             BackendKind::Soft => Box::new(soft::SoftBackend::open(cfg.vcpus, window)?),
-            BackendKind::Auto if kvm::KvmBackend::available() => Box::new(kvm()?),
+            BackendKind::Auto if kvm::KvmBackend::available() => Box::new(open_kvm()?),
             BackendKind::Auto => Box::new(soft::SoftBackend::open(cfg.vcpus, window)?),
         };
         Ok(Vault {
