@@ -19,7 +19,11 @@
 //! submitting threads; pair with `VMVAULT_VCPU_CPUS=1` to give the vCPU its own core),
 //! `VAULT_BENCH_VCPUS=1` (vCPU counts to measure, default `1,2`),
 //! `VAULT_BENCH_RUN=caller` (run mode of the throughput part; default thread: dedicated
-//! polling vCPUs, what "per vCPU" means).
+//! polling vCPUs, what "per vCPU" means). The vault's own tuning variables
+//! (`VMVAULT_IDLE_SPINS`, `VMVAULT_CALLER_SPINS`, `VMVAULT_ASSIST=0`,
+//! `VMVAULT_VCPU_CPUS=3,2|none`, `VMVAULT_VCPU_NICE`, as for the `vmvault-hv` tool) are
+//! read here and passed in [`Tuning`]; `VMVAULT_RUN=thread|caller` picks the mode of
+//! `VAULT_BENCH_RUN=auto`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +31,23 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use vault_vm::engine::{CipherSpec, Geometry, SectorCipher};
-use vmvault_hv::{BackendKind, RunMode, SlotId, Vault, VaultConfig, WindowBuf};
+use vmvault_hv::{BackendKind, RunMode, SlotId, Tuning, Vault, VaultConfig, WindowBuf};
+
+/// The vault tuning from the `VMVAULT_*` variables (the library reads none itself);
+/// unset or unparsable ones keep their default.
+fn tuning() -> Tuning {
+    fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
+        std::env::var(name).ok().and_then(|v| v.parse().ok())
+    }
+    let d = Tuning::default();
+    Tuning {
+        idle_spins: var("VMVAULT_IDLE_SPINS").unwrap_or(d.idle_spins),
+        caller_spins: var("VMVAULT_CALLER_SPINS").unwrap_or(d.caller_spins),
+        assist: std::env::var("VMVAULT_ASSIST").map_or(d.assist, |v| v != "0"),
+        vcpu_cpus: var("VMVAULT_VCPU_CPUS").unwrap_or(d.vcpu_cpus),
+        vcpu_nice: var("VMVAULT_VCPU_NICE").or(d.vcpu_nice),
+    }
+}
 
 fn secs() -> Duration {
     let s: f64 = std::env::var("VAULT_BENCH_SECS")
@@ -249,7 +269,13 @@ fn main() {
     for vcpus in vcpu_counts {
         let mode = match std::env::var("VAULT_BENCH_RUN").as_deref() {
             Ok("caller") => RunMode::Caller,
-            Ok("auto") => RunMode::Auto,
+            // `auto` follows `VMVAULT_RUN` when it names a mode (the library reads no
+            // environment), else the vault's own choice.
+            Ok("auto") => match std::env::var("VMVAULT_RUN").as_deref() {
+                Ok("thread") => RunMode::Thread,
+                Ok("caller") => RunMode::Caller,
+                _ => RunMode::Auto,
+            },
             _ => RunMode::Thread,
         };
         let vault = Vault::open(&VaultConfig {
@@ -257,6 +283,7 @@ fn main() {
             vcpus,
             window_size: 64 << 20,
             run: mode,
+            tuning: tuning(),
         })
         .unwrap();
         let slot = vault.import_key(spec, &key).unwrap();
@@ -361,6 +388,7 @@ fn latency(
         vcpus: 1,
         window_size: 8 << 20,
         run,
+        tuning: tuning(),
     })
     .unwrap();
     let slot = vault.import_key(spec, key).unwrap();

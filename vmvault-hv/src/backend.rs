@@ -3,7 +3,6 @@
 use vault_vm::abi::{Request, Response};
 
 use crate::error::Result;
-use crate::ring::Racer;
 use crate::window::Window;
 use crate::{BackendKind, RunMode};
 use std::sync::Arc;
@@ -43,11 +42,20 @@ pub(crate) trait Backend: Send + Sync {
     /// The key transfer page (`abi::TRANSFER_SIZE` bytes).
     fn transfer(&self) -> *mut u8;
     /// Sends a request to server `lane % vcpus()` and waits for the response.
-    fn call(&self, lane: usize, req: &Request, racer: Option<Racer<'_>>) -> Result<Response>;
+    fn call(&self, lane: usize, req: &Request) -> Result<Response>;
+    /// Test builds: like [`Backend::call`], with `racer` called in a loop from another
+    /// thread on the request in shared memory while the vault serves it.
+    #[cfg(feature = "test-api")]
+    fn call_racing(
+        &self,
+        lane: usize,
+        req: &Request,
+        racer: crate::test_api::Racer<'_>,
+    ) -> Result<Response>;
     /// Sends a request to server `lane % vcpus()` without waiting; the ticket must be
     /// passed to [`Backend::complete`]. In-process backends serve it at once.
     fn submit(&self, lane: usize, req: &Request) -> Result<Ticket> {
-        self.call(lane, req, None).map(Ticket::Done)
+        self.call(lane, req).map(Ticket::Done)
     }
     /// Waits for a submitted request and returns its response.
     fn complete(&self, ticket: Ticket) -> Result<Response> {

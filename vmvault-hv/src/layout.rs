@@ -2,14 +2,26 @@
 
 use vault_vm::abi::{self, ImageHeader, IMAGE_MAGIC};
 
+use x86_64::structures::paging::PageTableFlags as F;
+
 use crate::error::{HvError, Result};
 
-const P: u64 = 1;
-const RW: u64 = 2;
-const US: u64 = 4;
-const ACCESSED: u64 = 0x20;
-const DIRTY: u64 = 0x40;
-const PS: u64 = 0x80;
+/// A table entry pointing to the next level: present, writable, user (the leaf entries
+/// decide what is really allowed).
+const TABLE: F = F::PRESENT.union(F::WRITABLE).union(F::USER_ACCESSIBLE);
+/// Read-only code and data of the image (accessed set, so the CPU never writes the
+/// entry).
+const CODE: F = F::PRESENT.union(F::USER_ACCESSIBLE).union(F::ACCESSED);
+/// Read-write data (accessed and dirty set, so the CPU never writes the entry).
+const DATA: F = F::PRESENT
+    .union(F::WRITABLE)
+    .union(F::USER_ACCESSIBLE)
+    .union(F::ACCESSED)
+    .union(F::DIRTY);
+/// The doorbell: a writable 2 MiB page with no memory behind it.
+const DOORBELL: F = TABLE.union(F::HUGE_PAGE);
+/// A 2 MiB page of the data window.
+const WINDOW: F = DATA.union(F::HUGE_PAGE);
 
 /// First PT page (maps guest RAM with 4 KiB pages).
 const PT_GPA: u64 = 0x4000;
@@ -56,9 +68,10 @@ pub fn parse_image(image: &[u8]) -> Result<ImageHeader> {
     Ok(h)
 }
 
-fn put(mem: &mut [u8], gpa: u64, val: u64) {
+/// Writes the page-table entry at `gpa`: physical address `addr` with `flags`.
+fn put(mem: &mut [u8], gpa: u64, addr: u64, flags: F) {
     let i = gpa as usize;
-    mem[i..i + 8].copy_from_slice(&val.to_le_bytes());
+    mem[i..i + 8].copy_from_slice(&(addr | flags.bits()).to_le_bytes());
 }
 
 /// Loads the image and writes the page tables into guest RAM (`mem` is the whole
@@ -88,15 +101,11 @@ pub fn build(
     let base = abi::IMAGE_GPA as usize;
     mem[base..base + image.len()].copy_from_slice(image);
 
-    put(mem, abi::PAGE_TABLES_GPA, PDPT_GPA | P | RW | US);
-    put(mem, PDPT_GPA, PD0_GPA | P | RW | US);
+    put(mem, abi::PAGE_TABLES_GPA, PDPT_GPA, TABLE);
+    put(mem, PDPT_GPA, PD0_GPA, TABLE);
     let pt_pages = abi::GUEST_RAM_SIZE / (512 * abi::PAGE_SIZE);
     for i in 0..pt_pages {
-        put(
-            mem,
-            PD0_GPA + i * 8,
-            (PT_GPA + i * abi::PAGE_SIZE) | P | RW | US,
-        );
+        put(mem, PD0_GPA + i * 8, PT_GPA + i * abi::PAGE_SIZE, TABLE);
     }
     let in_rings = |gpa: u64| {
         (0..vcpus).any(|i| gpa >= abi::ring_gpa(i) && gpa < abi::ring_gpa(i) + abi::RING_STRIDE)
@@ -106,39 +115,36 @@ pub fn build(
     for page in 0..abi::GUEST_RAM_SIZE / abi::PAGE_SIZE {
         let gpa = page * abi::PAGE_SIZE;
         let flags = if gpa >= abi::IMAGE_GPA && gpa < h.text_end {
-            P | US | ACCESSED
+            CODE
         } else if (gpa >= h.text_end && gpa < h.end)
             || in_stacks(gpa)
             || (abi::TRANSFER_GPA..abi::TRANSFER_GPA + abi::TRANSFER_SIZE).contains(&gpa)
             || in_rings(gpa)
         {
-            P | RW | US | ACCESSED | DIRTY
+            DATA
         } else {
-            0
+            F::empty()
         };
-        if flags != 0 {
-            put(mem, PT_GPA + page * 8, gpa | flags);
+        if !flags.is_empty() {
+            put(mem, PT_GPA + page * 8, gpa, flags);
         }
     }
     // Doorbell: mapped, but no memslot behind it, so a write exits to the host.
     put(
         mem,
         PD0_GPA + (abi::DOORBELL_GPA >> 21) * 8,
-        abi::DOORBELL_GPA | P | RW | US | PS,
+        abi::DOORBELL_GPA,
+        DOORBELL,
     );
     // Window: PDPT entries from 4 GiB, 2 MiB pages.
     let pages_2m = window_len / abi::WINDOW_ALIGN;
     for j in 0..pages_2m.div_ceil(512) {
         let pd = WINDOW_PD_GPA + j * abi::PAGE_SIZE;
         assert!(pd < abi::PAGE_TABLES_END);
-        put(
-            mem,
-            PDPT_GPA + ((abi::WINDOW_GPA >> 30) + j) * 8,
-            pd | P | RW | US,
-        );
+        put(mem, PDPT_GPA + ((abi::WINDOW_GPA >> 30) + j) * 8, pd, TABLE);
         for k in 0..(pages_2m - j * 512).min(512) {
             let gpa = abi::WINDOW_GPA + (j * 512 + k) * abi::WINDOW_ALIGN;
-            put(mem, pd + k * 8, gpa | P | RW | US | ACCESSED | DIRTY | PS);
+            put(mem, pd + k * 8, gpa, WINDOW);
         }
     }
     Ok(())
@@ -157,12 +163,13 @@ mod tests {
         for level in (0..4).rev() {
             let idx = (va >> (12 + 9 * level)) & 511;
             let e = get(table + idx * 8);
-            if e & P == 0 {
+            let flags = F::from_bits_retain(e);
+            if !flags.contains(F::PRESENT) {
                 return None;
             }
-            w &= e & RW != 0;
-            u &= e & US != 0;
-            if level == 0 || e & PS != 0 {
+            w &= flags.contains(F::WRITABLE);
+            u &= flags.contains(F::USER_ACCESSIBLE);
+            if level == 0 || flags.contains(F::HUGE_PAGE) {
                 return Some((w, u));
             }
             table = e & 0x000f_ffff_ffff_f000;
@@ -229,6 +236,32 @@ mod tests {
         assert_eq!(
             &mem[abi::IMAGE_GPA as usize..abi::IMAGE_GPA as usize + 8],
             &IMAGE_MAGIC.to_le_bytes()
+        );
+    }
+
+    /// The typed flag words are bit for bit the hand-written ones they replaced.
+    #[test]
+    fn flag_words_equal_the_old_constants() {
+        const P: u64 = 1;
+        const RW: u64 = 2;
+        const US: u64 = 4;
+        const ACCESSED: u64 = 0x20;
+        const DIRTY: u64 = 0x40;
+        const PS: u64 = 0x80;
+        assert_eq!(TABLE.bits(), P | RW | US);
+        assert_eq!(CODE.bits(), P | US | ACCESSED);
+        assert_eq!(DATA.bits(), P | RW | US | ACCESSED | DIRTY);
+        assert_eq!(DOORBELL.bits(), P | RW | US | PS);
+        assert_eq!(WINDOW.bits(), P | RW | US | ACCESSED | DIRTY | PS);
+        assert_eq!(
+            (
+                TABLE.bits(),
+                CODE.bits(),
+                DATA.bits(),
+                DOORBELL.bits(),
+                WINDOW.bits()
+            ),
+            (0x7, 0x25, 0x67, 0x87, 0xe7)
         );
     }
 

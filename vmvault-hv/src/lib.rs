@@ -12,23 +12,14 @@
 //! (offset, length) ranges inside it. The vault validates every request on a private
 //! copy and answers bad ones with an error status.
 //!
-//! Tuning (environment, read when a vault opens):
-//! - `VMVAULT_RUN=thread|caller`: who runs a sleeping vCPU when [`VaultConfig::run`] is
-//!   [`RunMode::Auto`] (default: `caller` when the vCPUs would take half the usable CPUs
-//!   or more, as on a 2-CPU machine; `thread` otherwise). See [`RunMode`].
-//! - `VMVAULT_IDLE_SPINS`: base idle spin of a vCPU thread before it sleeps (default
-//!   4000 ring scans, about 100 µs here). It adapts: doubled (up to 16×) each time the
-//!   thread is woken less than 2 ms after it slept, back to the base after 50 ms of
-//!   quiet. A sleeping vCPU costs a VM exit (~25–60 µs on this PVM host).
-//! - `VMVAULT_CALLER_SPINS`: idle spin when a submitting thread runs the vCPU (default
-//!   1: exit as soon as the ring is empty; the runner then runs another episode if
-//!   threads submitted meanwhile, and wakes the threads whose requests it served).
-//! - `VMVAULT_ASSIST=0`: in thread mode, do not let a submitter that finds the vCPU
-//!   asleep serve the ring itself while the vCPU thread is being woken.
-//! - `VMVAULT_VCPU_CPUS=3,2` pins vCPU `i` to the `i`-th listed CPU; `none` disables the
-//!   default pinning (thread mode: vCPUs on the highest CPUs when CPUs outnumber vCPUs;
-//!   caller mode pins nothing).
-//! - `VMVAULT_VCPU_NICE=-10`: CPU weight of the vCPU threads (needs CAP_SYS_NICE).
+//! Configuration is plain data: [`VaultConfig`] says which backend, how many vCPUs, how
+//! large a window and who runs the vCPUs ([`RunMode`]); its [`Tuning`] fine-tunes the
+//! `kvm` backend's vCPUs (idle spins of a polling vCPU thread and of a submitter running
+//! the vCPU, whether submitters assist a waking vCPU thread, CPU pinning
+//! ([`CpuPinning`]) and nice value of the vCPU threads). The library reads no
+//! environment variable; the `vmvault-hv` tool takes the `VMVAULT_RUN`,
+//! `VMVAULT_IDLE_SPINS`, `VMVAULT_CALLER_SPINS`, `VMVAULT_ASSIST`, `VMVAULT_VCPU_CPUS`
+//! and `VMVAULT_VCPU_NICE` overrides from its environment (or options) and fills them in.
 //!
 //! ```no_run
 //! use vmvault_hv::{Vault, VaultConfig, BackendKind};
@@ -44,10 +35,14 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod config;
 mod error;
+mod keys;
 pub mod kvm;
 mod layout;
 mod memory;
+mod pending;
+mod requests;
 mod ring;
 mod soft;
 #[cfg(feature = "test-api")]
@@ -55,129 +50,21 @@ pub mod test_api;
 mod window;
 
 use std::cell::Cell;
-use std::marker::PhantomData;
-use std::ptr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use vault_vm::abi::{self, op, status, Request, Response, Segment, MAX_SEGMENTS, MAX_SLOTS};
-use vault_vm::engine::{CipherSpec, Geometry};
+use vault_vm::abi::{self, op, status, Request, Response};
 
 use backend::{Backend, Ticket};
-pub use error::{HvError, Result};
+pub use config::{BackendKind, CpuPinning, ParseTuningError, RunMode, Tuning, VaultConfig};
+pub use error::{HvError, Result, VaultFailure};
+pub use keys::SlotId;
+use keys::Slots;
+pub use pending::Pending;
 pub use window::{Window, WindowBuf, WINDOW_GRANULE};
 
 /// The flat vault guest image (built by `build.rs`).
 pub static GUEST_IMAGE: &[u8] = include_bytes!(env!("VAULT_GUEST_IMAGE"));
-
-/// Which backend runs the vault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BackendKind {
-    /// The vault VM under KVM.
-    Kvm,
-    /// In-process, keys in `memfd_secret`.
-    Soft,
-    /// `Kvm` when `/dev/kvm` works, else `Soft`.
-    Auto,
-}
-
-impl BackendKind {
-    /// Lower-case name (`kvm`, `soft`, `auto`).
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Kvm => "kvm",
-            BackendKind::Soft => "soft",
-            BackendKind::Auto => "auto",
-        }
-    }
-}
-
-impl std::str::FromStr for BackendKind {
-    type Err = HvError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "kvm" => Ok(BackendKind::Kvm),
-            "soft" => Ok(BackendKind::Soft),
-            "auto" => Ok(BackendKind::Auto),
-            _ => Err(HvError::Config(format!(
-                "unknown backend {s:?} (kvm, soft or auto)"
-            ))),
-        }
-    }
-}
-
-/// Who runs a vCPU of the `kvm` backend ([`VaultConfig::run`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum RunMode {
-    /// `VMVAULT_RUN=thread|caller` if set, else [`RunMode::Caller`] when the vCPUs
-    /// would take half the usable CPUs or more, [`RunMode::Thread`] otherwise.
-    #[default]
-    Auto,
-    /// One thread per vCPU polls its ring (~1 µs hand-off, full throughput per vCPU) and
-    /// sleeps after an adaptive idle spin; a submitter that finds it asleep serves the
-    /// ring itself until the thread is back. Needs CPUs to spare for the polling.
-    Thread,
-    /// Run to completion on the caller: a submitter that finds the vCPU asleep enters
-    /// `KVM_RUN` itself and the guest serves the ring until it is drained; nobody polls
-    /// between bursts. Submitters that find the vCPU taken sleep until the runner's
-    /// episode ends, and the runner runs another episode for them, so one `KVM_RUN`
-    /// serves several threads' requests under load. Each episode costs one VM exit
-    /// (~25 µs of CPU on PVM, 1–3 µs on VMX/SVM hardware) but there is no cross-CPU
-    /// hand-off and no polling thread competing with the submitters: the better choice
-    /// on small machines.
-    Caller,
-}
-
-/// How to open a vault.
-#[derive(Clone, Debug)]
-pub struct VaultConfig {
-    /// Backend to use.
-    pub backend: BackendKind,
-    /// vCPUs serving requests (1..=`abi::MAX_VCPUS`).
-    pub vcpus: usize,
-    /// Size of the data window in bytes (rounded up to 2 MiB).
-    pub window_size: u64,
-    /// Who runs the vCPUs (`kvm` backend).
-    pub run: RunMode,
-}
-
-impl Default for VaultConfig {
-    fn default() -> Self {
-        VaultConfig {
-            backend: BackendKind::Auto,
-            vcpus: 1,
-            window_size: 16 << 20,
-            run: RunMode::Auto,
-        }
-    }
-}
-
-/// A key slot in the vault: a handle, never the key. It names one import: once the key
-/// is dropped the handle stays invalid even if a new key lands in the same slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SlotId {
-    index: u32,
-    cipher: u32,
-    generation: u32,
-}
-
-impl SlotId {
-    /// Slot index inside the vault.
-    pub fn index(self) -> u32 {
-        self.index
-    }
-
-    /// Generation of the import this handle names (what raw requests carry in
-    /// `Request::generation`).
-    pub fn generation(self) -> u32 {
-        self.generation
-    }
-
-    /// The cipher the key was imported for.
-    pub fn spec(self) -> CipherSpec {
-        abi::cipher_from_id(self.cipher).expect("slot ids hold valid cipher ids")
-    }
-}
 
 /// Counters summed over all vCPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -211,10 +98,8 @@ thread_local! {
 /// vCPU ring, assigned round robin).
 pub struct Vault {
     backend: Box<dyn Backend>,
-    /// Generation of the key in each slot (`None`: free).
-    slots: Mutex<[Option<u32>; MAX_SLOTS]>,
-    next_generation: AtomicU32,
-    import_lock: Mutex<()>,
+    /// Which key slots hold a key, of which import.
+    slots: Slots,
     next_id: AtomicU64,
 }
 
@@ -245,30 +130,17 @@ impl Vault {
                 abi::WINDOW_MAX
             )));
         }
-        let idle_spins = std::env::var("VMVAULT_IDLE_SPINS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(kvm::DEFAULT_IDLE_SPINS);
-        let backend: Box<dyn Backend> =
-            match cfg.backend {
-                BackendKind::Kvm => Box::new(kvm::KvmBackend::open(
-                    GUEST_IMAGE,
-                    cfg.vcpus,
-                    window,
-                    idle_spins,
-                    cfg.run,
-                )?),
-                BackendKind::Soft => Box::new(soft::SoftBackend::open(cfg.vcpus, window)?),
-                BackendKind::Auto if kvm::KvmBackend::available() => Box::new(
-                    kvm::KvmBackend::open(GUEST_IMAGE, cfg.vcpus, window, idle_spins, cfg.run)?,
-                ),
-                BackendKind::Auto => Box::new(soft::SoftBackend::open(cfg.vcpus, window)?),
-            };
+        let open_kvm =
+            || kvm::KvmBackend::open(GUEST_IMAGE, cfg.vcpus, window, cfg.run, &cfg.tuning);
+        let backend: Box<dyn Backend> = match cfg.backend {
+            BackendKind::Kvm => Box::new(open_kvm()?),
+            BackendKind::Soft => Box::new(soft::SoftBackend::open(cfg.vcpus, window)?),
+            BackendKind::Auto if kvm::KvmBackend::available() => Box::new(open_kvm()?),
+            BackendKind::Auto => Box::new(soft::SoftBackend::open(cfg.vcpus, window)?),
+        };
         Ok(Vault {
             backend,
-            slots: Mutex::new([None; MAX_SLOTS]),
-            next_generation: AtomicU32::new(1),
-            import_lock: Mutex::new(()),
+            slots: Slots::new(),
             next_id: AtomicU64::new(1),
         })
     }
@@ -315,7 +187,7 @@ impl Vault {
 
     fn call(&self, req: &mut Request) -> Result<Response> {
         req.id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.backend.call(Self::lane(), req, None)
+        self.backend.call(Self::lane(), req)
     }
 
     /// Like [`Vault::call`] without waiting: the ticket goes to `Backend::complete`.
@@ -335,323 +207,6 @@ impl Vault {
         }
     }
 
-    /// Reserves a free slot and a fresh generation for it.
-    fn alloc_slot(&self) -> Result<(usize, u32)> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let i = slots
-            .iter()
-            .position(|g| g.is_none())
-            .ok_or(HvError::NoFreeSlot(MAX_SLOTS))?;
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        slots[i] = Some(generation);
-        Ok((i, generation))
-    }
-
-    /// Frees slot `i` if it still holds `generation`.
-    fn free_slot(&self, i: usize, generation: u32) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if slots[i] == Some(generation) {
-            slots[i] = None;
-        }
-    }
-
-    fn check_key_len(spec: CipherSpec, len: usize) -> Result<()> {
-        if abi::key_len_ok(spec, len) {
-            Ok(())
-        } else {
-            Err(HvError::BadKeyLength(len, spec.to_string()))
-        }
-    }
-
-    /// Imports `key` into a free slot. The key is copied into the one-shot transfer page,
-    /// which the vault zeroes after copying it into private memory.
-    pub fn import_key(&self, spec: CipherSpec, key: &[u8]) -> Result<SlotId> {
-        Self::check_key_len(spec, key.len())?;
-        self.import_with(spec, key.len(), |page| {
-            for (i, b) in key.iter().enumerate() {
-                // SAFETY: i < key.len() <= MAX_KEY_LEN < TRANSFER_SIZE.
-                unsafe { ptr::write_volatile(page.add(i), *b) };
-            }
-            Ok(())
-        })
-    }
-
-    /// Imports a key straight from the kernel keyring (`keyctl_read` into the transfer
-    /// page; the key never touches this process's heap or stack).
-    pub fn import_key_from_keyring(
-        &self,
-        spec: CipherSpec,
-        serial: i32,
-        key_len: usize,
-    ) -> Result<SlotId> {
-        Self::check_key_len(spec, key_len)?;
-        self.import_with(spec, key_len, |page| {
-            const KEYCTL_READ: libc::c_long = 11;
-            // SAFETY: keyctl(KEYCTL_READ) writes at most TRANSFER_SIZE bytes into the page.
-            let n = unsafe {
-                libc::syscall(
-                    libc::SYS_keyctl,
-                    KEYCTL_READ,
-                    serial as libc::c_long,
-                    page,
-                    abi::TRANSFER_SIZE as usize,
-                )
-            };
-            if n < 0 {
-                return Err(HvError::Keyring {
-                    serial,
-                    err: std::io::Error::last_os_error(),
-                });
-            }
-            if n as usize != key_len {
-                return Err(HvError::KeyringLength {
-                    serial,
-                    got: n as usize,
-                    want: key_len,
-                });
-            }
-            Ok(())
-        })
-    }
-
-    fn import_with(
-        &self,
-        spec: CipherSpec,
-        key_len: usize,
-        fill: impl FnOnce(*mut u8) -> Result<()>,
-    ) -> Result<SlotId> {
-        let _one_at_a_time = self.import_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (slot, generation) = self.alloc_slot()?;
-        let page = self.backend.transfer();
-        let wipe = || {
-            for i in 0..abi::TRANSFER_SIZE as usize {
-                // SAFETY: the transfer page is TRANSFER_SIZE bytes.
-                unsafe { ptr::write_volatile(page.add(i), 0) };
-            }
-        };
-        let result = fill(page).and_then(|()| {
-            let mut req = Request {
-                op: op::IMPORT_KEY,
-                slot: slot as u32,
-                cipher: abi::cipher_id(spec),
-                key_len: key_len as u32,
-                generation,
-                ..Request::ZERO
-            };
-            self.call(&mut req).and_then(Self::check)
-        });
-        // The vault zeroed the page; make sure of it whatever happened.
-        wipe();
-        match result {
-            Ok(_) => Ok(SlotId {
-                index: slot as u32,
-                cipher: abi::cipher_id(spec),
-                generation,
-            }),
-            Err(e) => {
-                self.free_slot(slot, generation);
-                Err(e)
-            }
-        }
-    }
-
-    /// Wipes a key slot in the vault.
-    pub fn drop_key(&self, slot: SlotId) -> Result<()> {
-        let mut req = Request {
-            op: op::DROP_KEY,
-            slot: slot.index,
-            generation: slot.generation,
-            ..Request::ZERO
-        };
-        let r = self.call(&mut req).and_then(Self::check);
-        if r.is_ok()
-            || matches!(
-                r,
-                Err(HvError::Refused {
-                    status: status::SLOT_EMPTY,
-                    ..
-                })
-            )
-        {
-            self.free_slot(slot.index as usize, slot.generation);
-        }
-        r.map(|_| ())
-    }
-
-    /// The window range of `buf`, which must belong to this vault's window.
-    fn buf_segment(&self, buf: &WindowBuf) -> Result<Segment> {
-        if !Arc::ptr_eq(buf.window(), self.window()) {
-            return Err(HvError::Config(
-                "the buffer belongs to another vault's window".into(),
-            ));
-        }
-        Ok(Segment {
-            offset: buf.offset(),
-            len: buf.len() as u64,
-        })
-    }
-
-    /// Encrypts `buf` in place: whole sectors, `sector` in 512-byte units.
-    pub fn encrypt(
-        &self,
-        slot: SlotId,
-        geom: &Geometry,
-        sector: u64,
-        buf: &mut WindowBuf,
-    ) -> Result<()> {
-        self.crypt_buf(op::ENCRYPT, slot, geom, sector, buf)
-    }
-
-    /// Decrypts `buf` in place: whole sectors, `sector` in 512-byte units.
-    pub fn decrypt(
-        &self,
-        slot: SlotId,
-        geom: &Geometry,
-        sector: u64,
-        buf: &mut WindowBuf,
-    ) -> Result<()> {
-        self.crypt_buf(op::DECRYPT, slot, geom, sector, buf)
-    }
-
-    /// One ENCRYPT or DECRYPT request over a whole window buffer.
-    fn crypt_buf(
-        &self,
-        op: u32,
-        slot: SlotId,
-        geom: &Geometry,
-        sector: u64,
-        buf: &mut WindowBuf,
-    ) -> Result<()> {
-        let seg = [self.buf_segment(buf)?];
-        self.crypt(op, slot, geom, sector, &seg).map(|_| ())
-    }
-
-    /// Encrypts window ranges in place (scatter/gather: sectors are consecutive across
-    /// segments). Returns the bytes processed.
-    ///
-    /// # Safety
-    /// The vault writes these window ranges while the call runs: no live `WindowBuf`
-    /// borrow (`&[u8]`/`&mut [u8]`) may overlap them.
-    pub unsafe fn encrypt_segments(
-        &self,
-        slot: SlotId,
-        geom: &Geometry,
-        sector: u64,
-        segs: &[Segment],
-    ) -> Result<u64> {
-        self.crypt(op::ENCRYPT, slot, geom, sector, segs)
-    }
-
-    /// Decrypts window ranges in place; see [`Vault::encrypt_segments`].
-    ///
-    /// # Safety
-    /// As for [`Vault::encrypt_segments`].
-    pub unsafe fn decrypt_segments(
-        &self,
-        slot: SlotId,
-        geom: &Geometry,
-        sector: u64,
-        segs: &[Segment],
-    ) -> Result<u64> {
-        self.crypt(op::DECRYPT, slot, geom, sector, segs)
-    }
-
-    fn crypt(
-        &self,
-        opcode: u32,
-        slot: SlotId,
-        geom: &Geometry,
-        sector: u64,
-        segs: &[Segment],
-    ) -> Result<u64> {
-        let mut done = 0u64;
-        let mut sector = sector;
-        for chunk in segs.chunks(MAX_SEGMENTS) {
-            let mut req = Self::crypt_request(opcode, slot, geom, sector, chunk);
-            let resp = self.call(&mut req).and_then(Self::check)?;
-            done += resp.bytes;
-            sector += chunk.iter().map(|s| s.len / 512).sum::<u64>();
-        }
-        Ok(done)
-    }
-
-    /// An ENCRYPT/DECRYPT request for up to [`MAX_SEGMENTS`] segments.
-    fn crypt_request(
-        opcode: u32,
-        slot: SlotId,
-        geom: &Geometry,
-        sector: u64,
-        segs: &[Segment],
-    ) -> Request {
-        let mut req = Request {
-            op: opcode,
-            slot: slot.index,
-            cipher: slot.cipher,
-            generation: slot.generation,
-            sector_size: geom.sector_size,
-            flags: if geom.iv_large_sectors {
-                abi::FLAG_IV_LARGE_SECTORS
-            } else {
-                0
-            },
-            nsegs: segs.len() as u32,
-            sector,
-            iv_offset: geom.iv_offset,
-            ..Request::ZERO
-        };
-        req.segs[..segs.len()].copy_from_slice(segs);
-        req
-    }
-
-    /// Starts encrypting `buf` in place and returns at once: the vault works while the
-    /// caller prepares the next request (several in flight keep a vCPU busy without a
-    /// round trip between them). [`Pending::wait`] gives the result.
-    ///
-    /// # Safety
-    /// The returned [`Pending`] must be waited for or dropped, never leaked
-    /// (`mem::forget`): that would end the borrow of `buf` while the vault still writes it.
-    pub unsafe fn encrypt_async<'a>(
-        &'a self,
-        slot: SlotId,
-        geom: &Geometry,
-        sector: u64,
-        buf: &'a mut WindowBuf,
-    ) -> Result<Pending<'a>> {
-        self.crypt_async(op::ENCRYPT, slot, geom, sector, buf)
-    }
-
-    /// Starts decrypting `buf` in place; see [`Vault::encrypt_async`].
-    ///
-    /// # Safety
-    /// As for [`Vault::encrypt_async`].
-    pub unsafe fn decrypt_async<'a>(
-        &'a self,
-        slot: SlotId,
-        geom: &Geometry,
-        sector: u64,
-        buf: &'a mut WindowBuf,
-    ) -> Result<Pending<'a>> {
-        self.crypt_async(op::DECRYPT, slot, geom, sector, buf)
-    }
-
-    fn crypt_async<'a>(
-        &'a self,
-        opcode: u32,
-        slot: SlotId,
-        geom: &Geometry,
-        sector: u64,
-        buf: &'a mut WindowBuf,
-    ) -> Result<Pending<'a>> {
-        let seg = [self.buf_segment(buf)?];
-        let mut req = Self::crypt_request(opcode, slot, geom, sector, &seg);
-        let ticket = self.submit(&mut req)?;
-        Ok(Pending {
-            vault: self,
-            ticket: Some(ticket),
-            _buf: PhantomData,
-        })
-    }
-
     /// Runs the known-answer self test on every vCPU.
     pub fn selftest(&self) -> Result<SelftestReport> {
         let mut backend = 0;
@@ -662,7 +217,7 @@ impl Vault {
                 ..Request::ZERO
             };
             req.op = op::SELFTEST;
-            let resp = Self::check(self.backend.call(lane, &req, None)?)?;
+            let resp = Self::check(self.backend.call(lane, &req)?)?;
             backend = resp.aux[0];
         }
         let engine_backend = match backend {
@@ -682,7 +237,7 @@ impl Vault {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 ..Request::ZERO
             };
-            let r = Self::check(self.backend.call(lane, &req, None)?)?;
+            let r = Self::check(self.backend.call(lane, &req)?)?;
             s.requests += r.aux[abi::stats::REQUESTS];
             s.bytes += r.bytes;
             s.errors += r.aux[abi::stats::ERRORS];
@@ -695,14 +250,8 @@ impl Vault {
     /// Wipes every key slot, stops the vault and zeroes its memory. Idempotent; `Drop`
     /// does it too.
     pub fn shutdown(&self) -> Result<()> {
-        let used: Vec<(usize, u32)> = {
-            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            (0..MAX_SLOTS)
-                .filter_map(|i| slots[i].map(|g| (i, g)))
-                .collect()
-        };
         let mut first_err = None;
-        for (i, generation) in used {
+        for (i, generation) in self.slots.used() {
             let mut req = Request {
                 op: op::DROP_KEY,
                 slot: i as u32,
@@ -710,7 +259,7 @@ impl Vault {
                 ..Request::ZERO
             };
             match self.call(&mut req) {
-                Ok(_) | Err(HvError::ShutDown) => self.free_slot(i, generation),
+                Ok(_) | Err(HvError::ShutDown) => self.slots.free(i, generation),
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
@@ -722,86 +271,11 @@ impl Vault {
             _ => r,
         }
     }
-
-    /// Sends a raw request to vCPU `lane % vcpus()` and returns the raw response, with
-    /// no checks on the host side. For the hostile-request tests.
-    ///
-    /// # Safety
-    /// The vault may write any window range named by the request; no live `WindowBuf`
-    /// borrow may overlap them. Raw IMPORT_KEY/DROP_KEY bypass the slot bookkeeping.
-    #[doc(hidden)]
-    pub unsafe fn submit_raw(&self, lane: usize, req: &Request) -> Result<Response> {
-        self.backend.call(lane, req, None)
-    }
-
-    /// Like [`Vault::submit_raw`], with `racer` called in a loop from another thread on
-    /// the request *in shared memory* while the vault serves it.
-    ///
-    /// # Safety
-    /// As for [`Vault::submit_raw`], for every request the racer can produce.
-    #[doc(hidden)]
-    pub unsafe fn submit_raw_racing(
-        &self,
-        lane: usize,
-        req: &Request,
-        racer: &(dyn Fn(*mut Request) + Sync),
-    ) -> Result<Response> {
-        self.backend.call(lane, req, Some(racer))
-    }
-
-    /// The key transfer page (for the hostile-request tests).
-    #[doc(hidden)]
-    pub fn transfer_page(&self) -> *mut u8 {
-        self.backend.transfer()
-    }
-}
-
-/// A request in flight (from [`Vault::encrypt_async`] or [`Vault::decrypt_async`]); the
-/// buffer stays borrowed until it completes. Dropping it waits too.
-#[must_use = "a pending request must be waited for"]
-pub struct Pending<'a> {
-    vault: &'a Vault,
-    ticket: Option<Ticket>,
-    _buf: PhantomData<&'a mut WindowBuf>,
-}
-
-impl Pending<'_> {
-    /// Waits for the request and returns its result.
-    pub fn wait(mut self) -> Result<()> {
-        match self.ticket.take() {
-            Some(t) => self
-                .vault
-                .backend
-                .complete(t)
-                .and_then(Vault::check)
-                .map(|_| ()),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        if let Some(t) = self.ticket.take() {
-            // The vault may still be writing the buffer: never give it back before.
-            let _ = self.vault.backend.complete(t);
-        }
-    }
 }
 
 impl Drop for Vault {
     fn drop(&mut self) {
         let _ = self.shutdown();
-    }
-}
-
-#[cfg(feature = "test-api")]
-impl Vault {
-    /// Test builds: the register state of vCPU `vcpu` as KVM keeps it while the vCPU is
-    /// out of guest mode (`KVM_GET_XSAVE2`, else `KVM_GET_XSAVE`). Waits until whoever
-    /// runs the vCPU lets go of it (the vCPU sleeps). Only the `kvm` backend has one.
-    pub fn vcpu_xsave(&self, vcpu: usize) -> Result<test_api::XsaveDump> {
-        self.backend.vcpu_xsave(vcpu)
     }
 }
 

@@ -11,7 +11,7 @@ use vault_vm::abi::{
     Request, Response, Ring, ENTRY_CLAIMED, ENTRY_DONE, ENTRY_FREE, ENTRY_SUBMITTED, RING_ENTRIES,
 };
 
-use crate::error::{HvError, Result};
+use crate::error::{HvError, Result, VaultFailure};
 
 /// How long a waiting thread spins before it starts sleeping. Short: several waiting
 /// threads may share one CPU, and a spinning one keeps the others from resubmitting.
@@ -132,9 +132,25 @@ unsafe impl Send for RingClient {}
 // SAFETY: as above.
 unsafe impl Sync for RingClient {}
 
-/// Called repeatedly (from another thread) while a request is in flight; used by tests to
-/// rewrite the request in shared memory under the vault's feet.
-pub type Racer<'a> = &'a (dyn Fn(*mut Request) + Sync);
+/// What runs beside a thread's wait for its response. Normal builds only have [`Alone`];
+/// test builds (`test-api`) also race the request in shared memory while the vault
+/// serves it (`test_api::Racing`).
+pub(crate) trait Beside: Copy {
+    /// Runs `wait` on this thread (with whatever runs beside it) and returns its result;
+    /// `req` is the request in shared memory.
+    fn wait<T>(self, req: *mut Request, wait: impl FnOnce() -> T) -> T;
+}
+
+/// Nothing runs beside the wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Alone;
+
+impl Beside for Alone {
+    #[inline(always)]
+    fn wait<T>(self, _req: *mut Request, wait: impl FnOnce() -> T) -> T {
+        wait()
+    }
+}
 
 impl RingClient {
     /// # Safety
@@ -190,7 +206,7 @@ impl RingClient {
                 break idx;
             }
             if failed.load(Ordering::Relaxed) {
-                return Err(HvError::VaultFailed("a vCPU stopped".into()));
+                return Err(HvError::VaultFailed(VaultFailure::VcpuStopped));
             }
             spins.wait();
         };
@@ -212,7 +228,7 @@ impl RingClient {
         idx: usize,
         bytes: u64,
         failed: &AtomicBool,
-        racer: Option<Racer<'_>>,
+        beside: impl Beside,
         mode: WaitMode<'_>,
     ) -> Result<Response> {
         let ring = self.ring();
@@ -223,7 +239,7 @@ impl RingClient {
             WaitMode::Poll { wake } => wake,
             WaitMode::Caller { run } => {
                 let wait = || self.wait_caller(&done, run, failed);
-                return self.finish(e, req_ptr, racer, &wait);
+                return self.finish(e, req_ptr, beside, wait);
             }
         };
         if !done() && self.vcpu_sleeping() {
@@ -264,14 +280,12 @@ impl RingClient {
                     wake();
                 }
                 if failed.load(Ordering::Relaxed) {
-                    return Err(HvError::VaultFailed(
-                        "a vCPU stopped while serving a request".into(),
-                    ));
+                    return Err(HvError::VaultFailed(VaultFailure::StoppedServing));
                 }
                 spins.wait();
             }
         };
-        self.finish(e, req_ptr, racer, &wait)
+        self.finish(e, req_ptr, beside, wait)
     }
 
     /// Caller-mode wait: run the vCPU here whenever it sleeps with work waiting and no
@@ -287,9 +301,7 @@ impl RingClient {
                 return Ok(());
             }
             if failed.load(Ordering::Relaxed) {
-                return Err(HvError::VaultFailed(
-                    "a vCPU stopped while serving a request".into(),
-                ));
+                return Err(HvError::VaultFailed(VaultFailure::StoppedServing));
             }
             let seen = self.done.generation();
             // Let the threads that are ready on this CPU submit first, so that one
@@ -308,33 +320,16 @@ impl RingClient {
         }
     }
 
-    /// Waits (with the test racer running, if any), then takes the response and frees
+    /// Waits (with `beside` running beside the wait), then takes the response and frees
     /// the entry.
     fn finish(
         &self,
         e: &vault_vm::abi::RingEntry,
         req_ptr: *mut Request,
-        racer: Option<Racer<'_>>,
-        wait: &dyn Fn() -> Result<()>,
+        beside: impl Beside,
+        wait: impl FnOnce() -> Result<()>,
     ) -> Result<Response> {
-        let result = match racer {
-            None => wait(),
-            Some(racer) => {
-                let stop = AtomicBool::new(false);
-                let p = req_ptr as usize;
-                std::thread::scope(|s| {
-                    s.spawn(|| {
-                        while !stop.load(Ordering::Relaxed) {
-                            racer(p as *mut Request);
-                        }
-                    });
-                    let r = wait();
-                    stop.store(true, Ordering::Relaxed);
-                    r
-                })
-            }
-        };
-        result?;
+        beside.wait(req_ptr, wait)?;
         // SAFETY: DONE: the vault wrote the response and no longer touches the entry.
         let resp = unsafe { ptr::read_volatile(ptr::addr_of!(e.resp)) };
         e.state.store(ENTRY_FREE, Ordering::Release);

@@ -19,7 +19,7 @@ use vault_vm::service::{Counters, Service, SlotCell};
 use crate::backend::Backend;
 use crate::error::{HvError, Result};
 use crate::memory::SharedMem;
-use crate::ring::Racer;
+use crate::ring::{Alone, Beside};
 use crate::window::Window;
 use crate::BackendKind;
 
@@ -117,35 +117,46 @@ impl Backend for SoftBackend {
         self.transfer.ptr()
     }
 
-    fn call(&self, lane: usize, req: &Request, racer: Option<Racer<'_>>) -> Result<Response> {
+    fn call(&self, lane: usize, req: &Request) -> Result<Response> {
+        self.serve(lane, req, Alone)
+    }
+
+    #[cfg(feature = "test-api")]
+    fn call_racing(
+        &self,
+        lane: usize,
+        req: &Request,
+        racer: crate::test_api::Racer<'_>,
+    ) -> Result<Response> {
+        self.serve(lane, req, crate::test_api::Racing(racer))
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.service().drop_all();
+        clear_vector_registers();
+        self.service().wipe_transfer();
+        self.slots.wipe();
+        self.window.wipe();
+        burn_stack::<{ 32 * 1024 }>();
+        Ok(())
+    }
+}
+
+impl SoftBackend {
+    /// Serves `req` on this thread (with `beside` running while the request is copied).
+    fn serve(&self, lane: usize, req: &Request, beside: impl Beside) -> Result<Response> {
         if self.stopped.load(Ordering::SeqCst) {
             return Err(HvError::ShutDown);
         }
         // Same discipline as the guest: stage the request in memory the caller could race
         // on, copy it, then hand the private copy to the handler.
         let mut staged = Box::new(*req);
-        let p = ptr::addr_of_mut!(*staged) as usize;
-        let copy: Request = match racer {
-            // SAFETY: `staged` is live; a volatile copy of plain data.
-            None => unsafe { abi::copy_request(p as *const Request) },
-            Some(racer) => {
-                let stop = AtomicBool::new(false);
-                std::thread::scope(|s| {
-                    s.spawn(|| {
-                        for _ in 0..1000 {
-                            if stop.load(Ordering::Relaxed) {
-                                break;
-                            }
-                            racer(p as *mut Request);
-                        }
-                    });
-                    // SAFETY: as above.
-                    let c = unsafe { abi::copy_request(p as *const Request) };
-                    stop.store(true, Ordering::Relaxed);
-                    c
-                })
-            }
-        };
+        let p = ptr::addr_of_mut!(*staged);
+        // SAFETY: `staged` is live; a volatile copy of plain data.
+        let copy: Request = beside.wait(p, || unsafe { abi::copy_request(p) });
         drop(staged);
         let mut counters = self.lanes[lane % self.lanes.len()]
             .lock()
@@ -162,19 +173,6 @@ impl Backend for SoftBackend {
         }
         debug_assert!(resp.status != status::OK || resp.id == req.id);
         Ok(resp)
-    }
-
-    fn shutdown(&self) -> Result<()> {
-        if self.stopped.swap(true, Ordering::SeqCst) {
-            return Ok(());
-        }
-        self.service().drop_all();
-        clear_vector_registers();
-        self.service().wipe_transfer();
-        self.slots.wipe();
-        self.window.wipe();
-        burn_stack::<{ 32 * 1024 }>();
-        Ok(())
     }
 }
 

@@ -7,8 +7,83 @@
 //!   [`vault_vm::abi::BOOT_KEEP_VECTOR_REGS`] (the test image honours it).
 //! - [`set_skip_exit_clear`]: a `kvm` guest that clears only at the end of each batch.
 //! - [`crate::Vault::vcpu_xsave`]: a vCPU's register state as KVM saved it.
+//! - [`crate::Vault::submit_raw`], [`crate::Vault::submit_raw_racing`] (with a
+//!   [`Racer`]) and [`crate::Vault::transfer_page`]: raw requests and the key transfer
+//!   page, for the hostile-request and key-residency tests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use vault_vm::abi::{Request, Response};
+
+use crate::error::Result;
+use crate::ring::Beside;
+use crate::Vault;
+
+/// Called repeatedly (from another thread) while a request is in flight, with the
+/// request in shared memory: the tests rewrite it under the vault's feet.
+pub type Racer<'a> = &'a (dyn Fn(*mut Request) + Sync);
+
+impl Vault {
+    /// Sends a raw request to vCPU `lane % vcpus()` and returns the raw response, with
+    /// no checks on the host side. For the hostile-request tests.
+    ///
+    /// # Safety
+    /// The vault may write any window range named by the request; no live `WindowBuf`
+    /// borrow may overlap them. Raw IMPORT_KEY/DROP_KEY bypass the slot bookkeeping.
+    pub unsafe fn submit_raw(&self, lane: usize, req: &Request) -> Result<Response> {
+        self.backend.call(lane, req)
+    }
+
+    /// Like [`Vault::submit_raw`], with `racer` called in a loop from another thread on
+    /// the request *in shared memory* while the vault serves it.
+    ///
+    /// # Safety
+    /// As for [`Vault::submit_raw`], for every request the racer can produce.
+    pub unsafe fn submit_raw_racing(
+        &self,
+        lane: usize,
+        req: &Request,
+        racer: Racer<'_>,
+    ) -> Result<Response> {
+        self.backend.call_racing(lane, req, racer)
+    }
+
+    /// The key transfer page (`abi::TRANSFER_SIZE` bytes), for the tests that check it
+    /// is wiped.
+    pub fn transfer_page(&self) -> *mut u8 {
+        self.backend.transfer()
+    }
+
+    /// The register state of vCPU `vcpu` as KVM keeps it while the vCPU is out of guest
+    /// mode (`KVM_GET_XSAVE2`, else `KVM_GET_XSAVE`). Waits until whoever runs the vCPU
+    /// lets go of it (the vCPU sleeps). Only the `kvm` backend has one.
+    pub fn vcpu_xsave(&self, vcpu: usize) -> Result<XsaveDump> {
+        self.backend.vcpu_xsave(vcpu)
+    }
+}
+
+/// A [`Racer`] running beside a wait for a response: started before the wait, stopped
+/// once it returns.
+#[derive(Clone, Copy)]
+pub(crate) struct Racing<'a>(pub Racer<'a>);
+
+impl Beside for Racing<'_> {
+    fn wait<T>(self, req: *mut Request, wait: impl FnOnce() -> T) -> T {
+        let stop = AtomicBool::new(false);
+        let p = req as usize;
+        let racer = self.0;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    racer(p as *mut Request);
+                }
+            });
+            let r = wait();
+            stop.store(true, Ordering::Relaxed);
+            r
+        })
+    }
+}
 
 static KEEP_VECTOR_REGS: AtomicBool = AtomicBool::new(false);
 

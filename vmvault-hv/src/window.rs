@@ -17,6 +17,18 @@ pub struct Window {
     free: Mutex<Vec<(u64, u64)>>,
 }
 
+/// Size and free space only: the window holds volume data, which a log must not show.
+impl std::fmt::Debug for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("Window")
+            .field("len", &self.len())
+            .field("free_bytes", &free.iter().map(|&(_, l)| l).sum::<u64>())
+            .field("free_ranges", &free.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Window {
     pub(crate) fn new(mem: SharedMem) -> Arc<Self> {
         let len = mem.len() as u64;

@@ -144,6 +144,8 @@ fn import_from_kernel_keyring() {
     };
     let key = common::random_bytes(64);
     // add_key("user", desc, key, len, KEY_SPEC_PROCESS_KEYRING)
+    // SAFETY: the type and description are NUL-terminated C strings and `key` is a live
+    // buffer of `key.len()` bytes; the kernel only reads them.
     let serial = unsafe {
         libc::syscall(
             libc::SYS_add_key,
@@ -186,12 +188,15 @@ fn import_from_kernel_keyring() {
     vault.encrypt(slot, &geom, 0, &mut buf).unwrap();
     assert!(buf[..] == want[..]);
     // The transfer page is clean again.
+    // SAFETY: the transfer page is a live mapping of at least 4096 bytes for as long as
+    // the vault is open, and no import runs while it is read.
     let page = unsafe { std::slice::from_raw_parts(vault.transfer_page(), 4096) };
     assert!(page.iter().all(|&b| b == 0));
     assert!(vault
         .import_key_from_keyring(spec, 0x7fff_fff0, 64)
         .is_err());
     // KEYCTL_INVALIDATE
+    // SAFETY: keyctl with an integer serial; no memory is passed.
     unsafe { libc::syscall(libc::SYS_keyctl, 21, serial) };
     vault.drop_key(slot).unwrap();
 }

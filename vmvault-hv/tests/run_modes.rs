@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use vault_vm::engine::{CipherSpec, Geometry, SectorCipher};
-use vmvault_hv::{BackendKind, RunMode, Vault, VaultConfig};
+use vmvault_hv::{BackendKind, CpuPinning, RunMode, Tuning, Vault, VaultConfig};
 
 /// AES-256-XTS on 4 KiB sectors with a random key, and the engine as the reference;
 /// `None` (after the probe's message, a failure in CI) without a usable /dev/kvm.
@@ -31,6 +31,7 @@ fn thread_and_caller_modes_match_the_engine() {
                 vcpus,
                 window_size: 8 << 20,
                 run,
+                ..Default::default()
             })
             .unwrap();
             assert_eq!(vault.run_mode(), run);
@@ -86,6 +87,7 @@ fn pipelined_requests_match_the_engine() {
             vcpus: 1,
             window_size: 8 << 20,
             run,
+            ..Default::default()
         })
         .unwrap();
         let slot = vault.import_key(spec, &key).unwrap();
@@ -104,11 +106,11 @@ fn pipelined_requests_match_the_engine() {
                 .collect();
             let sector = |k: usize| (round * 100 + k as u64) * 8;
             {
-                // SAFETY: every Pending is waited for or dropped below.
                 let mut pending: Vec<_> = bufs
                     .iter_mut()
                     .enumerate()
                     .map(|(k, b)| {
+                        // SAFETY: every Pending is waited for or dropped below.
                         unsafe { vault.encrypt_async(slot, &geom, sector(k), b) }.unwrap()
                     })
                     .collect();
@@ -132,11 +134,11 @@ fn pipelined_requests_match_the_engine() {
                 );
             }
             {
-                // SAFETY: as above.
                 let pending: Vec<_> = bufs
                     .iter_mut()
                     .enumerate()
                     .map(|(k, b)| {
+                        // SAFETY: every Pending is waited for below.
                         unsafe { vault.decrypt_async(slot, &geom, sector(k), b) }.unwrap()
                     })
                     .collect();
@@ -166,6 +168,54 @@ fn pipelined_requests_match_the_engine() {
         );
         vault.encrypt(slot, &geom, 0, &mut buf).unwrap();
         vault.drop_key(slot).unwrap();
+        vault.shutdown().unwrap();
+    }
+}
+
+/// A vault opened with non-default [`Tuning`] (short idle spins, no assist, the vCPU
+/// pinned to CPU 0, a caller budget of 400 spins) serves requests like the engine, and
+/// pins where it was told (thread mode) or not at all (caller mode, `none`).
+#[test]
+fn tuning_is_applied() {
+    let Some((spec, key, engine, geom)) = fixture() else {
+        return;
+    };
+    let cases = [
+        (RunMode::Thread, CpuPinning::Cpus(vec![0]), vec![0]),
+        (RunMode::Thread, CpuPinning::None, vec![]),
+        (RunMode::Caller, CpuPinning::Cpus(vec![0]), vec![]),
+    ];
+    for (run, vcpu_cpus, pinned) in cases {
+        let tuning = Tuning {
+            idle_spins: 50,
+            caller_spins: 400,
+            assist: false,
+            vcpu_cpus: vcpu_cpus.clone(),
+            vcpu_nice: Some(0),
+        };
+        let vault = Vault::open(&VaultConfig {
+            backend: BackendKind::Kvm,
+            vcpus: 1,
+            window_size: 2 << 20,
+            run,
+            tuning,
+        })
+        .unwrap();
+        assert_eq!(vault.run_mode(), run);
+        assert_eq!(vault.vcpu_cpus(), pinned, "{run:?} {vcpu_cpus:?}");
+        let slot = vault.import_key(spec, &key).unwrap();
+        let mut buf = vault.window().alloc(4096).unwrap();
+        for i in 0..50u64 {
+            let data = common::random_bytes(4096);
+            buf.copy_from_slice(&data);
+            vault.encrypt(slot, &geom, i * 8, &mut buf).unwrap();
+            let mut want = data.clone();
+            engine.encrypt(&geom, i * 8, &mut want).unwrap();
+            assert!(buf[..] == want[..], "{run:?} {vcpu_cpus:?}: encrypt");
+            if i % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         vault.shutdown().unwrap();
     }
 }

@@ -120,6 +120,7 @@ fn kvm_scenario(run: RunMode, clearing: Clearing) -> Option<(XstateReport, &'sta
         vcpus: 1,
         window_size: 8 << 20,
         run,
+        ..Default::default()
     })
     .expect("opening a kvm vault");
     set_clearing(Clearing::On);

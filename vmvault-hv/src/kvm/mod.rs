@@ -8,6 +8,7 @@
 //! (timer interrupt, host scheduling) still saves round keys until the vCPU runs again;
 //! only encrypted guest register state (SEV-ES/SEV-SNP) closes that window.
 
+mod arch;
 mod vcpu;
 
 use std::ffi::CStr;
@@ -21,12 +22,12 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vault_vm::abi::{self, Request, Response};
 
 use crate::backend::{Backend, Ticket};
-use crate::error::{HvError, Result};
+use crate::config::{BackendKind, RunMode, Tuning};
+use crate::error::{HvError, Result, VaultFailure};
 use crate::layout;
 use crate::memory::SharedMem;
-use crate::ring::{request_bytes, Racer, RingClient, WaitMode};
+use crate::ring::{request_bytes, Alone, Beside, RingClient, WaitMode};
 use crate::window::Window;
-use crate::{BackendKind, RunMode};
 
 /// Name of the guest RAM memfd (scanners look for `/memfd:vmvault-guest`).
 pub const GUEST_MEMFD_NAME: &CStr = c"vmvault-guest";
@@ -34,28 +35,22 @@ pub const GUEST_MEMFD_NAME: &CStr = c"vmvault-guest";
 pub const WINDOW_MEMFD_NAME: &CStr = c"vmvault-window";
 
 /// Idle spins of a vCPU before it sleeps (each spin scans the ring once and pauses,
-/// about 25 ns here: 4000 spins are about 100 µs). Override with `VMVAULT_IDLE_SPINS`.
-pub const DEFAULT_IDLE_SPINS: u64 = 4_000;
+/// about 25 ns here: 4000 spins are about 100 µs): [`Tuning::DEFAULT_IDLE_SPINS`]; set
+/// [`Tuning::idle_spins`] for another.
+pub const DEFAULT_IDLE_SPINS: u64 = Tuning::DEFAULT_IDLE_SPINS as u64;
 
 /// Default idle spins of the guest when a submitting thread runs the vCPU itself: one
-/// empty scan of the ring, then exit. Requests submitted meanwhile by other threads are
-/// picked up by the runner's next episode (those threads sleep until then), which batches
-/// several requests per `KVM_RUN` under load; spinning longer in the guest only took
-/// CPU from the rest of the I/O stack (fio random 4K, 2 CPUs: 1 spin 101 MB/s write vs
-/// 400 spins 90 MB/s). Override with `VMVAULT_CALLER_SPINS`.
-pub const DEFAULT_CALLER_SPINS: u64 = 1;
+/// empty scan of the ring, then exit ([`Tuning::DEFAULT_CALLER_SPINS`]; see
+/// [`Tuning::caller_spins`]).
+pub const DEFAULT_CALLER_SPINS: u64 = Tuning::DEFAULT_CALLER_SPINS as u64;
 
-/// Resolves [`RunMode::Auto`]: `VMVAULT_RUN=thread|caller` if set, else caller mode
-/// when the vCPUs would take half the CPUs this process may use or more (each polling
-/// vCPU keeps a CPU busy; on small machines the submitters need them).
+/// Resolves [`RunMode::Auto`]: caller mode when the vCPUs would take half the CPUs this
+/// process may use or more (each polling vCPU keeps a CPU busy; on small machines the
+/// submitters need them), thread mode otherwise. Other modes are returned as they are.
 pub fn resolve_run_mode(mode: RunMode, vcpus: usize) -> RunMode {
     match mode {
-        RunMode::Auto => match std::env::var("VMVAULT_RUN").as_deref() {
-            Ok("thread") => RunMode::Thread,
-            Ok("caller") => RunMode::Caller,
-            _ if vcpu::allowed_cpus().len() < 2 * vcpus + 2 => RunMode::Caller,
-            _ => RunMode::Thread,
-        },
+        RunMode::Auto if vcpu::allowed_cpus().len() < 2 * vcpus + 2 => RunMode::Caller,
+        RunMode::Auto => RunMode::Thread,
         m => m,
     }
 }
@@ -79,16 +74,18 @@ pub(crate) struct Shared {
     pub runners: Vec<Runner>,
     pub caller_runs: bool,
     /// Thread mode: a submitter that finds the vCPU asleep also serves the ring itself
-    /// until the vCPU thread takes over (`VMVAULT_ASSIST=0` disables).
+    /// until the vCPU thread takes over ([`Tuning::assist`]).
     pub assist: bool,
+    /// Nice value of the vCPU threads ([`Tuning::vcpu_nice`]).
+    pub vcpu_nice: Option<i32>,
     pub failed: AtomicBool,
-    pub failure: Mutex<Option<String>>,
+    pub failure: Mutex<Option<VaultFailure>>,
     pub ready: Mutex<usize>,
     pub ready_cv: Condvar,
 }
 
 impl Shared {
-    pub fn fail(&self, why: String) {
+    pub fn fail(&self, why: VaultFailure) {
         let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
             *f = Some(why);
@@ -121,11 +118,11 @@ impl KvmBackend {
         image: &[u8],
         vcpus: usize,
         window_len: u64,
-        idle_spins: u64,
         mode: RunMode,
+        tuning: &Tuning,
     ) -> Result<Self> {
         let header = layout::parse_image(image)?;
-        let kvm = Kvm::new().map_err(|e| HvError::KvmUnavailable(format!("/dev/kvm: {e}")))?;
+        let kvm = Kvm::new().map_err(HvError::KvmUnavailable)?;
         let vm = kvm.create_vm().map_err(|err| HvError::Kvm {
             what: "KVM_CREATE_VM",
             err,
@@ -155,8 +152,9 @@ impl KvmBackend {
                 memory_size: len,
                 userspace_addr: host as u64,
             };
-            // SAFETY: the host range is a live mapping of `len` bytes that outlives the VM
-            // (the backend owns both and drops the VM first... see field order notes).
+            // SAFETY: the host range is a live mapping of `len` bytes. The backend owns it
+            // and the VM, and `KvmBackend::_vm` is declared first so the VM is dropped
+            // before the memory; on an early error return no vCPU has run and none will.
             unsafe { vm.set_user_memory_region(region) }.map_err(|err| HvError::Kvm {
                 what: "KVM_SET_USER_MEMORY_REGION",
                 err,
@@ -167,13 +165,9 @@ impl KvmBackend {
             entry: header.entry,
             vcpus,
             window_len,
-            idle_spins,
+            idle_spins: u64::from(tuning.idle_spins),
             flags: boot_flags(),
         };
-        let caller_spins = std::env::var("VMVAULT_CALLER_SPINS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(DEFAULT_CALLER_SPINS);
         let clamp = |n: u64| n.clamp(1, abi::MAX_IDLE_SPINS) as u32;
         let mut runners = Vec::new();
         for i in 0..vcpus {
@@ -181,8 +175,8 @@ impl KvmBackend {
                 fd: Mutex::new(vcpu::setup(&kvm, &vm, i, &boot)?),
                 over: AtomicBool::new(false),
                 thread_coming: AtomicBool::new(false),
-                idle_spins: clamp(idle_spins),
-                caller_spins: clamp(caller_spins),
+                idle_spins: clamp(u64::from(tuning.idle_spins)),
+                caller_spins: clamp(u64::from(tuning.caller_spins)),
             });
         }
         let mode = resolve_run_mode(mode, vcpus);
@@ -196,7 +190,8 @@ impl KvmBackend {
             rings,
             runners,
             caller_runs: mode == RunMode::Caller,
-            assist: std::env::var("VMVAULT_ASSIST").map_or(true, |v| v != "0"),
+            assist: tuning.assist,
+            vcpu_nice: tuning.vcpu_nice,
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             ready: Mutex::new(0),
@@ -206,7 +201,7 @@ impl KvmBackend {
         let mut threads = Vec::new();
         // Caller mode: the vCPUs run on the submitting threads; nothing to pin.
         let cpus = match mode {
-            RunMode::Thread => vcpu::pin_plan(vcpus),
+            RunMode::Thread => vcpu::pin_plan(vcpus, &tuning.vcpu_cpus),
             _ => None,
         };
         let mut err = None;
@@ -252,9 +247,7 @@ impl KvmBackend {
         while *ready < vcpus && !backend.shared.failed.load(Ordering::SeqCst) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                backend
-                    .shared
-                    .fail("the vault guest did not start within 20 s".into());
+                backend.shared.fail(VaultFailure::StartTimeout);
                 break;
             }
             ready = backend
@@ -273,19 +266,14 @@ impl KvmBackend {
         Ok(backend)
     }
 
-    fn failure(&self) -> String {
+    /// The recorded cause of the vault's failure.
+    fn failure(&self) -> VaultFailure {
         self.shared
             .failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .unwrap_or_else(|| "unknown".into())
-    }
-
-    /// Host address of guest RAM (for tests that scan it).
-    #[allow(dead_code)]
-    pub fn guest_ram(&self) -> (*const u8, usize) {
-        (self.shared.guest.ptr(), self.shared.guest.len())
+            .unwrap_or(VaultFailure::Unknown)
     }
 }
 
@@ -327,9 +315,20 @@ impl Backend for KvmBackend {
         unsafe { self.shared.guest.ptr().add(abi::TRANSFER_GPA as usize) }
     }
 
-    fn call(&self, lane: usize, req: &Request, racer: Option<Racer<'_>>) -> Result<Response> {
+    fn call(&self, lane: usize, req: &Request) -> Result<Response> {
         let ticket = self.submit(lane, req)?;
-        self.wait(ticket, racer)
+        self.wait(ticket, Alone)
+    }
+
+    #[cfg(feature = "test-api")]
+    fn call_racing(
+        &self,
+        lane: usize,
+        req: &Request,
+        racer: crate::test_api::Racer<'_>,
+    ) -> Result<Response> {
+        let ticket = self.submit(lane, req)?;
+        self.wait(ticket, crate::test_api::Racing(racer))
     }
 
     fn submit(&self, lane: usize, req: &Request) -> Result<Ticket> {
@@ -356,7 +355,7 @@ impl Backend for KvmBackend {
     }
 
     fn complete(&self, ticket: Ticket) -> Result<Response> {
-        self.wait(ticket, None)
+        self.wait(ticket, Alone)
     }
 
     #[cfg(feature = "test-api")]
@@ -392,13 +391,11 @@ impl Backend for KvmBackend {
         }
         // The guest wiped its slots and stack on the way out; wipe all of guest RAM and
         // the window anyway (no vCPU runs any more).
-        self.shared.fail("the vault has been shut down".into());
+        self.shared.fail(VaultFailure::ShutDown);
         self.shared.guest.wipe();
         self.window.wipe();
         if stuck > 0 {
-            return Err(HvError::VaultFailed(format!(
-                "{stuck} vCPU thread(s) did not stop"
-            )));
+            return Err(HvError::VaultFailed(VaultFailure::ThreadsStuck(stuck)));
         }
         Ok(())
     }
@@ -471,8 +468,9 @@ impl KvmBackend {
 }
 
 impl KvmBackend {
-    /// Waits for `ticket` (with the test racer rewriting the request, if any).
-    fn wait(&self, ticket: Ticket, racer: Option<Racer<'_>>) -> Result<Response> {
+    /// Waits for `ticket` (with `beside` running beside the wait: in test builds, a racer
+    /// may rewrite the request).
+    fn wait(&self, ticket: Ticket, beside: impl Beside) -> Result<Response> {
         let (i, entry, bytes) = match ticket {
             Ticket::Ring { ring, entry, bytes } => (ring, entry, bytes),
             Ticket::Done(resp) => return Ok(resp),
@@ -481,7 +479,7 @@ impl KvmBackend {
         let failed = &self.shared.failed;
         let r = if self.shared.caller_runs {
             let run = || vcpu::run_on_caller(i, &self.shared);
-            ring.complete(entry, bytes, failed, racer, WaitMode::Caller { run: &run })
+            ring.complete(entry, bytes, failed, beside, WaitMode::Caller { run: &run })
         } else {
             let wake = || {
                 // The vCPU thread resumes polling; until it is scheduled, serve the ring
@@ -491,7 +489,7 @@ impl KvmBackend {
                     vcpu::run_on_caller(i, &self.shared);
                 }
             };
-            ring.complete(entry, bytes, failed, racer, WaitMode::Poll { wake: &wake })
+            ring.complete(entry, bytes, failed, beside, WaitMode::Poll { wake: &wake })
         };
         r.map_err(|e| self.vault_error(e))
     }

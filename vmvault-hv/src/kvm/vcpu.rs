@@ -5,12 +5,16 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 
-use kvm_bindings::{kvm_regs, kvm_segment, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_regs, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vault_vm::abi;
 
+use x86_64::registers::control::Cr4Flags;
+
+use super::arch::{self, CpuidLeaf1Ecx, CpuidLeaf7Ebx, CpuidLeaf7Ecx};
 use super::Shared;
-use crate::error::{HvError, Result};
+use crate::config::CpuPinning;
+use crate::error::{HvError, Result, VaultFailure};
 
 /// Boot parameters shared by all vCPUs.
 pub(super) struct Boot {
@@ -21,13 +25,6 @@ pub(super) struct Boot {
     /// `vault_vm::abi::BOOT_*` flags (test builds only set any).
     pub flags: u64,
 }
-
-const CR0_PE_MP_ET_NE_PG: u64 = 0x8000_0033;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_OSFXSR: u64 = 1 << 9;
-const CR4_OSXMMEXCPT: u64 = 1 << 10;
-const CR4_OSXSAVE: u64 = 1 << 18;
-const EFER_LME_LMA: u64 = 0x500;
 
 /// Signal used to kick a stuck vCPU thread out of `KVM_RUN` at shutdown.
 fn kick_signal() -> i32 {
@@ -65,11 +62,9 @@ fn guest_cpuid(kvm: &Kvm) -> Result<CpuId> {
     use std::arch::x86_64::__cpuid_count;
     let l1 = __cpuid_count(1, 0);
     let l7 = __cpuid_count(7, 0);
-    // leaf 1 ecx: PCLMULQDQ, SSSE3, SSE4.1, SSE4.2, AES, XSAVE, AVX.
-    let l1_ecx = (1 << 1) | (1 << 9) | (1 << 19) | (1 << 20) | (1 << 25) | (1 << 26) | (1 << 28);
-    // leaf 7 ebx: AVX2, AVX512F, AVX512DQ, AVX512BW, AVX512VL; ecx: VAES, VPCLMULQDQ.
-    let l7_ebx = (1 << 5) | (1 << 16) | (1 << 17) | (1 << 30) | (1 << 31);
-    let l7_ecx = (1 << 9) | (1 << 10);
+    let l1_ecx = CpuidLeaf1Ecx::all().bits();
+    let l7_ebx = CpuidLeaf7Ebx::all().bits();
+    let l7_ecx = CpuidLeaf7Ecx::all().bits();
     for e in cpuid.as_mut_slice() {
         match (e.function, e.index) {
             (1, _) => e.ecx |= l1.ecx & l1_ecx,
@@ -81,24 +76,6 @@ fn guest_cpuid(kvm: &Kvm) -> Result<CpuId> {
         }
     }
     Ok(cpuid)
-}
-
-fn segment(selector: u16, type_: u8, l: u8, db: u8) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl: 3,
-        db,
-        s: 1,
-        l,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
 }
 
 /// Creates vCPU `i` in 64-bit mode at CPL3, ready to enter the guest's `_start`.
@@ -116,17 +93,17 @@ pub(super) fn setup(kvm: &Kvm, vm: &VmFd, i: usize, boot: &Boot) -> Result<VcpuF
         what: "KVM_GET_SREGS",
         err,
     })?;
-    s.cs = segment(0x33, 11, 1, 0);
-    let data = segment(0x2b, 3, 0, 1);
+    s.cs = arch::code_segment();
+    let data = arch::data_segment();
     (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
-    s.cr0 = CR0_PE_MP_ET_NE_PG;
+    s.cr0 = arch::CR0.bits();
     s.cr3 = abi::PAGE_TABLES_GPA;
-    s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_OSXSAVE;
-    s.efer = EFER_LME_LMA;
+    s.cr4 = arch::CR4.bits();
+    s.efer = arch::EFER.bits();
     if fd.set_sregs(&s).is_err() {
         // Without XSAVE in the vCPU model, run without OSXSAVE: the engine then sees no
         // AVX and uses AES-NI on xmm registers.
-        s.cr4 &= !CR4_OSXSAVE;
+        s.cr4 &= !Cr4Flags::OSXSAVE.bits();
         fd.set_sregs(&s).map_err(|err| HvError::Kvm {
             what: "KVM_SET_SREGS",
             err,
@@ -139,13 +116,13 @@ pub(super) fn setup(kvm: &Kvm, vm: &VmFd, i: usize, boot: &Boot) -> Result<VcpuF
         let host_xcr0 = unsafe { std::arch::x86_64::_xgetbv(0) };
         xcrs.nr_xcrs = 1;
         xcrs.xcrs[0].xcr = 0;
-        xcrs.xcrs[0].value = host_xcr0 & 0xe7;
+        xcrs.xcrs[0].value = host_xcr0 & arch::XCR0_GUEST.bits();
         let _ = fd.set_xcrs(&xcrs);
     }
     let regs = kvm_regs {
         rip: boot.entry,
         rsp: abi::stack_top(i) - 8,
-        rflags: 0x202,
+        rflags: arch::RFLAGS.bits(),
         rdi: i as u64,
         rsi: boot.vcpus as u64,
         rdx: boot.window_len,
@@ -174,17 +151,16 @@ pub(super) fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// The CPU each vCPU is pinned to (`None`: not pinned). By default, when there are more
-/// CPUs than vCPUs, vCPU `i` takes the `i`-th CPU from the top of the allowed set, so
-/// the scheduler keeps the submitting threads on the others: a vCPU woken by a
-/// submitter would otherwise be placed on the submitter's CPU, and its idle polling
-/// would then keep the submitter from seeing its completion. `VMVAULT_VCPU_CPUS=3,2`
-/// picks the CPUs, `none` disables pinning.
-pub(super) fn pin_plan(vcpus: usize) -> Option<Vec<usize>> {
-    let cpus: Vec<usize> = match std::env::var("VMVAULT_VCPU_CPUS") {
-        Ok(v) if v == "none" => return None,
-        Ok(v) => v.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
-        Err(_) => {
+/// The CPU each vCPU is pinned to (`None`: not pinned), as [`CpuPinning`] says. By
+/// default, when there are more CPUs than vCPUs, vCPU `i` takes the `i`-th CPU from the
+/// top of the allowed set, so the scheduler keeps the submitting threads on the others:
+/// a vCPU woken by a submitter would otherwise be placed on the submitter's CPU, and its
+/// idle polling would then keep the submitter from seeing its completion.
+pub(super) fn pin_plan(vcpus: usize, pinning: &CpuPinning) -> Option<Vec<usize>> {
+    let cpus: Vec<usize> = match pinning {
+        CpuPinning::None => return None,
+        CpuPinning::Cpus(cpus) => cpus.clone(),
+        CpuPinning::Default => {
             let allowed = allowed_cpus();
             if allowed.len() <= vcpus {
                 return None;
@@ -223,7 +199,7 @@ pub(super) fn drive(fd: &mut VcpuFd, i: usize, sh: &Shared) -> Episode {
         return Episode::Over;
     }
     ring.ring().header.sleeping.store(0, Ordering::SeqCst);
-    let over = |why: Option<String>| {
+    let over = |why: Option<VaultFailure>| {
         runner.over.store(true, Ordering::SeqCst);
         if let Some(why) = why {
             sh.fail(why);
@@ -239,7 +215,7 @@ pub(super) fn drive(fd: &mut VcpuFd, i: usize, sh: &Shared) -> Episode {
                 }
                 continue;
             }
-            Err(e) => return over(Some(format!("KVM_RUN on vCPU {i} failed: {e}"))),
+            Err(err) => return over(Some(VaultFailure::Run { vcpu: i, err })),
         };
         match exit {
             VcpuExit::MmioWrite(addr, data) if addr == abi::DOORBELL_GPA => {
@@ -251,29 +227,26 @@ pub(super) fn drive(fd: &mut VcpuFd, i: usize, sh: &Shared) -> Episode {
                         sh.ready_cv.notify_all();
                     }
                     abi::EXIT_STOPPED => return over(None),
-                    abi::EXIT_PANIC => {
-                        return over(Some(format!("the vault guest panicked on vCPU {i}")))
-                    }
-                    c => return over(Some(format!("unknown doorbell code {c} from vCPU {i}"))),
+                    abi::EXIT_PANIC => return over(Some(VaultFailure::GuestPanic(i))),
+                    code => return over(Some(VaultFailure::UnknownDoorbell { code, vcpu: i })),
                 }
             }
             VcpuExit::MmioWrite(addr, _) | VcpuExit::MmioRead(addr, _) => {
-                return over(Some(format!(
-                    "vCPU {i} accessed unbacked guest address {addr:#x}"
-                )));
+                return over(Some(VaultFailure::Unbacked { vcpu: i, addr }));
             }
             VcpuExit::Intr => {}
             VcpuExit::Shutdown => {
-                return over(Some(format!(
-                    "vCPU {i} faulted (shutdown exit: an exception with no IDT)"
-                )));
+                return over(Some(VaultFailure::Fault(i)));
             }
             VcpuExit::InternalError => {
-                return over(Some(format!(
-                    "vCPU {i}: KVM internal error (emulation failure)"
-                )));
+                return over(Some(VaultFailure::InternalError(i)));
             }
-            other => return over(Some(format!("vCPU {i}: unexpected exit {other:?}"))),
+            other => {
+                return over(Some(VaultFailure::UnexpectedExit {
+                    vcpu: i,
+                    exit: format!("{other:?}"),
+                }))
+            }
         }
     }
 }
@@ -333,13 +306,10 @@ pub(super) fn run_on_caller(i: usize, sh: &Shared) -> bool {
 pub(super) fn run(i: usize, cpu: Option<usize>, sh: Arc<Shared>) {
     let ring = &sh.rings[i];
     let runner = &sh.runners[i];
-    // Optional CPU weight for the vCPU threads (VMVAULT_VCPU_NICE, needs CAP_SYS_NICE).
-    // Off by default: a vCPU woken by a submitting thread tends to land on that
-    // thread's CPU, and a heavier vCPU would then starve the thread waiting for it.
-    if let Some(nice) = std::env::var("VMVAULT_VCPU_NICE")
-        .ok()
-        .and_then(|s| s.parse::<i32>().ok())
-    {
+    // Optional CPU weight for the vCPU threads (`Tuning::vcpu_nice`, below 0 needs
+    // CAP_SYS_NICE). Off by default: a vCPU woken by a submitting thread tends to land on
+    // that thread's CPU, and a heavier vCPU would then starve the thread waiting for it.
+    if let Some(nice) = sh.vcpu_nice {
         // SAFETY: gettid/setpriority on this thread only.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
     }
