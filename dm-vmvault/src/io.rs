@@ -38,7 +38,7 @@ pub enum IoError {
     Open {
         /// Backing path.
         path: PathBuf,
-        /// Cause.
+        /// Why it could not be opened or sized.
         source: std::io::Error,
     },
     /// The backing file is smaller than the data offset plus one sector.
@@ -51,7 +51,7 @@ pub enum IoError {
         op: &'static str,
         /// Byte position on the backing file.
         pos: u64,
-        /// Cause.
+        /// The error of the read, write or punch.
         source: std::io::Error,
     },
     /// The backing file ended inside the device (it was truncated under us).

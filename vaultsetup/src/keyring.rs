@@ -39,7 +39,7 @@ pub enum KeyringError {
     Sys {
         /// The operation.
         what: String,
-        /// Cause.
+        /// The error keyctl(2) or add_key(2) returned.
         source: std::io::Error,
     },
     /// `--volume-key-keyring`: no such key.
@@ -51,7 +51,7 @@ pub enum KeyringError {
     /// `--volume-key-keyring` names a key of another type.
     #[error("Key {desc:?} has type {ty:?}; a `user` key is required.")]
     WrongType {
-        /// Description.
+        /// The description the key was looked up by.
         desc: String,
         /// Its type.
         ty: String,

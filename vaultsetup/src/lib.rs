@@ -39,7 +39,7 @@ pub enum Error {
     /// Header reading.
     #[error(transparent)]
     Volume(#[from] VolumeError),
-    /// Unlock.
+    /// No keyslot opened with the passphrase, or the key it gave failed the digest.
     #[error(transparent)]
     Unlock(#[from] UnlockError),
 }

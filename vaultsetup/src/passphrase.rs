@@ -28,9 +28,9 @@ pub enum PassphraseError {
     /// Key file cannot be opened.
     #[error("Failed to open key file {path}: {source}")]
     Open {
-        /// Path.
+        /// The key file as given on the command line.
         path: String,
-        /// Cause.
+        /// Why it could not be opened.
         #[source]
         source: std::io::Error,
     },
@@ -45,7 +45,7 @@ pub enum PassphraseError {
     Short {
         /// Requested size.
         wanted: u64,
-        /// Offset.
+        /// `--keyfile-offset`: bytes skipped at the start of the key file.
         offset: u64,
         /// Bytes available.
         got: u64,

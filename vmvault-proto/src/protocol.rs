@@ -155,7 +155,7 @@ pub struct OpenRequest {
     pub allow_discards: bool,
     /// Crypt backend.
     pub backend: BackendChoice,
-    /// Frontend.
+    /// Which frontend gives the kernel the block device (`auto`: ublk where it works).
     pub frontend: FrontendChoice,
     /// Serial of a kernel keyring `user` key holding the volume key; the daemon must be
     /// able to read it (possessor, or user-read for uid 0).
