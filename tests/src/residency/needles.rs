@@ -3,6 +3,7 @@
 //! merging of raw matches into reported hits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::ops::Range;
 
 use super::aes::{self, RoundKey};
@@ -16,7 +17,7 @@ const SCHEDULE_ROUNDS: usize = 3;
 const BROADCAST: usize = 4;
 
 /// One byte string searched for, with the windows of it that count as a hit.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Source {
     label: String,
     bytes: Vec<u8>,
@@ -40,7 +41,7 @@ enum Kind {
 }
 
 /// What to search for: the windows of the volume key and of its AES schedules.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Needles {
     sources: Vec<Source>,
     /// Probe table: aligned 8-byte word → (source, window start, offset of the word in
@@ -51,6 +52,32 @@ pub struct Needles {
     max_len: usize,
 }
 
+impl fmt::Debug for Source {
+    /// Label, length and window; never the bytes (key material).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("label", &self.label)
+            .field("len", &self.bytes.len())
+            .field("window", &self.window)
+            .field("stride", &self.stride)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Needles {
+    /// The sources (labels and sizes only) and the table size; the probe table holds
+    /// words of key material and is not shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Needles")
+            .field("sources", &self.sources)
+            .field("words", &self.table.len())
+            .field("max_len", &self.max_len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Spreads the bits of a probe word for the pre-filter bit index.
 fn mix(w: u64) -> u64 {
     w.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
 }
