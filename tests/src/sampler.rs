@@ -64,15 +64,15 @@ impl Tracee {
     pub fn seize(pid: u32) -> std::io::Result<Tracee> {
         let pid = pid as i32;
         let opts = (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACEEXIT) as libc::c_long;
-        // SAFETY: ptrace requests with integer arguments only.
         errno_result(
+            // SAFETY: ptrace requests with integer arguments only.
             unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0 as libc::c_long, opts) },
             "PTRACE_SEIZE",
         )?;
         let mut t = Tracee { pid, done: false };
         // Stop it once, so it can be restarted with PTRACE_SYSCALL.
-        // SAFETY: as above.
         errno_result(
+            // SAFETY: a ptrace request with integer arguments only.
             unsafe {
                 libc::ptrace(
                     libc::PTRACE_INTERRUPT,
@@ -120,8 +120,8 @@ impl Tracee {
     }
 
     fn restart(&self, sig: i32) -> std::io::Result<()> {
-        // SAFETY: ptrace request with integer arguments.
         errno_result(
+            // SAFETY: a ptrace request with integer arguments only.
             unsafe {
                 libc::ptrace(
                     libc::PTRACE_SYSCALL,
@@ -138,8 +138,8 @@ impl Tracee {
     fn regs(&self) -> std::io::Result<libc::user_regs_struct> {
         // SAFETY: user_regs_struct is plain data; PTRACE_GETREGS fills it.
         let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-        // SAFETY: the tracee is in a ptrace-stop; `regs` is a valid out-pointer.
         errno_result(
+            // SAFETY: the tracee is in a ptrace-stop; `regs` is a valid out-pointer.
             unsafe {
                 libc::ptrace(
                     libc::PTRACE_GETREGS,
@@ -305,6 +305,17 @@ pub struct Secret {
     pub needles: Needles,
     /// Whether a copy inside a locked mapping (a `SecretBuf`) is allowed at this point.
     pub allowed_locked: bool,
+}
+
+impl std::fmt::Debug for Secret {
+    /// The name and the policy; the needles show only their labels, never secret bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field("needles", &self.needles)
+            .field("allowed_locked", &self.allowed_locked)
+            .finish()
+    }
 }
 
 /// A copy of a secret found in a sample.

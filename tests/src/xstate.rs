@@ -44,6 +44,19 @@ pub struct Register {
     pub bytes: Vec<u8>,
 }
 
+impl std::fmt::Debug for Register {
+    /// The name and width only: the contents may be key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Register")
+            .field("name", &self.name)
+            .field(
+                "bytes",
+                &format_args!("<{} bytes redacted>", self.bytes.len()),
+            )
+            .finish()
+    }
+}
+
 /// The vector registers saved in `area`. Components whose XSTATE_BV bit is clear are in
 /// their initial state (zero), whatever the area holds for them.
 ///

@@ -52,6 +52,17 @@ impl SlotCell {
     }
 }
 
+impl core::fmt::Debug for SlotCell {
+    /// The lock word, cipher id and generation; never the keyed cipher.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SlotCell")
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .field("cipher", &self.cipher.load(Ordering::Relaxed))
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
 /// Per-vCPU counters reported by STATS.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counters {
@@ -88,6 +99,16 @@ pub struct Service<'a> {
 unsafe impl Send for Service<'_> {}
 // SAFETY: as above.
 unsafe impl Sync for Service<'_> {}
+
+impl core::fmt::Debug for Service<'_> {
+    /// The window size and the number of occupied slots; no key material.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Service")
+            .field("window_len", &self.window_len)
+            .field("slots_used", &self.slots_used())
+            .finish_non_exhaustive()
+    }
+}
 
 impl<'a> Service<'a> {
     /// Builds a handler.

@@ -9,19 +9,19 @@ pub enum AfError {
     /// The split material is not `key_len * stripes` bytes.
     #[error("AF material is {got} bytes, expected key size {key_len} x {stripes} stripes")]
     BadLength {
-        /// Bytes given.
+        /// Length of the split material handed to the merge, in bytes.
         got: usize,
-        /// Key length.
+        /// Length of the key to recover, in bytes.
         key_len: usize,
-        /// Stripes.
+        /// Number of AF stripes the keyslot declares.
         stripes: u32,
     },
     /// Zero stripes or zero key length.
     #[error("AF stripes ({stripes}) and key size ({key_len}) must be non-zero")]
     Empty {
-        /// Stripes.
+        /// Number of AF stripes the keyslot declares.
         stripes: u32,
-        /// Key length.
+        /// Length of the key to recover, in bytes.
         key_len: usize,
     },
 }

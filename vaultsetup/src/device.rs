@@ -29,11 +29,11 @@ pub enum DeviceError {
     ShortRead {
         /// The device path.
         path: String,
-        /// Requested offset.
+        /// Byte offset the read started at.
         offset: u64,
-        /// Requested length.
+        /// Bytes the read needed from that offset.
         need: u64,
-        /// Device size.
+        /// Size of the device in bytes.
         size: u64,
     },
     /// An I/O error while reading.

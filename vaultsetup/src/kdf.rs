@@ -17,41 +17,46 @@ pub enum KdfError {
     /// PBKDF2 iteration count above the limit.
     #[error("PBKDF2 iteration count {iterations} is above the limit of {limit}; refusing (corrupted or hostile header?).")]
     TooManyIterations {
-        /// Header value.
+        /// The PBKDF2 iteration count the header asks for.
         iterations: u32,
-        /// Limit in force.
+        /// The highest iteration count accepted.
         limit: u32,
     },
     /// Argon2 memory cost above the limit.
     #[error("Argon2 memory cost {memory_kib} KiB is above the limit of {limit_kib} KiB (4 GiB or half the physical memory); refusing.")]
     MemoryTooHigh {
-        /// Header value in KiB.
+        /// The Argon2 memory cost the header asks for, in KiB.
         memory_kib: u32,
-        /// Limit in force in KiB.
+        /// The highest memory cost accepted, in KiB.
         limit_kib: u32,
     },
     /// Argon2 time cost above the limit.
     #[error("Argon2 time cost {time} is above the limit of {limit}; refusing (corrupted or hostile header?).")]
     TimeTooHigh {
-        /// Header value.
+        /// The Argon2 time cost (passes) the header asks for.
         time: u32,
-        /// Limit.
+        /// The highest time cost accepted.
         limit: u32,
     },
     /// Argon2 lanes (threads) outside 1..=limit.
     #[error("Argon2 parallel cost {lanes} is outside 1..={limit}; refusing.")]
     BadLanes {
-        /// Header value.
+        /// The Argon2 lane count the header asks for.
         lanes: u32,
-        /// Limit.
+        /// The highest lane count accepted.
         limit: u32,
     },
     /// The Argon2 memory could not be allocated.
     #[error("Cannot allocate {0} KiB of memory for Argon2.")]
     OutOfMemory(u32),
-    /// Zero iterations / cost, or other parameters the algorithm rejects.
+    /// Zero iterations or cost, or a cost combination the header itself makes
+    /// impossible (checked before the algorithm runs).
     #[error("Invalid KDF parameters: {0}")]
     BadParams(String),
+    /// The Argon2 implementation rejected the parameters or the inputs (salt or output
+    /// length out of range, for instance).
+    #[error("Invalid KDF parameters: {0}")]
+    Argon2(#[source] argon2::Error),
 }
 
 impl HasExitCode for KdfError {
@@ -309,12 +314,12 @@ impl Kdf {
                     Argon2Variant::Argon2id => argon2::Algorithm::Argon2id,
                 };
                 let params = argon2::Params::new(*memory_kib, *time, *lanes, Some(out_len))
-                    .map_err(|e| KdfError::BadParams(e.to_string()))?;
+                    .map_err(KdfError::Argon2)?;
                 argon2::Argon2::new(algo, argon2::Version::V0x13, params)
                     .hash_password_into(password, salt, out.as_mut_slice())
                     .map_err(|e| match e {
                         argon2::Error::OutOfMemory => KdfError::OutOfMemory(*memory_kib),
-                        e => KdfError::BadParams(e.to_string()),
+                        e => KdfError::Argon2(e),
                     })?;
             }
         }
@@ -360,6 +365,23 @@ mod tests {
         let a = k.derive(b"pw", 32, &KdfLimits::default()).unwrap();
         let b = k.derive(b"pw", 32, &KdfLimits::default()).unwrap();
         assert_eq!(a.as_slice(), b.as_slice());
+    }
+
+    #[test]
+    fn argon2_refusal_keeps_its_source() {
+        use std::error::Error as _;
+        // Argon2 wants a salt of 8 bytes or more; the header's salt is passed as it is.
+        let k = Kdf::Argon2 {
+            variant: Argon2Variant::Argon2id,
+            time: 1,
+            memory_kib: 64,
+            lanes: 1,
+            salt: vec![1; 4],
+        };
+        let e = k.derive(b"pw", 32, &KdfLimits::default()).unwrap_err();
+        assert!(matches!(e, KdfError::Argon2(_)), "{e:?}");
+        let source = e.source().expect("the argon2 error is kept as the source");
+        assert_eq!(e.to_string(), format!("Invalid KDF parameters: {source}"));
     }
 
     #[test]

@@ -26,9 +26,9 @@ pub enum UnlockError {
     /// The requested keyslot number does not exist in this format.
     #[error("Key slot {slot} is invalid (this LUKS version has slots 0..={max}).")]
     SlotOutOfRange {
-        /// Requested.
+        /// The keyslot number asked for.
         slot: u32,
-        /// Highest slot.
+        /// The highest keyslot number this LUKS version has.
         max: u32,
     },
     /// The volume has no active keyslots at all.
@@ -43,21 +43,21 @@ pub enum UnlockError {
     /// The keyslot's area is not fully on the device.
     #[error("Keyslot {slot} area [{offset}, +{len}) is cut short: the device has only {size} bytes (truncated image?).")]
     AreaCutShort {
-        /// Slot.
+        /// The keyslot whose area is cut short.
         slot: u32,
-        /// Area offset.
+        /// Byte offset of the keyslot area on the device.
         offset: u64,
-        /// Needed length.
+        /// Bytes of key material the area must hold (rounded up to whole sectors).
         len: u64,
-        /// Device size.
+        /// Size of the device in bytes.
         size: u64,
     },
     /// KDF refused or failed.
     #[error("Keyslot {slot}: {source}")]
     Kdf {
-        /// Slot.
+        /// The keyslot whose KDF was refused or failed.
         slot: u32,
-        /// Details.
+        /// Why the KDF refused its parameters or failed.
         #[source]
         source: KdfError,
     },
@@ -65,32 +65,33 @@ pub enum UnlockError {
     #[error("Volume key digest: {0}")]
     DigestKdf(#[source] KdfError),
     /// The keyslot cipher is not supported by the engine.
-    #[error("Keyslot {slot}: cipher {spec:?} with a {key_bits}-bit key is not usable: {why}")]
+    #[error("Keyslot {slot}: cipher {spec:?} with a {key_bits}-bit key is not usable: {source}")]
     Cipher {
-        /// Slot.
+        /// The keyslot whose area cipher was refused.
         slot: u32,
-        /// Cipher spec.
+        /// The keyslot area's cipher spec as the header names it.
         spec: String,
         /// Key size in bits.
         key_bits: usize,
-        /// Engine message.
-        why: String,
+        /// Why the engine refused the spec, key or geometry.
+        #[source]
+        source: vault_vm::engine::EngineError,
     },
     /// AF merge failed.
     #[error("Keyslot {slot}: {source}")]
     Af {
-        /// Slot.
+        /// The keyslot whose split key material could not be merged.
         slot: u32,
-        /// Details.
+        /// Why the AF merge failed.
         #[source]
         source: AfError,
     },
     /// Something about the slot/digest is unsupported or malformed.
     #[error("Keyslot {slot}: {why}")]
     Unsupported {
-        /// Slot.
+        /// The keyslot (or, for a digest, the keyslot being checked against it).
         slot: u32,
-        /// Details.
+        /// What is unsupported or malformed, in words.
         why: String,
     },
     /// A LUKS2 requirement we do not implement.
@@ -98,7 +99,7 @@ pub enum UnlockError {
         "LUKS2 requirement {0:?} is not supported by vaultsetup (finish it with cryptsetup first)."
     )]
     Requirement(String),
-    /// Reading failed.
+    /// Reading the keyslot area or the header from the device failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
 }
@@ -179,11 +180,11 @@ fn try_slot(
         }
     }
     // Validate the cipher before spending KDF time.
-    let spec = CipherSpec::parse(&plan.area_cipher).map_err(|e| UnlockError::Cipher {
+    let spec = CipherSpec::parse(&plan.area_cipher).map_err(|source| UnlockError::Cipher {
         slot,
         spec: plan.area_cipher.clone(),
         key_bits: plan.area_key_len * 8,
-        why: e.to_string(),
+        source,
     })?;
     plan.kdf
         .check(limits)
@@ -194,11 +195,11 @@ fn try_slot(
         .kdf
         .derive(pass, plan.area_key_len, limits)
         .map_err(|source| UnlockError::Kdf { slot, source })?;
-    let cipher_err = |e: vault_vm::engine::EngineError| UnlockError::Cipher {
+    let cipher_err = |source: vault_vm::engine::EngineError| UnlockError::Cipher {
         slot,
         spec: plan.area_cipher.clone(),
         key_bits: plan.area_key_len * 8,
-        why: e.to_string(),
+        source,
     };
     let cipher = SectorCipher::new(spec, derived.as_slice()).map_err(cipher_err)?;
     drop(derived);

@@ -28,18 +28,18 @@ pub enum Luks1Error {
     /// Device access failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
-    /// Not a LUKS1 header.
+    /// The device holds no LUKS1 header (no magic or another version); the device name.
     #[error("Device {0} is not a valid LUKS device.")]
     NotLuks(String),
-    /// A header field is invalid.
+    /// A header field is out of range or inconsistent; the message names it.
     #[error("LUKS1 header is invalid: {0}")]
     Invalid(String),
     /// A keyslot is invalid.
     #[error("LUKS keyslot {slot} is invalid: {why}")]
     BadKeyslot {
-        /// Slot number.
+        /// The keyslot number (0..8).
         slot: usize,
-        /// Reason.
+        /// What is wrong with the keyslot (which field, which value).
         why: String,
     },
     /// The hash in the header is unsupported.

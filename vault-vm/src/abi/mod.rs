@@ -476,6 +476,43 @@ pub struct Ring {
     pub entries: [RingEntry; RING_ENTRIES],
 }
 
+impl core::fmt::Debug for RingHeader {
+    /// The counters and flags as loaded now (relaxed), without the padding.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let r = core::sync::atomic::Ordering::Relaxed;
+        f.debug_struct("RingHeader")
+            .field("head", &self.head.load(r))
+            .field("tail", &self.tail.load(r))
+            .field("sleeping", &self.sleeping.load(r))
+            .field("idle_spins", &self.idle_spins.load(r))
+            .field("episode_max", &self.episode_max.load(r))
+            .field("stop", &self.stop.load(r))
+            .finish()
+    }
+}
+
+impl core::fmt::Debug for RingEntry {
+    /// Only the state word: the request and response are plain memory the other side may
+    /// be writing, so they are not read here (copy them out with [`copy_request`]).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RingEntry")
+            .field(
+                "state",
+                &self.state.load(core::sync::atomic::Ordering::Relaxed),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl core::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Ring")
+            .field("header", &self.header)
+            .field("entries", &self.entries)
+            .finish()
+    }
+}
+
 const _: () = assert!(size_of::<RingHeader>() == 256);
 const _: () = assert!(offset_of!(RingHeader, tail) == 64);
 const _: () = assert!(offset_of!(RingHeader, sleeping) == 128);

@@ -1,7 +1,8 @@
 //! The AES-NI backend: 128-bit registers, 8 independent blocks in flight per pass.
 //!
-//! Every function here is compiled with `aes,sse2` enabled and must only run after the
-//! caller checked those features (`Backend::AesNi.is_available()`).
+//! Every function here is compiled with `#[target_feature(enable = "aes,sse2")]`, so the
+//! helpers inline into each other and into [`run`]; code without those features calls
+//! only [`run`] (unsafe), after checking them (`Backend::AesNi.is_available()`).
 
 use core::arch::x86_64::*;
 
@@ -9,8 +10,9 @@ use super::keys::RoundKeys;
 use super::{Job, Mode};
 
 /// Loads the round keys of a schedule into registers (or the stack; the compiler decides).
-#[inline(always)]
-pub(crate) unsafe fn load_keys(k: &[[u8; 16]; 15]) -> [__m128i; 15] {
+#[target_feature(enable = "aes,sse2")]
+#[inline]
+pub(crate) fn load_keys(k: &[[u8; 16]; 15]) -> [__m128i; 15] {
     let mut r = [_mm_setzero_si128(); 15];
     for (d, s) in r.iter_mut().zip(k.iter()) {
         // SAFETY: `s` is 16 readable bytes; unaligned load.
@@ -20,58 +22,48 @@ pub(crate) unsafe fn load_keys(k: &[[u8; 16]; 15]) -> [__m128i; 15] {
 }
 
 /// Multiplies an XTS tweak by α (x) in GF(2^128), little-endian convention.
-#[inline(always)]
+#[target_feature(enable = "aes,sse2")]
+#[inline]
 pub(crate) fn xts_double(t: __m128i) -> __m128i {
-    // SAFETY (of the intrinsics): SSE2 is enabled in every caller.
-    unsafe {
-        let poly = _mm_set_epi32(0, 1, 0, 0x87);
-        let m = _mm_shuffle_epi32::<0x13>(_mm_srai_epi32::<31>(t));
-        _mm_xor_si128(_mm_add_epi64(t, t), _mm_and_si128(m, poly))
-    }
+    let poly = _mm_set_epi32(0, 1, 0, 0x87);
+    let m = _mm_shuffle_epi32::<0x13>(_mm_srai_epi32::<31>(t));
+    _mm_xor_si128(_mm_add_epi64(t, t), _mm_and_si128(m, poly))
 }
 
 /// Encrypts up to 8 blocks with a schedule of run-time round count (IV/tweak encryption).
-#[inline(always)]
-unsafe fn encrypt_rt(k: &RoundKeys, b: &mut [__m128i; 8], n: usize) {
-    // SAFETY: AES-NI and SSE2 are enabled in every caller.
-    unsafe {
-        let mut rk = load_keys(&k.enc);
-        for x in b[..n].iter_mut() {
-            *x = _mm_xor_si128(*x, rk[0]);
-        }
-        for key in &rk[1..k.nr] {
-            for x in b[..n].iter_mut() {
-                *x = _mm_aesenc_si128(*x, *key);
-            }
-        }
-        for x in b[..n].iter_mut() {
-            *x = _mm_aesenclast_si128(*x, rk[k.nr]);
-        }
-        wipe(&mut rk);
+#[target_feature(enable = "aes,sse2")]
+#[inline]
+fn encrypt_rt(k: &RoundKeys, b: &mut [__m128i; 8], n: usize) {
+    let mut rk = load_keys(&k.enc);
+    for x in b[..n].iter_mut() {
+        *x = _mm_xor_si128(*x, rk[0]);
     }
+    for key in &rk[1..k.nr] {
+        for x in b[..n].iter_mut() {
+            *x = _mm_aesenc_si128(*x, *key);
+        }
+    }
+    for x in b[..n].iter_mut() {
+        *x = _mm_aesenclast_si128(*x, rk[k.nr]);
+    }
+    wipe(&mut rk);
 }
 
 /// The IVs of sectors `first..first + n` (n ≤ 8) of the job: plain, or encrypted with the
 /// aux key (XTS tweak key, ESSIV key).
-#[inline(always)]
-pub(crate) unsafe fn ivs(
-    job: &Job<'_>,
-    aux: Option<&RoundKeys>,
-    first: usize,
-    n: usize,
-) -> [__m128i; 8] {
-    // SAFETY: SSE2 and AES-NI are enabled in every caller; loads read 16-byte arrays.
-    unsafe {
-        let mut b = [_mm_setzero_si128(); 8];
-        for (j, x) in b[..n].iter_mut().enumerate() {
-            let iv = job.iv.block(first + j);
-            *x = _mm_loadu_si128(iv.as_ptr().cast());
-        }
-        if let Some(k) = aux {
-            encrypt_rt(k, &mut b, n);
-        }
-        b
+#[target_feature(enable = "aes,sse2")]
+#[inline]
+pub(crate) fn ivs(job: &Job<'_>, aux: Option<&RoundKeys>, first: usize, n: usize) -> [__m128i; 8] {
+    let mut b = [_mm_setzero_si128(); 8];
+    for (j, x) in b[..n].iter_mut().enumerate() {
+        let iv = job.iv.block(first + j);
+        // SAFETY: `iv` is a 16-byte array; unaligned load.
+        *x = unsafe { _mm_loadu_si128(iv.as_ptr().cast()) };
     }
+    if let Some(k) = aux {
+        encrypt_rt(k, &mut b, n);
+    }
+    b
 }
 
 /// Runs a job on the AES-NI backend.
@@ -80,21 +72,19 @@ pub(crate) unsafe fn ivs(
 /// The CPU must support AES-NI and SSE2; the job's keys must be hardware round keys.
 #[target_feature(enable = "aes,sse2")]
 pub(crate) unsafe fn run(job: &Job<'_>, buf: &mut [u8]) {
-    // SAFETY: the features are enabled on this function, as the callees require.
-    unsafe {
-        match job.hw_keys().0.nr {
-            10 => run_nr::<10>(job, buf),
-            12 => run_nr::<12>(job, buf),
-            _ => run_nr::<14>(job, buf),
-        }
+    match job.hw_keys().0.nr {
+        10 => run_nr::<10>(job, buf),
+        12 => run_nr::<12>(job, buf),
+        _ => run_nr::<14>(job, buf),
     }
 }
 
-#[inline(always)]
-unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
+#[target_feature(enable = "aes,sse2")]
+#[inline]
+fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
     let (k, aux) = job.hw_keys();
-    // SAFETY: AES-NI/SSE2 enabled by the caller (`run`); every pointer handed to the
-    // helpers comes from a chunk of `buf` of the length they access.
+    // SAFETY: every pointer handed to the helpers comes from a chunk of `buf` of the
+    // length they access (ECB: 128 bytes; CBC: `w` sectors from sector `s < n`).
     unsafe {
         // Decryption (ECB, XTS, CBC) runs the inverse schedule, encryption the forward one.
         let mut rk = load_keys(if job.enc { &k.enc } else { &k.dec });
@@ -152,9 +142,13 @@ unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
 }
 
 /// Encrypts or decrypts 8 blocks in ECB at `p`.
-#[inline(always)]
+///
+/// # Safety
+/// `p` points to 128 writable bytes.
+#[target_feature(enable = "aes,sse2")]
+#[inline]
 unsafe fn ecb8<const NR: usize>(rk: &[__m128i; 15], p: *mut u8, enc: bool) {
-    // SAFETY: `p` points to 128 writable bytes (caller); features enabled by the caller.
+    // SAFETY: `p` points to 128 writable bytes (caller).
     unsafe {
         let mut b = [_mm_setzero_si128(); 8];
         for (j, x) in b.iter_mut().enumerate() {
@@ -186,14 +180,10 @@ unsafe fn ecb8<const NR: usize>(rk: &[__m128i; 15], p: *mut u8, enc: bool) {
 }
 
 /// XTS over one sector (a multiple of 8 blocks) with initial tweak `t`.
-#[inline(always)]
-unsafe fn xts_sector<const NR: usize>(
-    rk: &[__m128i; 15],
-    mut t: __m128i,
-    sec: &mut [u8],
-    enc: bool,
-) {
-    // SAFETY: each chunk is 128 bytes of `sec`; features enabled by the caller.
+#[target_feature(enable = "aes,sse2")]
+#[inline]
+fn xts_sector<const NR: usize>(rk: &[__m128i; 15], mut t: __m128i, sec: &mut [u8], enc: bool) {
+    // SAFETY: loads and stores stay inside the 128-byte chunk `c` of `sec`.
     unsafe {
         for c in sec.chunks_exact_mut(128) {
             let p = c.as_mut_ptr();
@@ -235,9 +225,10 @@ unsafe fn xts_sector<const NR: usize>(
 }
 
 /// CBC-decrypts one sector (a multiple of 8 blocks) with IV `iv`, 8 blocks per pass.
-#[inline(always)]
-unsafe fn cbc_dec_sector<const NR: usize>(rk: &[__m128i; 15], iv: __m128i, sec: &mut [u8]) {
-    // SAFETY: each chunk is 128 bytes of `sec`; features enabled by the caller.
+#[target_feature(enable = "aes,sse2")]
+#[inline]
+fn cbc_dec_sector<const NR: usize>(rk: &[__m128i; 15], iv: __m128i, sec: &mut [u8]) {
+    // SAFETY: loads and stores stay inside the 128-byte chunk `c` of `sec`.
     unsafe {
         let mut prev = iv;
         for c in sec.chunks_exact_mut(128) {
@@ -264,14 +255,19 @@ unsafe fn cbc_dec_sector<const NR: usize>(rk: &[__m128i; 15], iv: __m128i, sec: 
 }
 
 /// CBC-encrypts `W` consecutive sectors of `ss` bytes at `p` as `W` interleaved chains.
-#[inline(always)]
+///
+/// # Safety
+/// `p` points to `W * ss` writable bytes; `ss` is a multiple of 16.
+#[target_feature(enable = "aes,sse2")]
+#[inline]
 unsafe fn cbc_enc_lanes<const NR: usize, const W: usize>(
     rk: &[__m128i; 15],
     p: *mut u8,
     ss: usize,
     iv: &[__m128i],
 ) {
-    // SAFETY: `p` points to `W * ss` writable bytes (caller); features enabled by the caller.
+    // SAFETY: `p` points to `W * ss` writable bytes (caller); every access is at
+    // `l * ss + off` with `l < W` and `off + 16 <= ss`.
     unsafe {
         let mut x = [_mm_setzero_si128(); W];
         x.copy_from_slice(&iv[..W]);
@@ -294,10 +290,11 @@ unsafe fn cbc_enc_lanes<const NR: usize, const W: usize>(
 }
 
 /// Overwrites stack copies of round keys (best effort: volatile, so not optimized out).
-#[inline(always)]
+#[target_feature(enable = "aes,sse2")]
+#[inline]
 pub(crate) fn wipe(keys: &mut [__m128i]) {
     for k in keys.iter_mut() {
-        // SAFETY: `k` is a valid, aligned, exclusive reference; SIMD-enabled callers.
+        // SAFETY: `k` is a valid, aligned, exclusive reference.
         unsafe { core::ptr::write_volatile(k, _mm_setzero_si128()) };
     }
 }

@@ -3,8 +3,11 @@
 //! VPCLMULQDQ. CBC encryption is serial per sector and uses the AES-NI backend's
 //! 8-sector interleave.
 //!
-//! Every function here is compiled with `aes,sse2,avx512f,vaes,vpclmulqdq` and must only
-//! run after the caller checked those features (`Backend::Vaes512.is_available()`).
+//! Every function here is compiled with
+//! `#[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]`, so the helpers (and
+//! the AES-NI backend's, whose features are a subset) inline into each other and into
+//! [`run`]; code without those features calls only [`run`] (unsafe), after checking them
+//! (`Backend::Vaes512.is_available()`).
 
 use core::arch::x86_64::*;
 
@@ -22,39 +25,36 @@ const PASS: usize = W * 64;
 const CBC_SECTORS: usize = 12;
 
 /// Broadcasts each round key to the 4 lanes of a zmm register.
-#[inline(always)]
-unsafe fn load_keys(k: &[[u8; 16]; 15]) -> [__m512i; 15] {
-    // SAFETY: AVX-512F enabled by every caller; `s` is 16 readable bytes.
-    unsafe {
-        let mut r = [_mm512_setzero_si512(); 15];
-        for (d, s) in r.iter_mut().zip(k.iter()) {
-            *d = _mm512_broadcast_i32x4(_mm_loadu_si128(s.as_ptr().cast()));
-        }
-        r
+#[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
+#[inline]
+fn load_keys(k: &[[u8; 16]; 15]) -> [__m512i; 15] {
+    let mut r = [_mm512_setzero_si512(); 15];
+    for (d, s) in r.iter_mut().zip(k.iter()) {
+        // SAFETY: `s` is 16 readable bytes; unaligned load.
+        *d = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(s.as_ptr().cast()) });
     }
+    r
 }
 
 /// `a ^ b ^ c` in one instruction.
-#[inline(always)]
+#[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
+#[inline]
 fn xor3(a: __m512i, b: __m512i, c: __m512i) -> __m512i {
-    // SAFETY (of the intrinsic): AVX-512F is enabled in every caller.
-    unsafe { _mm512_ternarylogic_epi64::<0x96>(a, b, c) }
+    _mm512_ternarylogic_epi64::<0x96>(a, b, c)
 }
 
 /// Multiplies each of the 4 tweaks in `t` by x^K in GF(2^128) (XTS convention), K ≤ 32:
 /// per lane `(lo, hi) -> (lo << K ^ clmul(hi >> (64 - K), 0x87), hi << K ^ lo >> (64 - K))`.
 macro_rules! mul_xk {
     ($name:ident, $k:literal) => {
-        #[inline(always)]
+        #[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
+        #[inline]
         fn $name(t: __m512i) -> __m512i {
-            // SAFETY (of the intrinsics): AVX-512F and VPCLMULQDQ are enabled in every caller.
-            unsafe {
-                let poly = _mm512_broadcast_i32x4(_mm_set_epi64x(0, 0x87));
-                let carry = _mm512_srli_epi64::<{ 64 - $k }>(t);
-                let red = _mm512_clmulepi64_epi128::<0x01>(carry, poly);
-                let cross = _mm512_unpacklo_epi64(_mm512_setzero_si512(), carry);
-                xor3(_mm512_slli_epi64::<$k>(t), red, cross)
-            }
+            let poly = _mm512_broadcast_i32x4(_mm_set_epi64x(0, 0x87));
+            let carry = _mm512_srli_epi64::<{ 64 - $k }>(t);
+            let red = _mm512_clmulepi64_epi128::<0x01>(carry, poly);
+            let cross = _mm512_unpacklo_epi64(_mm512_setzero_si512(), carry);
+            xor3(_mm512_slli_epi64::<$k>(t), red, cross)
         }
     };
 }
@@ -62,21 +62,19 @@ mul_xk!(mul_x32, 32);
 
 /// The tweaks of blocks `4j..4j + 4` of a sector whose first tweak is `t`:
 /// lane `i` gets `t · x^(4j + i)`, computed from `t` directly (no serial chain).
-#[inline(always)]
+#[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
+#[inline]
 fn first_tweaks(t: __m128i, j: i64) -> __m512i {
-    // SAFETY (of the intrinsics): AVX-512F and VPCLMULQDQ are enabled in every caller.
     // Variable shifts by 64 give 0, which makes lane 0 of j = 0 (k = 0) come out as `t`.
-    unsafe {
-        let k = 4 * j;
-        let t = _mm512_broadcast_i32x4(t);
-        let left = _mm512_set_epi64(k + 3, k + 3, k + 2, k + 2, k + 1, k + 1, k, k);
-        let right = _mm512_sub_epi64(_mm512_set1_epi64(64), left);
-        let poly = _mm512_broadcast_i32x4(_mm_set_epi64x(0, 0x87));
-        let carry = _mm512_srlv_epi64(t, right);
-        let red = _mm512_clmulepi64_epi128::<0x01>(carry, poly);
-        let cross = _mm512_unpacklo_epi64(_mm512_setzero_si512(), carry);
-        xor3(_mm512_sllv_epi64(t, left), red, cross)
-    }
+    let k = 4 * j;
+    let t = _mm512_broadcast_i32x4(t);
+    let left = _mm512_set_epi64(k + 3, k + 3, k + 2, k + 2, k + 1, k + 1, k, k);
+    let right = _mm512_sub_epi64(_mm512_set1_epi64(64), left);
+    let poly = _mm512_broadcast_i32x4(_mm_set_epi64x(0, 0x87));
+    let carry = _mm512_srlv_epi64(t, right);
+    let red = _mm512_clmulepi64_epi128::<0x01>(carry, poly);
+    let cross = _mm512_unpacklo_epi64(_mm512_setzero_si512(), carry);
+    xor3(_mm512_sllv_epi64(t, left), red, cross)
 }
 
 /// Runs a job on the VAES backend.
@@ -86,21 +84,20 @@ fn first_tweaks(t: __m128i, j: i64) -> __m512i {
 /// the job's keys must be hardware round keys.
 #[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
 pub(crate) unsafe fn run(job: &Job<'_>, buf: &mut [u8]) {
-    // SAFETY: the features are enabled on this function, as the callees require.
-    unsafe {
-        match job.hw_keys().0.nr {
-            10 => run_nr::<10>(job, buf),
-            12 => run_nr::<12>(job, buf),
-            _ => run_nr::<14>(job, buf),
-        }
+    match job.hw_keys().0.nr {
+        10 => run_nr::<10>(job, buf),
+        12 => run_nr::<12>(job, buf),
+        _ => run_nr::<14>(job, buf),
     }
 }
 
-#[inline(always)]
-unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
+#[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
+#[inline]
+fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
     let (k, aux) = job.hw_keys();
-    // SAFETY: features enabled by the caller (`run`); every pointer handed to the helpers
-    // comes from a chunk of `buf` of the length they access.
+    // SAFETY: every pointer handed to the helpers comes from a chunk of `buf` of the
+    // length they access; `ni::run` needs the features enabled here, and gets the same
+    // job (hardware keys) on the tail of `buf`.
     unsafe {
         // Decryption (ECB, XTS, CBC) runs the inverse schedule, encryption the forward one.
         let mut rk = load_keys(if job.enc { &k.enc } else { &k.dec });
@@ -160,9 +157,13 @@ unsafe fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
 }
 
 /// One ECB pass of `PASS` bytes at `p`.
-#[inline(always)]
+///
+/// # Safety
+/// `p` points to `PASS` writable bytes.
+#[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
+#[inline]
 unsafe fn ecb_pass<const NR: usize>(rk: &[__m512i; 15], p: *mut u8, enc: bool) {
-    // SAFETY: `p` points to `PASS` writable bytes (caller); features enabled by the caller.
+    // SAFETY: `p` points to `PASS` writable bytes (caller).
     unsafe {
         let mut b = [_mm512_setzero_si512(); W];
         for (j, x) in b.iter_mut().enumerate() {
@@ -194,13 +195,10 @@ unsafe fn ecb_pass<const NR: usize>(rk: &[__m512i; 15], p: *mut u8, enc: bool) {
 }
 
 /// XTS over one sector (a multiple of `PASS` bytes) with initial tweak `t`.
-#[inline(always)]
-unsafe fn xts_sector<const NR: usize, const ENC: bool>(
-    rk: &[__m512i; 15],
-    t: __m128i,
-    sec: &mut [u8],
-) {
-    // SAFETY: each chunk is `PASS` bytes of `sec`; features enabled by the caller.
+#[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
+#[inline]
+fn xts_sector<const NR: usize, const ENC: bool>(rk: &[__m512i; 15], t: __m128i, sec: &mut [u8]) {
+    // SAFETY: loads and stores stay inside the `PASS`-byte chunk `c` of `sec`.
     unsafe {
         // Register j of a pass holds the tweaks of blocks 4j..4j + 4 (t · x^(4j + lane)).
         let mut tw = [_mm512_setzero_si512(); W];
@@ -238,9 +236,10 @@ unsafe fn xts_sector<const NR: usize, const ENC: bool>(
 }
 
 /// CBC-decrypts one sector (a multiple of `PASS` bytes) with IV `iv`.
-#[inline(always)]
-unsafe fn cbc_dec_sector<const NR: usize>(rk: &[__m512i; 15], iv: __m128i, sec: &mut [u8]) {
-    // SAFETY: each chunk is `PASS` bytes of `sec`; features enabled by the caller.
+#[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
+#[inline]
+fn cbc_dec_sector<const NR: usize>(rk: &[__m512i; 15], iv: __m128i, sec: &mut [u8]) {
+    // SAFETY: loads and stores stay inside the `PASS`-byte chunk `c` of `sec`.
     unsafe {
         // Lane 3 of `prev` is the ciphertext block before the pass (the IV at first).
         let mut prev = _mm512_inserti32x4::<3>(_mm512_setzero_si512(), iv);
@@ -271,7 +270,11 @@ unsafe fn cbc_dec_sector<const NR: usize>(rk: &[__m512i; 15], iv: __m128i, sec: 
 
 /// CBC-encrypts `CBC_SECTORS` consecutive sectors of `ss` bytes at `p` as interleaved
 /// chains: lane `l` of register `r` carries sector `4r + l`.
-#[inline(always)]
+///
+/// # Safety
+/// `p` points to `CBC_SECTORS * ss` writable bytes; `ss` is a multiple of 16.
+#[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
+#[inline]
 unsafe fn cbc_enc_lanes<const NR: usize>(
     rk: &[__m512i; 15],
     p: *mut u8,
@@ -280,7 +283,7 @@ unsafe fn cbc_enc_lanes<const NR: usize>(
 ) {
     const R: usize = CBC_SECTORS / 4;
     // SAFETY: `p` points to `CBC_SECTORS * ss` writable bytes (caller); every access is at
-    // `s * ss + off` with `s < CBC_SECTORS` and `off + 16 <= ss`. Features enabled by the caller.
+    // `s * ss + off` with `s < CBC_SECTORS` and `off + 16 <= ss`.
     unsafe {
         let mut x = [_mm512_setzero_si512(); R];
         for (r, v) in x.iter_mut().enumerate() {
@@ -309,20 +312,19 @@ unsafe fn cbc_enc_lanes<const NR: usize>(
 }
 
 /// Packs four blocks into the lanes of a zmm register.
-#[inline(always)]
+#[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
+#[inline]
 fn lanes(a: __m128i, b: __m128i, c: __m128i, d: __m128i) -> __m512i {
-    // SAFETY (of the intrinsics): AVX-512F is enabled in every caller.
-    unsafe {
-        let lo = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(a), b);
-        _mm512_inserti32x4::<3>(_mm512_inserti32x4::<2>(lo, c), d)
-    }
+    let lo = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(a), b);
+    _mm512_inserti32x4::<3>(_mm512_inserti32x4::<2>(lo, c), d)
 }
 
 /// Overwrites stack copies of round keys (best effort: volatile, so not optimized out).
-#[inline(always)]
+#[target_feature(enable = "aes,sse2,avx512f,vaes,vpclmulqdq")]
+#[inline]
 pub(crate) fn wipe(keys: &mut [__m512i]) {
     for k in keys.iter_mut() {
-        // SAFETY: `k` is a valid, aligned, exclusive reference; SIMD-enabled callers.
+        // SAFETY: `k` is a valid, aligned, exclusive reference.
         unsafe { core::ptr::write_volatile(k, _mm512_setzero_si512()) };
     }
 }

@@ -1,5 +1,7 @@
 //! LUKS2 binary headers: both copies, checksums, seqid choice and fallback.
 
+use std::sync::Arc;
+
 use crate::device::{Device, DeviceError};
 use crate::kdf::Hash;
 use crate::util::{be16, be64, c_str};
@@ -37,7 +39,10 @@ impl core::fmt::Display for Copy {
 }
 
 /// Why one header copy was rejected.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+///
+/// `Clone` (a header pair's problems are kept and reported more than once), so a device
+/// error is shared behind an [`Arc`].
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum HeaderProblem {
     /// No LUKS2 magic/version at the place.
     #[error("no LUKS2 {0} header magic")]
@@ -48,9 +53,9 @@ pub enum HeaderProblem {
     /// The header offset field does not match the place it was read from.
     #[error("header offset field {field} does not match its position {actual}")]
     BadOffset {
-        /// Field value.
+        /// The offset the header's `hdr_offset` field records.
         field: u64,
-        /// Actual position.
+        /// The offset the header was actually read from.
         actual: u64,
     },
     /// The checksum algorithm is unsupported.
@@ -64,16 +69,16 @@ pub enum HeaderProblem {
         "device too short: the header needs [{offset}, +{len}) but the device has {size} bytes"
     )]
     Short {
-        /// Header offset.
+        /// Byte offset of the header copy on the device.
         offset: u64,
-        /// Bytes needed from the offset.
+        /// Bytes the header copy needs from that offset.
         len: u64,
-        /// Device size.
+        /// Size of the device in bytes.
         size: u64,
     },
     /// An I/O error while reading the header.
     #[error("{0}")]
-    Io(String),
+    Io(#[source] Arc<DeviceError>),
     /// The JSON area has no terminating NUL / is not UTF-8.
     #[error("JSON area is not a NUL-terminated UTF-8 string")]
     BadJsonArea,
@@ -173,7 +178,7 @@ pub fn read_copy(dev: &Device, offset: u64, copy: Copy) -> Result<BinHeader, Hea
 fn short(e: DeviceError, offset: u64, len: u64, size: u64) -> HeaderProblem {
     match e {
         DeviceError::ShortRead { .. } => HeaderProblem::Short { offset, len, size },
-        other => HeaderProblem::Io(other.to_string()),
+        other => HeaderProblem::Io(Arc::new(other)),
     }
 }
 
@@ -222,9 +227,9 @@ impl HeaderPair {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("both LUKS2 headers are unusable: primary: {primary}; secondary: {secondary}")]
 pub struct BothBad {
-    /// Primary problem.
+    /// Why the primary header copy was rejected.
     pub primary: HeaderProblem,
-    /// Secondary problem.
+    /// Why the secondary header copy was rejected (at every offset searched).
     pub secondary: HeaderProblem,
 }
 
