@@ -25,7 +25,7 @@ fn harden() {
 
 fn main() {
     harden();
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -36,6 +36,11 @@ fn main() {
             let _ = e.print();
             exit(code);
         }
+    };
+    // vmvaultd to start if none runs: $VMVAULTD, else next to this program, else $PATH.
+    cli.spawn = vmvault_proto::client::SpawnConfig {
+        program: std::env::var_os("VMVAULTD").map(std::path::PathBuf::from),
+        search_path: std::env::var_os("PATH"),
     };
     let mut notes = Vec::new();
     let r = run(&cli, &mut notes);

@@ -134,7 +134,7 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
     .filter(|p| p.is_absolute())
     .unwrap_or_else(|| a.device.clone());
     let run_dir = a.daemon.dir();
-    let mut client = connect_or_spawn(&run_dir, &a.daemon.spawn()).map_err(client_fail)?;
+    let mut client = connect_or_spawn(&run_dir, &cli.spawn).map_err(client_fail)?;
     // Like cryptsetup: an active NAME is refused before asking for a passphrase.
     if client.status(name.as_str()).is_ok() {
         return Err(fail(

@@ -27,6 +27,10 @@ pub struct Cli {
     /// The action.
     #[command(subcommand)]
     pub command: Command,
+    /// How to start vmvaultd when none runs; `main` fills it from `$VMVAULTD` and
+    /// `$PATH` (the library reads no environment).
+    #[arg(skip)]
+    pub spawn: vmvault_proto::client::SpawnConfig,
 }
 
 /// Actions, named as cryptsetup names them.
@@ -113,27 +117,21 @@ pub enum FrontendArg {
 #[derive(Debug, Args, Clone)]
 pub struct DaemonArgs {
     /// Run directory of vmvaultd (control socket); default $VMVAULT_RUN_DIR, else /run/vmvault.
-    #[arg(long = "run-dir", value_name = "DIR")]
+    #[arg(
+        long = "run-dir",
+        value_name = "DIR",
+        env = "VMVAULT_RUN_DIR",
+        hide_env = true
+    )]
     pub run_dir: Option<PathBuf>,
 }
 
 impl DaemonArgs {
     /// The run directory in effect.
     pub fn dir(&self) -> PathBuf {
-        self.run_dir.clone().unwrap_or_else(|| {
-            std::env::var_os("VMVAULT_RUN_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(vmvault_proto::sock::DEFAULT_RUN_DIR))
-        })
-    }
-
-    /// How to start vmvaultd if none runs: `$VMVAULTD`, else next to this program, else
-    /// in `$PATH`.
-    pub fn spawn(&self) -> vmvault_proto::client::SpawnConfig {
-        vmvault_proto::client::SpawnConfig {
-            program: std::env::var_os("VMVAULTD").map(PathBuf::from),
-            search_path: std::env::var_os("PATH"),
-        }
+        self.run_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(vmvault_proto::sock::DEFAULT_RUN_DIR))
     }
 }
 
