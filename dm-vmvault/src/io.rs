@@ -164,6 +164,21 @@ pub struct IoEngine {
     direct: bool,
 }
 
+/// Shows where the engine maps, never its crypt backend (which holds the key).
+impl std::fmt::Debug for IoEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoEngine")
+            .field("path", &self.path)
+            .field("data_off", &self.data_off)
+            .field("size", &self.size)
+            .field("sector_size", &self.ss)
+            .field("readonly", &self.readonly)
+            .field("allow_discards", &self.allow_discards)
+            .field("direct", &self.direct)
+            .finish_non_exhaustive()
+    }
+}
+
 impl IoEngine {
     /// Opens the backing file and sizes the device.
     pub fn open(cfg: &IoConfig, crypt: Arc<dyn Crypt>) -> Result<Self, IoError> {

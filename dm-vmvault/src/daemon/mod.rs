@@ -637,8 +637,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     for l in stale::clean_stale_mappers(&mapper_records, &mnt_root) {
         eprintln!("vmvaultd: {l}");
     }
-    #[cfg(feature = "ublk")]
-    for l in crate::frontend::ublk::clean_stale() {
+    for l in crate::frontend::clean_stale() {
         eprintln!("vmvaultd: {l}");
     }
     for l in host::clean_stale(&mnt_root) {

@@ -7,60 +7,58 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vault_vm::engine::{CipherSpec, Geometry};
+use vault_vm::engine::{CipherSpec, EngineError, Geometry};
 
 use crate::backend::{self, BackendError};
-use crate::frontend::fuse::{FuseError, FuseExport};
-use crate::frontend::loopdev::{LoopDevice, LoopError};
 use crate::frontend::mapper::{MapperDevice, MapperError};
+use crate::frontend::{self, BlockFrontend, CloseFailed, FrontendError, StartParams};
 use crate::io::{IoConfig, IoEngine, IoError};
 use crate::keyring::KeyError;
-use crate::protocol::{code, FrontendChoice, OpenRequest, VolumeStatus};
+use crate::protocol::{code, OpenRequest, VolumeStatus};
 use crate::table::{KeyRef, Table, TargetOptions};
 
 /// Errors opening or closing a volume; each maps to a cryptsetup exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    /// The name is taken.
+    /// A volume of that name is open (or opening, or closing) already, here or in
+    /// `/dev/mapper`.
     #[error("Device {0} already exists.")]
     Exists(String),
-    /// No such volume.
+    /// No volume of that name is open.
     #[error("Device {0} is not active.")]
     NotActive(String),
-    /// The volume is in use (mounted or held open).
+    /// The volume is in use (mounted, held open, or under another device), so it was
+    /// not closed.
     #[error("Device {0} is still in use.")]
     Busy(String),
-    /// Bad parameters.
+    /// The request's parameters are invalid (name, cipher, key size, alignment, range).
     #[error("{0}")]
     BadArgs(String),
-    /// The backing device is unusable.
+    /// The sector geometry (sector size, IV offset) is invalid.
+    #[error(transparent)]
+    Geometry(EngineError),
+    /// The backing device is unusable: missing, of the wrong type, too small, or one
+    /// of this daemon's own devices.
     #[error("{0}")]
     Device(String),
-    /// Key problems.
+    /// The size of the backing device could not be read.
+    #[error(transparent)]
+    BackingSize(std::io::Error),
+    /// The volume key could not be read from the keyring or imported.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// Backend problems.
+    /// The crypt backend (vault or in-process engine) refused the volume.
     #[error(transparent)]
     Backend(BackendError),
-    /// I/O engine problems.
+    /// The I/O engine could not be set up on the backing device.
     #[error(transparent)]
     Io(#[from] IoError),
-    /// FUSE problems.
+    /// The frontend (FUSE + loop, or ublk) failed to start or stop, or is not available.
     #[error(transparent)]
-    Fuse(#[from] FuseError),
-    /// Loop device problems.
-    #[error(transparent)]
-    Loop(#[from] LoopError),
-    /// device-mapper problems.
+    Frontend(#[from] FrontendError),
+    /// `/dev/mapper/NAME` could not be created or removed.
     #[error(transparent)]
     Mapper(#[from] MapperError),
-    /// ublk problems.
-    #[cfg(feature = "ublk")]
-    #[error(transparent)]
-    Ublk(#[from] crate::frontend::ublk::UblkError),
-    /// The requested frontend is not available here.
-    #[error("{0}")]
-    NoFrontend(String),
 }
 
 impl From<BackendError> for VolumeError {
@@ -77,17 +75,15 @@ impl VolumeError {
     pub fn code(&self) -> i32 {
         match self {
             VolumeError::Exists(_) | VolumeError::Busy(_) => code::BUSY,
-            VolumeError::NotActive(_) | VolumeError::Device(_) => code::DEVICE,
-            VolumeError::BadArgs(_) => code::BAD_ARGS,
-            VolumeError::Key(KeyError::Memory(_)) => code::NO_MEMORY,
-            VolumeError::Key(_) => code::PERMISSION,
-            VolumeError::Backend(_) | VolumeError::Io(_) | VolumeError::Fuse(_) => code::DEVICE,
-            VolumeError::Loop(LoopError::Busy(_)) => code::BUSY,
-            VolumeError::Loop(_) | VolumeError::Mapper(_) | VolumeError::NoFrontend(_) => {
+            VolumeError::NotActive(_) | VolumeError::Device(_) | VolumeError::BackingSize(_) => {
                 code::DEVICE
             }
-            #[cfg(feature = "ublk")]
-            VolumeError::Ublk(_) => code::DEVICE,
+            VolumeError::BadArgs(_) | VolumeError::Geometry(_) => code::BAD_ARGS,
+            VolumeError::Key(KeyError::Memory(_)) => code::NO_MEMORY,
+            VolumeError::Key(_) => code::PERMISSION,
+            VolumeError::Backend(_) | VolumeError::Io(_) => code::DEVICE,
+            VolumeError::Frontend(e) if e.is_busy() => code::BUSY,
+            VolumeError::Frontend(_) | VolumeError::Mapper(_) => code::DEVICE,
         }
     }
 }
@@ -109,41 +105,39 @@ pub fn check_name(name: &str) -> Result<(), VolumeError> {
     }
 }
 
-/// The frontend serving a volume's block device.
-enum Frontend {
-    /// FUSE file + loop device.
-    Fuse { fuse: FuseExport, lo: LoopDevice },
-    /// ublk device.
-    #[cfg(feature = "ublk")]
-    Ublk(crate::frontend::ublk::UblkDevice),
-}
-
-/// Resolves `auto`: ublk where it works (and is built), else FUSE + loop.
-fn pick_frontend(choice: FrontendChoice) -> Result<FrontendChoice, VolumeError> {
-    #[cfg(feature = "ublk")]
-    let ublk = || crate::frontend::ublk::available();
-    #[cfg(not(feature = "ublk"))]
-    let ublk = || false;
-    match choice {
-        FrontendChoice::Fuse => Ok(FrontendChoice::Fuse),
-        FrontendChoice::Auto if ublk() => Ok(FrontendChoice::Ublk),
-        FrontendChoice::Auto => Ok(FrontendChoice::Fuse),
-        FrontendChoice::Ublk if ublk() => Ok(FrontendChoice::Ublk),
-        FrontendChoice::Ublk if cfg!(feature = "ublk") => Err(VolumeError::NoFrontend(
-            "frontend ublk: /dev/ublk-control is missing (this kernel has no ublk_drv)".into(),
-        )),
-        FrontendChoice::Ublk => Err(VolumeError::NoFrontend(
-            "frontend ublk: vmvaultd was built without the `ublk` feature".into(),
-        )),
-    }
-}
-
-/// An open volume.
+/// An open volume: its status, its engine, and the block devices serving it (a
+/// frontend, and `/dev/mapper/NAME` over it when device-mapper exists). A device is
+/// `None` once torn down, while a close that failed later keeps the rest.
+#[derive(Debug)]
 pub struct Volume {
     status: VolumeStatus,
     /// Held for the volume's life: the last reference drops the crypt backend and its key.
     _engine: Arc<IoEngine>,
-    front: Option<Frontend>,
+    front: Option<Box<dyn BlockFrontend>>,
+    mapper: Option<MapperDevice>,
+}
+
+/// What [`check_request`] derived from an open request.
+struct Checked {
+    spec: CipherSpec,
+    geom: Geometry,
+    /// The data offset in bytes (checked against overflow).
+    offset_bytes: u64,
+}
+
+/// The volume's keyed I/O engine and what its status shows of the backend.
+struct Engine {
+    engine: Arc<IoEngine>,
+    /// The vault slot of the key (0 for the in-process engine).
+    slot: u32,
+    backend: String,
+    protection: String,
+}
+
+/// The block devices of a freshly opened volume: a frontend and, when device-mapper
+/// exists, `/dev/mapper/NAME` over it.
+struct Devices {
+    front: Box<dyn BlockFrontend>,
     mapper: Option<MapperDevice>,
 }
 
@@ -231,12 +225,201 @@ fn on_own_export(md: &std::fs::Metadata, mnt_root: &Path) -> bool {
     })
 }
 
+/// Checks the request's own fields: name, cipher and key size, geometry, alignment,
+/// and that `offset` and `size` in bytes do not overflow.
+fn check_request(req: &OpenRequest) -> Result<Checked, VolumeError> {
+    check_name(&req.name)?;
+    let spec = CipherSpec::parse(&req.cipher)
+        .map_err(|e| VolumeError::BadArgs(format!("cipher `{}`: {e}", req.cipher)))?;
+    if !req.key_size.is_multiple_of(8) || !spec.key_len_ok(req.key_size as usize / 8) {
+        return Err(VolumeError::BadArgs(format!(
+            "key size {} bits does not fit cipher {}",
+            req.key_size, req.cipher
+        )));
+    }
+    let geom = Geometry::new(req.sector_size, req.iv_large_sectors, req.iv_offset)
+        .map_err(VolumeError::Geometry)?;
+    if !req.offset.is_multiple_of(u64::from(req.sector_size / 512)) {
+        return Err(VolumeError::BadArgs(format!(
+            "offset {} is not aligned to the {}-byte sector size",
+            req.offset, req.sector_size
+        )));
+    }
+    // Products of request fields, checked: a wrapped `offset * 512` would map the
+    // wrong part of the backing device.
+    let offset_bytes = req.offset.checked_mul(512).ok_or_else(|| {
+        VolumeError::BadArgs(format!("offset {} sectors is out of range", req.offset))
+    })?;
+    if let Some(size) = req.size {
+        let end = size
+            .checked_mul(512)
+            .and_then(|s| s.checked_add(offset_bytes));
+        if end.is_none() {
+            return Err(VolumeError::BadArgs(format!(
+                "size {size} sectors at offset {} is out of range",
+                req.offset
+            )));
+        }
+    }
+    Ok(Checked {
+        spec,
+        geom,
+        offset_bytes,
+    })
+}
+
+/// The backing device: the descriptor the client passed (the file whose header it
+/// read: no path is resolved again), else the request's path, opened once here. Every
+/// later use (probe, I/O) goes through this one open file.
+fn open_backing(req: &OpenRequest, backing_fd: Option<File>) -> Result<File, VolumeError> {
+    match backing_fd {
+        Some(f) => Ok(f),
+        None => std::fs::OpenOptions::new()
+            .read(true)
+            .write(!req.readonly)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&req.backing)
+            .map_err(|e| {
+                VolumeError::Device(format!(
+                    "Device {} does not exist or access denied: {e}",
+                    req.backing.display()
+                ))
+            }),
+    }
+}
+
+/// Size probe without a key: the backing device must extend past the data offset.
+fn check_size(
+    file: &File,
+    backing: &Path,
+    req: &OpenRequest,
+    offset_bytes: u64,
+) -> Result<(), VolumeError> {
+    let sz = crate::io::backing_size(file).map_err(VolumeError::BackingSize)?;
+    if sz <= offset_bytes {
+        return Err(VolumeError::Device(format!(
+            "Device {} is too small for data offset {}",
+            backing.display(),
+            req.offset
+        )));
+    }
+    Ok(())
+}
+
+/// Imports the key into the requested backend (then invalidates the keyring key unless
+/// asked to keep it; a failure to do so is a warning) and starts the I/O engine on the
+/// backing file.
+fn key_engine(
+    req: &OpenRequest,
+    checked: Checked,
+    file: File,
+    backing: &Path,
+    vaults: &crate::vault::VaultPool,
+    warnings: &mut Vec<String>,
+) -> Result<Engine, VolumeError> {
+    let io_cfg = IoConfig {
+        backing: backing.to_path_buf(),
+        offset_sectors: req.offset,
+        len_sectors: req.size,
+        readonly: req.readonly,
+        direct: true,
+        allow_discards: req.allow_discards,
+    };
+    let keyed = backend::key_backend(
+        vaults,
+        req.backend,
+        checked.spec,
+        checked.geom,
+        req.key_serial,
+        req.key_size as usize / 8,
+    )?;
+    if !req.keep_key {
+        if let Err(e) = crate::keyring::invalidate(req.key_serial) {
+            warnings.push(format!(
+                "could not invalidate keyring key {}: {e}",
+                req.key_serial
+            ));
+        }
+    }
+    let backend = keyed.crypt.backend();
+    let protection = keyed.crypt.protection();
+    let engine = Arc::new(IoEngine::open_file(&io_cfg, file, keyed.crypt)?);
+    Ok(Engine {
+        engine,
+        slot: keyed.slot,
+        backend,
+        protection,
+    })
+}
+
+/// The dm-crypt-style table shown in the status (`len` sectors of plaintext).
+fn table_of(req: &OpenRequest, backing: &Path, slot: u32, len: u64) -> Table {
+    Table {
+        start: 0,
+        len,
+        cipher: req.cipher.clone(),
+        key: KeyRef {
+            key_bytes: req.key_size / 8,
+            slot,
+        },
+        iv_offset: req.iv_offset,
+        device: backing.display().to_string(),
+        offset: req.offset,
+        options: TargetOptions {
+            allow_discards: req.allow_discards,
+            sector_size: req.sector_size,
+            iv_large_sectors: req.iv_large_sectors,
+            ..Default::default()
+        },
+    }
+}
+
+/// Starts the requested frontend on `engine`, then `/dev/mapper/NAME` over it (when
+/// device-mapper exists). If the mapper fails, the frontend is torn down again.
+fn start_devices(
+    req: &OpenRequest,
+    engine: &Arc<IoEngine>,
+    mnt_root: &Path,
+    fuse_threads: usize,
+    warnings: &mut Vec<String>,
+) -> Result<Devices, VolumeError> {
+    let kind = frontend::pick(req.frontend)?;
+    let params = StartParams {
+        engine: engine.clone(),
+        name: &req.name,
+        mnt_root,
+        readonly: req.readonly,
+        sector_size: req.sector_size,
+        discards: req.allow_discards,
+        fuse_threads,
+    };
+    let front = frontend::start(kind, params, warnings)?;
+    let uuid = crate::frontend::mapper::dm_uuid(
+        &req.name,
+        req.volume_type.as_deref(),
+        req.volume_uuid.as_deref(),
+    );
+    let len = engine.size() / 512;
+    match MapperDevice::create(&req.name, &uuid, front.dev_numbers(), len, req.readonly) {
+        Ok(mapper) => Ok(Devices { front, mapper }),
+        Err(e) => {
+            // Best effort: the open fails with the mapper's error either way.
+            let _ = front.close();
+            Err(e.into())
+        }
+    }
+}
+
 impl Volume {
     /// Opens a volume. `own_devices` lists the block devices this daemon serves, which
     /// may never be used as backing (the daemon never does I/O on its own devices).
     ///
     /// `backing_fd` is the backing device as the client opened it (passed over the
     /// control socket); without it the daemon opens `req.backing` itself, once.
+    ///
+    /// Steps: check the request; open and check the backing device (cheap checks
+    /// first, so a bad device does not import a key); key the backend and start the
+    /// engine; start the frontend and the mapper over it.
     pub fn open(
         req: &OpenRequest,
         backing_fd: Option<File>,
@@ -246,174 +429,17 @@ impl Volume {
         vaults: &crate::vault::VaultPool,
         warnings: &mut Vec<String>,
     ) -> Result<Volume, VolumeError> {
-        check_name(&req.name)?;
-        let spec = CipherSpec::parse(&req.cipher)
-            .map_err(|e| VolumeError::BadArgs(format!("cipher `{}`: {e}", req.cipher)))?;
-        if !req.key_size.is_multiple_of(8) || !spec.key_len_ok(req.key_size as usize / 8) {
-            return Err(VolumeError::BadArgs(format!(
-                "key size {} bits does not fit cipher {}",
-                req.key_size, req.cipher
-            )));
-        }
-        let geom = Geometry::new(req.sector_size, req.iv_large_sectors, req.iv_offset)
-            .map_err(|e| VolumeError::BadArgs(e.to_string()))?;
-        if !req.offset.is_multiple_of(u64::from(req.sector_size / 512)) {
-            return Err(VolumeError::BadArgs(format!(
-                "offset {} is not aligned to the {}-byte sector size",
-                req.offset, req.sector_size
-            )));
-        }
-        // Products of request fields, checked: a wrapped `offset * 512` would map the
-        // wrong part of the backing device.
-        let offset_bytes = req.offset.checked_mul(512).ok_or_else(|| {
-            VolumeError::BadArgs(format!("offset {} sectors is out of range", req.offset))
-        })?;
-        if let Some(size) = req.size {
-            let end = size
-                .checked_mul(512)
-                .and_then(|s| s.checked_add(offset_bytes));
-            if end.is_none() {
-                return Err(VolumeError::BadArgs(format!(
-                    "size {size} sectors at offset {} is out of range",
-                    req.offset
-                )));
-            }
-        }
-
-        // The backing device: the descriptor the client passed (the file whose
-        // header it read: no path is resolved again), else the request's path, opened
-        // once here. Every later use (probe, I/O) goes through this one open file.
-        let file = match backing_fd {
-            Some(f) => f,
-            None => std::fs::OpenOptions::new()
-                .read(true)
-                .write(!req.readonly)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&req.backing)
-                .map_err(|e| {
-                    VolumeError::Device(format!(
-                        "Device {} does not exist or access denied: {e}",
-                        req.backing.display()
-                    ))
-                })?,
-        };
+        let checked = check_request(req)?;
+        let file = open_backing(req, backing_fd)?;
         let backing = check_backing(&file, req, mnt_root, own_devices)?;
-        {
-            // Size probe without a key.
-            let sz =
-                crate::io::backing_size(&file).map_err(|e| VolumeError::Device(e.to_string()))?;
-            if sz <= offset_bytes {
-                return Err(VolumeError::Device(format!(
-                    "Device {} is too small for data offset {}",
-                    backing.display(),
-                    req.offset
-                )));
-            }
-        }
-
-        // Backing first (cheap checks) so a bad device does not import a key.
-        let io_cfg = IoConfig {
-            backing: backing.clone(),
-            offset_sectors: req.offset,
-            len_sectors: req.size,
-            readonly: req.readonly,
-            direct: true,
-            allow_discards: req.allow_discards,
-        };
-
-        let keyed = backend::key_backend(
-            vaults,
-            req.backend,
-            spec,
-            geom,
-            req.key_serial,
-            req.key_size as usize / 8,
-        )?;
-        if !req.keep_key {
-            if let Err(e) = crate::keyring::invalidate(req.key_serial) {
-                warnings.push(format!(
-                    "could not invalidate keyring key {}: {e}",
-                    req.key_serial
-                ));
-            }
-        }
-        let backend_name = keyed.crypt.backend();
-        let protection = keyed.crypt.protection();
-        let engine = Arc::new(IoEngine::open_file(&io_cfg, file, keyed.crypt)?);
-        let len = engine.size() / 512;
-        let table = Table {
-            start: 0,
-            len,
-            cipher: req.cipher.clone(),
-            key: KeyRef {
-                key_bytes: req.key_size / 8,
-                slot: keyed.slot,
-            },
-            iv_offset: req.iv_offset,
-            device: backing.display().to_string(),
-            offset: req.offset,
-            options: TargetOptions {
-                allow_discards: req.allow_discards,
-                sector_size: req.sector_size,
-                iv_large_sectors: req.iv_large_sectors,
-                ..Default::default()
-            },
-        };
-
-        let (front, front_path, (major, minor), direct_io, front_name) =
-            match pick_frontend(req.frontend)? {
-                #[cfg(feature = "ublk")]
-                FrontendChoice::Ublk => {
-                    use crate::frontend::ublk::{UblkDevice, UblkOptions};
-                    let opts = UblkOptions {
-                        discards: req.allow_discards,
-                        ..Default::default()
-                    };
-                    let u = UblkDevice::start(engine.clone(), opts)?;
-                    let p = u.path().display().to_string();
-                    let d = u.dev_numbers();
-                    (Frontend::Ublk(u), p, d, false, "ublk")
-                }
-                _ => {
-                    if req.allow_discards {
-                        warnings.push(
-                            "the fuse+loop frontend does not pass discards to the backing device \
-                             (the loop driver cannot tell them from write-zeroes); use the ublk \
-                             frontend for discards"
-                                .into(),
-                        );
-                    }
-                    let mountpoint = mnt_root.join(&req.name);
-                    let fuse = FuseExport::mount(
-                        engine.clone(),
-                        &mountpoint,
-                        "volume",
-                        &format!("vmvault:{}", req.name),
-                        fuse_threads,
-                    )?;
-                    let lo = LoopDevice::attach(fuse.file(), req.readonly, req.sector_size)?;
-                    let p = lo.path().display().to_string();
-                    let d = lo
-                        .dev_numbers()
-                        .map_err(|e| VolumeError::Device(format!("{p}: {e}")))?;
-                    let dio = lo.direct_io();
-                    (Frontend::Fuse { fuse, lo }, p, d, dio, "fuse+loop")
-                }
-            };
-        let uuid = crate::frontend::mapper::dm_uuid(
-            &req.name,
-            req.volume_type.as_deref(),
-            req.volume_uuid.as_deref(),
-        );
-        let mapper = match MapperDevice::create(&req.name, &uuid, (major, minor), len, req.readonly)
-        {
-            Ok(m) => m,
-            Err(e) => {
-                close_frontend(front);
-                return Err(e.into());
-            }
-        };
-        let device = mapper
+        check_size(&file, &backing, req, checked.offset_bytes)?;
+        let eng = key_engine(req, checked, file, &backing, vaults, warnings)?;
+        let len = eng.engine.size() / 512;
+        let table = table_of(req, &backing, eng.slot, len);
+        let devs = start_devices(req, &eng.engine, mnt_root, fuse_threads, warnings)?;
+        let front_path = devs.front.device().display().to_string();
+        let device = devs
+            .mapper
             .as_ref()
             .map(|m| m.path().display().to_string())
             .unwrap_or_else(|| front_path.clone());
@@ -431,19 +457,19 @@ impl Volume {
             size: len,
             readonly: req.readonly,
             allow_discards: req.allow_discards,
-            backend: backend_name,
-            protection,
-            frontend: front_name.into(),
-            direct_io,
+            backend: eng.backend,
+            protection: eng.protection,
+            frontend: devs.front.kind().name().into(),
+            direct_io: devs.front.direct_io(),
             table: table.to_string(),
             daemon_pid: std::process::id(),
             volume_type: req.volume_type.clone(),
         };
         Ok(Volume {
             status,
-            _engine: engine,
-            front: Some(front),
-            mapper,
+            _engine: eng.engine,
+            front: Some(devs.front),
+            mapper: devs.mapper,
         })
     }
 
@@ -553,40 +579,16 @@ impl Volume {
             self.mapper = None;
             self.status.device = self.status.loop_device.clone();
         }
-        match self.front.take() {
-            Some(Frontend::Fuse { fuse, lo }) => {
-                if let Err((lo, e)) = lo.detach() {
-                    self.front = Some(Frontend::Fuse { fuse, lo });
-                    return Err(match e {
-                        LoopError::Busy(_) => VolumeError::Busy(self.status.name.clone()),
-                        e => e.into(),
-                    });
-                }
-                fuse.unmount()?;
+        if let Some(front) = self.front.take() {
+            if let Err(CloseFailed { kept, error }) = front.close() {
+                self.front = kept;
+                return Err(if error.is_busy() {
+                    VolumeError::Busy(self.status.name.clone())
+                } else {
+                    error.into()
+                });
             }
-            #[cfg(feature = "ublk")]
-            Some(Frontend::Ublk(mut u)) => {
-                if let Err(e) = u.stop() {
-                    self.front = Some(Frontend::Ublk(u));
-                    return Err(e.into());
-                }
-            }
-            None => {}
         }
         Ok(())
-    }
-}
-
-/// Best-effort teardown of a frontend whose volume failed to open.
-fn close_frontend(front: Frontend) {
-    match front {
-        Frontend::Fuse { fuse, lo } => {
-            let _ = lo.detach();
-            let _ = fuse.unmount();
-        }
-        #[cfg(feature = "ublk")]
-        Frontend::Ublk(mut u) => {
-            let _ = u.stop();
-        }
     }
 }

@@ -292,6 +292,16 @@ pub struct FuseExport {
     file: PathBuf,
 }
 
+impl std::fmt::Debug for FuseExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FuseExport")
+            .field("mounted", &self.session.is_some())
+            .field("mountpoint", &self.mountpoint)
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
 impl FuseExport {
     /// Mounts the export at `mountpoint` (created if missing) with `threads` serving
     /// threads. The volume file is `mountpoint/file_name`.

@@ -91,6 +91,7 @@ pub fn dm_uuid(name: &str, volume_type: Option<&str>, volume_uuid: Option<&str>)
 }
 
 /// A `/dev/mapper/NAME` linear device (present only when device-mapper exists).
+#[derive(Debug)]
 pub struct MapperDevice {
     #[cfg_attr(not(feature = "devicemapper"), allow(dead_code))]
     name: String,

@@ -120,6 +120,7 @@ impl Default for UblkOptions {
 }
 
 /// A started ublk device serving one volume.
+#[derive(Debug)]
 pub struct UblkDevice {
     id: u32,
     path: PathBuf,
@@ -225,6 +226,35 @@ impl UblkDevice {
         }
         let _ = server.join();
         Ok(())
+    }
+}
+
+impl super::BlockFrontend for UblkDevice {
+    fn kind(&self) -> super::FrontendKind {
+        super::FrontendKind::Ublk
+    }
+
+    fn device(&self) -> &Path {
+        &self.path
+    }
+
+    fn dev_numbers(&self) -> (u32, u32) {
+        self.dev
+    }
+
+    fn direct_io(&self) -> bool {
+        false
+    }
+
+    /// Stops the device; it is kept (still serving) if that fails.
+    fn close(mut self: Box<Self>) -> Result<(), super::CloseFailed> {
+        match self.stop() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(super::CloseFailed {
+                kept: Some(self),
+                error: e.into(),
+            }),
+        }
     }
 }
 
