@@ -71,6 +71,32 @@ const _: () = assert!((WINDOW_SIZE / BUF_SPAN) as usize >= MAX_SLOTS);
 const _: () = assert!(WINDOW_SIZE.is_multiple_of(vault_vm::abi::WINDOW_ALIGN));
 const _: () = assert!(WINDOW_SIZE <= vault_vm::abi::WINDOW_MAX);
 
+/// Checks a data window size for a daemon's vaults: a multiple of the 2 MiB window
+/// alignment, no smaller than one I/O buffer per key slot, no larger than the vault
+/// maps. Returns the size, or why it is refused.
+pub fn check_window_size(n: u64) -> Result<u64, String> {
+    let min = ((MAX_SLOTS as u64) * BUF_SPAN).div_ceil(vault_vm::abi::WINDOW_ALIGN)
+        * vault_vm::abi::WINDOW_ALIGN;
+    if !n.is_multiple_of(vault_vm::abi::WINDOW_ALIGN) {
+        Err(format!(
+            "window size {n} is not a multiple of {} MiB",
+            vault_vm::abi::WINDOW_ALIGN >> 20
+        ))
+    } else if n < min {
+        Err(format!(
+            "window size {n} is below the minimum of {min} bytes ({} MiB)",
+            min >> 20
+        ))
+    } else if n > vault_vm::abi::WINDOW_MAX {
+        Err(format!(
+            "window size {n} is above the maximum of {} bytes",
+            vault_vm::abi::WINDOW_MAX
+        ))
+    } else {
+        Ok(n)
+    }
+}
+
 struct VaultBuf(WindowBuf);
 
 impl IoBuf for VaultBuf {
@@ -473,6 +499,7 @@ struct Entry {
 /// The daemon's vaults, one per backend kind, alive while a volume uses them.
 pub struct VaultPool {
     vcpus: usize,
+    window_size: u64,
     vaults: Mutex<HashMap<&'static str, Entry>>,
 }
 
@@ -487,8 +514,16 @@ fn kvm_usable() -> bool {
 impl VaultPool {
     /// A pool whose vaults run `vcpus` vCPUs.
     pub fn new(vcpus: usize) -> Self {
+        Self::with_window(vcpus, WINDOW_SIZE)
+    }
+
+    /// A pool whose vaults run `vcpus` vCPUs with data windows of `window_size` bytes
+    /// (checked with [`check_window_size`]; a size it refuses falls back to
+    /// [`WINDOW_SIZE`]).
+    pub fn with_window(vcpus: usize, window_size: u64) -> Self {
         VaultPool {
             vcpus: vcpus.max(1),
+            window_size: check_window_size(window_size).unwrap_or(WINDOW_SIZE),
             vaults: Mutex::new(HashMap::new()),
         }
     }
@@ -525,7 +560,7 @@ impl VaultPool {
             Vault::open(&VaultConfig {
                 backend: kind,
                 vcpus: self.vcpus,
-                window_size: WINDOW_SIZE,
+                window_size: self.window_size,
                 ..Default::default()
             })
             .map_err(VaultError::Hv)?,
