@@ -16,6 +16,11 @@
 //! missing default file is no error; a missing `--config` file, or a malformed file, is
 //! (exit 1, naming `file:line:column` and the key).
 //!
+//! The log goes to stderr, one line per event: `vmvaultd: MESSAGE` (`vmvaultd: warning:
+//! MESSAGE` for warnings), after an RFC 3339 time stamp unless `JOURNAL_STREAM` is set
+//! (journald stamps lines itself). The level comes from `--log-level`, else `RUST_LOG`,
+//! else `info`.
+//!
 //! SIGTERM (or SIGINT): no new volumes; idle volumes are closed at once, volumes in use
 //! are closed as soon as they are released (the log says what each one waits for), then
 //! the vaults' memory is wiped and the daemon exits 0.
@@ -24,9 +29,17 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::fmt::Write as _;
+
 use clap::Parser;
 use dm_vmvault::daemon::config::{FileConfig, DEFAULT_CONFIG_PATH};
 use dm_vmvault::daemon::{self, DaemonConfig};
+use tracing::Level;
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "vmvaultd [--run-dir DIR] [--fuse-threads N] [--vault-vcpus N] [--no-mlock] \
                      [--config PATH] [--check-config] [--log-level LEVEL]";
@@ -92,6 +105,57 @@ fn configure(cli: &Cli, file: FileConfig) -> DaemonConfig {
     cfg
 }
 
+/// The log line format: `[TIME ]vmvaultd: [warning: ]MESSAGE[ FIELDS]`, no colours.
+struct LogFormat {
+    /// Prefix each line with the time (not under journald, which stamps lines itself).
+    timestamps: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for LogFormat
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if self.timestamps {
+            SystemTime.format_time(&mut w)?;
+            w.write_char(' ')?;
+        }
+        w.write_str("vmvaultd: ")?;
+        match *event.metadata().level() {
+            Level::WARN => w.write_str("warning: ")?,
+            Level::DEBUG => w.write_str("debug: ")?,
+            Level::TRACE => w.write_str("trace: ")?,
+            _ => {}
+        }
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}
+
+/// Sets up logging to stderr at `level` (a level or an `EnvFilter` directive), else
+/// `RUST_LOG`, else `info`. Fails on a `level` that does not parse.
+fn init_logging(level: Option<&str>) -> Result<(), String> {
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).map_err(|e| format!("--log-level {l}: {e}"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .event_format(LogFormat {
+            timestamps: std::env::var_os("JOURNAL_STREAM").is_none(),
+        })
+        .try_init()
+        .map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -104,6 +168,10 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Err(e) = init_logging(cli.log_level.as_deref()) {
+        eprintln!("vmvaultd: {e}");
+        return ExitCode::from(1);
+    }
     let (path, must_exist) = match &cli.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
@@ -111,7 +179,7 @@ fn main() -> ExitCode {
     let file = match FileConfig::load(&path, must_exist) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("vmvaultd: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(1);
         }
     };
@@ -126,13 +194,13 @@ fn main() -> ExitCode {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("vmvaultd: must run as root");
+        tracing::error!("must run as root");
         return ExitCode::from(2);
     }
     match daemon::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vmvaultd: {e}");
+            tracing::error!("{e}");
             match e {
                 daemon::DaemonError::Host(daemon::host::HostError::AlreadyRunning { .. }) => {
                     ExitCode::from(5)

@@ -230,9 +230,11 @@ impl Daemon {
             Ok(v) => {
                 let status = v.status().clone();
                 st.volumes.insert(req.name.clone(), v);
-                eprintln!(
-                    "vmvaultd: opened {} on {} ({})",
-                    status.name, status.device, status.backend
+                tracing::info!(
+                    "opened {} on {} ({})",
+                    status.name,
+                    status.device,
+                    status.backend
                 );
                 Response {
                     ok: true,
@@ -245,7 +247,7 @@ impl Daemon {
                 if recorded {
                     self.mapper_records.forget(&req.name);
                 }
-                eprintln!("vmvaultd: open {} failed: {e}", req.name);
+                tracing::error!("open {} failed: {e}", req.name);
                 let mut r = Response::err(e.code(), e.to_string());
                 r.warnings = warnings;
                 r
@@ -261,10 +263,7 @@ impl Daemon {
         let mut users = Vec::new();
         let r = self.try_close(name, &mut users);
         if !users.is_empty() {
-            eprintln!(
-                "vmvaultd: close {name} refused: still in use ({})",
-                users.join("; ")
-            );
+            tracing::info!("close {name} refused: still in use ({})", users.join("; "));
         }
         match r {
             Ok(()) => Response::ok(),
@@ -299,12 +298,12 @@ impl Daemon {
                 // Last reference to the engine: drops the crypt backend and its key slot.
                 drop(v);
                 self.mapper_records.forget(name);
-                eprintln!("vmvaultd: closed {name}");
+                tracing::info!("closed {name}");
                 Ok(())
             }
             Err(e) => {
                 if !matches!(e, VolumeError::Busy(_)) {
-                    eprintln!("vmvaultd: close {name} failed, volume kept: {e}");
+                    tracing::error!("close {name} failed, volume kept: {e}");
                 }
                 st.volumes.insert(name.to_string(), v);
                 Err(e)
@@ -485,7 +484,7 @@ impl Daemon {
                 return;
             }
             Err(e) => {
-                eprintln!("vmvaultd: SO_PEERCRED: {e}");
+                tracing::error!("SO_PEERCRED: {e}");
                 return;
             }
         }
@@ -646,7 +645,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let sig_rd = terminate_pipe()?;
     let _lock = host::PidLock::acquire(&run_dir)?;
     for w in host::harden(cfg.mlock) {
-        eprintln!("vmvaultd: warning: {w}");
+        tracing::warn!("{w}");
     }
     let mnt_root = run_dir.join("mnt");
     std::fs::create_dir_all(&mnt_root).map_err(|source| host::HostError::Sys {
@@ -658,13 +657,13 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     // devices and FUSE mounts.
     let mapper_records = stale::MapperRecords::new(&run_dir);
     for l in stale::clean_stale_mappers(&mapper_records, &mnt_root) {
-        eprintln!("vmvaultd: {l}");
+        tracing::info!("{l}");
     }
     for l in crate::frontend::clean_stale() {
-        eprintln!("vmvaultd: {l}");
+        tracing::info!("{l}");
     }
     for l in host::clean_stale(&mnt_root) {
-        eprintln!("vmvaultd: {l}");
+        tracing::info!("{l}");
     }
     let sock = socket_path(&run_dir);
     let _ = std::fs::remove_file(&sock);
@@ -688,11 +687,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         stop: AtomicBool::new(false),
         terminating: AtomicBool::new(false),
     });
-    eprintln!(
-        "vmvaultd: pid {} serving {}",
-        std::process::id(),
-        sock.display()
-    );
+    tracing::info!("pid {} serving {}", std::process::id(), sock.display());
     listener
         .set_nonblocking(true)
         .map_err(|source| DaemonError::Socket {
@@ -721,9 +716,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             // SAFETY: reading into a local buffer from our nonblocking pipe.
             while unsafe { libc::read(fds[1].fd, b.as_mut_ptr().cast(), b.len()) } > 0 {}
             if !d.terminating.swap(true, Ordering::SeqCst) {
-                eprintln!(
-                    "vmvaultd: SIGTERM: closing idle volumes; exiting once no volume is in use"
-                );
+                tracing::info!("SIGTERM: closing idle volumes; exiting once no volume is in use");
             }
         }
         loop {
@@ -752,24 +745,21 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
                 // The vaults went with their last volume: their memory is wiped and
                 // unmapped (vmvault-hv zeroes guest memory and key pages on drop).
                 if vault_memory_mapped() {
-                    eprintln!("vmvaultd: warning: vault memory is still mapped at exit");
+                    tracing::warn!("vault memory is still mapped at exit");
                 } else {
-                    eprintln!("vmvaultd: every volume closed; vault memory wiped");
+                    tracing::info!("every volume closed; vault memory wiped");
                 }
                 break;
             }
             if waiting != logged {
                 for (name, users) in &waiting {
-                    eprintln!(
-                        "vmvaultd: waiting for {name}: still in use ({})",
-                        users.join("; ")
-                    );
+                    tracing::info!("waiting for {name}: still in use ({})", users.join("; "));
                 }
                 logged = waiting;
             }
         }
     }
     let _ = std::fs::remove_file(&sock);
-    eprintln!("vmvaultd: shut down");
+    tracing::info!("shut down");
     Ok(())
 }

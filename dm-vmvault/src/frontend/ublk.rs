@@ -356,7 +356,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, engine: &IoEngine) {
     {
         Ok(q) => q,
         Err(e) => {
-            eprintln!("vmvaultd: ublk queue {qid}: {}", ublk_err("fetch", e));
+            tracing::error!("ublk queue {qid}: {}", ublk_err("fetch", e));
             return;
         }
     };
