@@ -21,15 +21,15 @@ pub enum BackendError {
     #[error(transparent)]
     Crypt(#[from] CryptError),
     /// The vault could not be started or refused the key.
-    #[error("{0}")]
-    Vault(String),
+    #[error("vault: {0}")]
+    Vault(#[source] vmvault_hv::HvError),
 }
 
 impl From<VaultError> for BackendError {
     fn from(e: VaultError) -> Self {
         match e {
             VaultError::Key(k) => BackendError::Key(k),
-            VaultError::Hv(h) => BackendError::Vault(format!("vault: {h}")),
+            VaultError::Hv(h) => BackendError::Vault(h),
         }
     }
 }

@@ -31,9 +31,10 @@ pub enum CryptError {
     /// The range is outside the buffer.
     #[error("range {0:?} is outside the buffer")]
     Range(Range<usize>),
-    /// The vault reported an error.
+    /// The vault failed the request (it stopped, refused the slot, or a window
+    /// allocation failed).
     #[error("vault: {0}")]
-    Vault(String),
+    Vault(#[source] vmvault_hv::HvError),
 }
 
 /// An I/O buffer owned by a [`Crypt`] implementation.

@@ -37,7 +37,7 @@ pub enum IoError {
     Open {
         /// Backing path.
         path: PathBuf,
-        /// Cause.
+        /// Why the open (or the size probe) failed.
         source: std::io::Error,
     },
     /// The backing file is smaller than the data offset plus one sector.
@@ -50,7 +50,7 @@ pub enum IoError {
         op: &'static str,
         /// Byte position on the backing file.
         pos: u64,
-        /// Cause.
+        /// The OS error of the read, write, sync or discard.
         source: std::io::Error,
     },
     /// The backing file ended inside the device (it was truncated under us).

@@ -112,7 +112,7 @@ impl IoBuf for VaultBuf {
 }
 
 fn hv(e: HvError) -> CryptError {
-    CryptError::Vault(e.to_string())
+    CryptError::Vault(e)
 }
 
 /// What one member (volume) of a [`BufShares`] holds and waits for.

@@ -36,7 +36,7 @@ pub enum HostError {
     Sys {
         /// What was being done.
         what: String,
-        /// Cause.
+        /// The OS error of that call.
         source: std::io::Error,
     },
 }

@@ -90,9 +90,9 @@ pub enum DaemonError {
     /// The control socket could not be set up.
     #[error("control socket {path}: {source}")]
     Socket {
-        /// Socket path.
+        /// Socket path (`<run-dir>/control`).
         path: PathBuf,
-        /// Cause.
+        /// Why binding it, setting its mode or making it nonblocking failed.
         source: std::io::Error,
     },
 }

@@ -32,7 +32,7 @@ pub enum FuseError {
     Mount {
         /// Mountpoint.
         path: PathBuf,
-        /// Cause.
+        /// Why creating the mountpoint or the FUSE mount failed.
         source: std::io::Error,
     },
     /// Unmounting failed.
@@ -40,7 +40,7 @@ pub enum FuseError {
     Unmount {
         /// Mountpoint.
         path: PathBuf,
-        /// Cause.
+        /// Why the (lazy) unmount failed while the export stayed mounted.
         source: std::io::Error,
     },
 }
