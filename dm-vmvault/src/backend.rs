@@ -42,6 +42,16 @@ pub struct Keyed {
     pub slot: u32,
 }
 
+/// Shows the slot only: the backend holds the key.
+impl std::fmt::Debug for Keyed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyed")
+            .field("backend", &self.crypt.backend())
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Keys a backend for one volume from keyring key `serial` (`key_len` bytes).
 ///
 /// `auto` prefers the vault (kvm, else soft). The in-process engine is used only when

@@ -207,6 +207,14 @@ pub struct BufShares {
     state: Mutex<SharesState>,
 }
 
+impl std::fmt::Debug for BufShares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufShares")
+            .field("window_len", &self.window.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl BufShares {
     /// Buffers of [`IO_BUF_LEN`] bytes in `window`, none carved yet.
     pub fn new(window: Arc<Window>) -> Arc<Self> {
@@ -378,6 +386,17 @@ pub struct VaultCrypt {
     member: usize,
 }
 
+/// Shows the slot and geometry, never the vault's memory.
+impl std::fmt::Debug for VaultCrypt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultCrypt")
+            .field("slot", &self.slot.index())
+            .field("geom", &self.geom)
+            .field("member", &self.member)
+            .finish_non_exhaustive()
+    }
+}
+
 impl VaultCrypt {
     /// The slot index (for the table's `:<bytes>:vault:<slot>`).
     pub fn slot(&self) -> u32 {
@@ -509,6 +528,15 @@ fn kvm_usable() -> bool {
         .write(true)
         .open("/dev/kvm")
         .is_ok()
+}
+
+impl std::fmt::Debug for VaultPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultPool")
+            .field("vcpus", &self.vcpus)
+            .field("window_size", &self.window_size)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VaultPool {

@@ -29,8 +29,6 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use std::fmt::Write as _;
-
 use clap::Parser;
 use dm_vmvault::daemon::config::{FileConfig, DEFAULT_CONFIG_PATH};
 use dm_vmvault::daemon::{self, DaemonConfig};

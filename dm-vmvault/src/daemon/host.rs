@@ -85,6 +85,7 @@ pub fn harden(mlock: bool) -> Vec<String> {
 }
 
 /// The single-instance lock: `<run-dir>/vmvaultd.pid`, `flock`ed for the daemon's life.
+#[derive(Debug)]
 pub struct PidLock {
     _file: File,
     path: PathBuf,

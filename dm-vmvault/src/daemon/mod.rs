@@ -158,6 +158,16 @@ pub fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
     Ok(cred.uid)
 }
 
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("cfg", &self.cfg)
+            .field("stop", &self.stop)
+            .field("terminating", &self.terminating)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Daemon {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
