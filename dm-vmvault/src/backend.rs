@@ -21,15 +21,15 @@ pub enum BackendError {
     #[error(transparent)]
     Crypt(#[from] CryptError),
     /// The vault could not be started or refused the key.
-    #[error("{0}")]
-    Vault(String),
+    #[error("vault: {0}")]
+    Vault(#[source] vmvault_hv::HvError),
 }
 
 impl From<VaultError> for BackendError {
     fn from(e: VaultError) -> Self {
         match e {
             VaultError::Key(k) => BackendError::Key(k),
-            VaultError::Hv(h) => BackendError::Vault(format!("vault: {h}")),
+            VaultError::Hv(h) => BackendError::Vault(h),
         }
     }
 }
@@ -40,6 +40,16 @@ pub struct Keyed {
     pub crypt: Arc<dyn Crypt>,
     /// Slot number for the table's key reference.
     pub slot: u32,
+}
+
+/// Shows the slot only: the backend holds the key.
+impl std::fmt::Debug for Keyed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyed")
+            .field("backend", &self.crypt.backend())
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Keys a backend for one volume from keyring key `serial` (`key_len` bytes).

@@ -31,9 +31,10 @@ pub enum CryptError {
     /// The range is outside the buffer.
     #[error("range {0:?} is outside the buffer")]
     Range(Range<usize>),
-    /// The vault reported an error.
+    /// The vault failed the request (it stopped, refused the slot, or a window
+    /// allocation failed).
     #[error("vault: {0}")]
-    Vault(String),
+    Vault(#[source] vmvault_hv::HvError),
 }
 
 /// An I/O buffer owned by a [`Crypt`] implementation.
@@ -137,6 +138,15 @@ impl IoBuf for AlignedBuf {
     }
 }
 
+/// Shows the length only: the bytes may be plaintext.
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Idle buffers an [`EngineCrypt`] keeps for reuse.
 const ENGINE_IDLE_BUFS: usize = 16;
 
@@ -147,6 +157,15 @@ pub struct EngineCrypt {
     cipher: SectorCipher,
     geom: Geometry,
     idle: Mutex<Vec<Box<dyn IoBuf>>>,
+}
+
+/// Shows the geometry, never the key schedule.
+impl std::fmt::Debug for EngineCrypt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineCrypt")
+            .field("geom", &self.geom)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EngineCrypt {

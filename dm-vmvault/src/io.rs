@@ -38,7 +38,7 @@ pub enum IoError {
     Open {
         /// Backing path.
         path: PathBuf,
-        /// Why it could not be opened or sized.
+        /// Why the open (or the size probe) failed.
         source: std::io::Error,
     },
     /// The backing file is smaller than the data offset plus one sector.
@@ -51,7 +51,7 @@ pub enum IoError {
         op: &'static str,
         /// Byte position on the backing file.
         pos: u64,
-        /// The error of the read, write or punch.
+        /// The OS error of the read, write, sync or discard.
         source: std::io::Error,
     },
     /// The backing file ended inside the device (it was truncated under us).
@@ -163,6 +163,21 @@ pub struct IoEngine {
     readonly: bool,
     allow_discards: bool,
     direct: bool,
+}
+
+/// Shows where the engine maps, never its crypt backend (which holds the key).
+impl std::fmt::Debug for IoEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoEngine")
+            .field("path", &self.path)
+            .field("data_off", &self.data_off)
+            .field("size", &self.size)
+            .field("sector_size", &self.ss)
+            .field("readonly", &self.readonly)
+            .field("allow_discards", &self.allow_discards)
+            .field("direct", &self.direct)
+            .finish_non_exhaustive()
+    }
 }
 
 impl IoEngine {

@@ -3,7 +3,7 @@
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Held {
     id: u64,
     start: u64,
@@ -11,7 +11,7 @@ struct Held {
     exclusive: bool,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct State {
     next_id: u64,
     held: Vec<Held>,
@@ -19,13 +19,14 @@ struct State {
 
 /// A set of held byte ranges; shared ranges may overlap each other, exclusive ones
 /// overlap nothing.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct RangeLocks {
     state: Mutex<State>,
     cv: Condvar,
 }
 
 /// A held range; released on drop.
+#[derive(Debug)]
 pub struct RangeGuard<'a> {
     locks: &'a RangeLocks,
     id: u64,

@@ -71,6 +71,32 @@ const _: () = assert!((WINDOW_SIZE / BUF_SPAN) as usize >= MAX_SLOTS);
 const _: () = assert!(WINDOW_SIZE.is_multiple_of(vault_vm::abi::WINDOW_ALIGN));
 const _: () = assert!(WINDOW_SIZE <= vault_vm::abi::WINDOW_MAX);
 
+/// Checks a data window size for a daemon's vaults: a multiple of the 2 MiB window
+/// alignment, no smaller than one I/O buffer per key slot, no larger than the vault
+/// maps. Returns the size, or why it is refused.
+pub fn check_window_size(n: u64) -> Result<u64, String> {
+    let min = ((MAX_SLOTS as u64) * BUF_SPAN).div_ceil(vault_vm::abi::WINDOW_ALIGN)
+        * vault_vm::abi::WINDOW_ALIGN;
+    if !n.is_multiple_of(vault_vm::abi::WINDOW_ALIGN) {
+        Err(format!(
+            "window size {n} is not a multiple of {} MiB",
+            vault_vm::abi::WINDOW_ALIGN >> 20
+        ))
+    } else if n < min {
+        Err(format!(
+            "window size {n} is below the minimum of {min} bytes ({} MiB)",
+            min >> 20
+        ))
+    } else if n > vault_vm::abi::WINDOW_MAX {
+        Err(format!(
+            "window size {n} is above the maximum of {} bytes",
+            vault_vm::abi::WINDOW_MAX
+        ))
+    } else {
+        Ok(n)
+    }
+}
+
 struct VaultBuf(WindowBuf);
 
 impl IoBuf for VaultBuf {
@@ -86,7 +112,7 @@ impl IoBuf for VaultBuf {
 }
 
 fn hv(e: HvError) -> CryptError {
-    CryptError::Vault(e.to_string())
+    CryptError::Vault(e)
 }
 
 /// What one member (volume) of a [`BufShares`] holds and waits for.
@@ -179,6 +205,14 @@ impl SharesState {
 pub struct BufShares {
     window: Arc<Window>,
     state: Mutex<SharesState>,
+}
+
+impl std::fmt::Debug for BufShares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufShares")
+            .field("window_len", &self.window.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl BufShares {
@@ -352,6 +386,17 @@ pub struct VaultCrypt {
     member: usize,
 }
 
+/// Shows the slot and geometry, never the vault's memory.
+impl std::fmt::Debug for VaultCrypt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultCrypt")
+            .field("slot", &self.slot.index())
+            .field("geom", &self.geom)
+            .field("member", &self.member)
+            .finish_non_exhaustive()
+    }
+}
+
 impl VaultCrypt {
     /// The slot index (for the table's `:<bytes>:vault:<slot>`).
     pub fn slot(&self) -> u32 {
@@ -477,6 +522,9 @@ struct Entry {
 /// The daemon's vaults, one per backend kind, alive while a volume uses them.
 pub struct VaultPool {
     vcpus: usize,
+    window_size: u64,
+    run: vmvault_hv::RunMode,
+    tuning: vmvault_hv::Tuning,
     vaults: Mutex<HashMap<&'static str, Entry>>,
 }
 
@@ -488,13 +536,41 @@ fn kvm_usable() -> bool {
         .is_ok()
 }
 
+impl std::fmt::Debug for VaultPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultPool")
+            .field("vcpus", &self.vcpus)
+            .field("window_size", &self.window_size)
+            .field("run", &self.run)
+            .field("tuning", &self.tuning)
+            .finish_non_exhaustive()
+    }
+}
+
 impl VaultPool {
     /// A pool whose vaults run `vcpus` vCPUs.
     pub fn new(vcpus: usize) -> Self {
+        Self::with_window(vcpus, WINDOW_SIZE)
+    }
+
+    /// A pool whose vaults run `vcpus` vCPUs with data windows of `window_size` bytes
+    /// (checked with [`check_window_size`]; a size it refuses falls back to
+    /// [`WINDOW_SIZE`]).
+    pub fn with_window(vcpus: usize, window_size: u64) -> Self {
         VaultPool {
             vcpus: vcpus.max(1),
+            window_size: check_window_size(window_size).unwrap_or(WINDOW_SIZE),
+            run: vmvault_hv::RunMode::Auto,
+            tuning: vmvault_hv::Tuning::default(),
             vaults: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same pool, its vaults run with `run` and `tuning`.
+    pub fn with_tuning(mut self, run: vmvault_hv::RunMode, tuning: vmvault_hv::Tuning) -> Self {
+        self.run = run;
+        self.tuning = tuning;
+        self
     }
 
     /// The vault for `kind` (`Auto` = kvm when `/dev/kvm` opens, else soft), started if
@@ -529,8 +605,9 @@ impl VaultPool {
             Vault::open(&VaultConfig {
                 backend: kind,
                 vcpus: self.vcpus,
-                window_size: WINDOW_SIZE,
-                ..Default::default()
+                window_size: self.window_size,
+                run: self.run,
+                tuning: self.tuning.clone(),
             })
             .map_err(VaultError::Hv)?,
         );

@@ -36,7 +36,7 @@ pub enum HostError {
     Sys {
         /// What was being done.
         what: String,
-        /// Cause.
+        /// The OS error of that call.
         source: std::io::Error,
     },
 }
@@ -85,6 +85,7 @@ pub fn harden(mlock: bool) -> Vec<String> {
 }
 
 /// The single-instance lock: `<run-dir>/vmvaultd.pid`, `flock`ed for the daemon's life.
+#[derive(Debug)]
 pub struct PidLock {
     _file: File,
     path: PathBuf,

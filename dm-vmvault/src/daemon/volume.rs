@@ -7,61 +7,59 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vault_vm::engine::Geometry;
+use vault_vm::engine::{EngineError, Geometry};
 use vmvault_proto::keyring::KeyError;
-use vmvault_proto::protocol::{FrontendChoice, FrontendKind, OpenRequest, VolumeStatus};
+use vmvault_proto::protocol::{BackendChoice, FrontendKind, OpenRequest, VolumeStatus};
 use vmvault_proto::{ExitCode, Sectors};
 
 use crate::backend::{self, BackendError};
-use crate::frontend::fuse::{FuseError, FuseExport};
-use crate::frontend::loopdev::{LoopDevice, LoopError};
 use crate::frontend::mapper::{MapperDevice, MapperError};
+use crate::frontend::{self, BlockFrontend, CloseFailed, FrontendError, StartParams};
 use crate::io::{IoConfig, IoEngine, IoError};
 use crate::table::{KeyRef, Table, TargetOptions};
 
 /// Errors opening or closing a volume; each maps to a cryptsetup exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    /// The name is taken.
+    /// A volume of that name is open (or opening, or closing) already, here or in
+    /// `/dev/mapper`.
     #[error("Device {0} already exists.")]
     Exists(String),
-    /// No such volume.
+    /// No volume of that name is open.
     #[error("Device {0} is not active.")]
     NotActive(String),
-    /// The volume is in use (mounted or held open).
+    /// The volume is in use (mounted, held open, or under another device), so it was
+    /// not closed.
     #[error("Device {0} is still in use.")]
     Busy(String),
-    /// Bad parameters.
+    /// The request's parameters are invalid (name, cipher, key size, alignment, range).
     #[error("{0}")]
     BadArgs(String),
-    /// The backing device is unusable.
+    /// The sector geometry (sector size, IV offset) is invalid.
+    #[error(transparent)]
+    Geometry(EngineError),
+    /// The backing device is unusable: missing, of the wrong type, too small, or one
+    /// of this daemon's own devices.
     #[error("{0}")]
     Device(String),
-    /// Key problems.
+    /// The size of the backing device could not be read.
+    #[error(transparent)]
+    BackingSize(std::io::Error),
+    /// The volume key could not be read from the keyring or imported.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// Backend problems.
+    /// The crypt backend (vault or in-process engine) refused the volume.
     #[error(transparent)]
     Backend(BackendError),
-    /// I/O engine problems.
+    /// The I/O engine could not be set up on the backing device.
     #[error(transparent)]
     Io(#[from] IoError),
-    /// FUSE problems.
+    /// The frontend (FUSE + loop, or ublk) failed to start or stop, or is not available.
     #[error(transparent)]
-    Fuse(#[from] FuseError),
-    /// Loop device problems.
-    #[error(transparent)]
-    Loop(#[from] LoopError),
-    /// device-mapper problems.
+    Frontend(#[from] FrontendError),
+    /// `/dev/mapper/NAME` could not be created or removed.
     #[error(transparent)]
     Mapper(#[from] MapperError),
-    /// ublk problems.
-    #[cfg(feature = "ublk")]
-    #[error(transparent)]
-    Ublk(#[from] crate::frontend::ublk::UblkError),
-    /// The requested frontend is not available here.
-    #[error("{0}")]
-    NoFrontend(String),
 }
 
 impl From<BackendError> for VolumeError {
@@ -78,58 +76,73 @@ impl VolumeError {
     pub fn code(&self) -> ExitCode {
         match self {
             VolumeError::Exists(_) | VolumeError::Busy(_) => ExitCode::Busy,
-            VolumeError::NotActive(_) | VolumeError::Device(_) => ExitCode::WrongDevice,
-            VolumeError::BadArgs(_) => ExitCode::WrongParameters,
+            VolumeError::NotActive(_) | VolumeError::Device(_) | VolumeError::BackingSize(_) => {
+                ExitCode::WrongDevice
+            }
+            VolumeError::BadArgs(_) | VolumeError::Geometry(_) => ExitCode::WrongParameters,
             VolumeError::Key(KeyError::Memory(_)) => ExitCode::OutOfMemory,
             VolumeError::Key(_) => ExitCode::NoPermission,
-            VolumeError::Backend(_) | VolumeError::Io(_) | VolumeError::Fuse(_) => {
-                ExitCode::WrongDevice
-            }
-            VolumeError::Loop(LoopError::Busy(_)) => ExitCode::Busy,
-            VolumeError::Loop(_) | VolumeError::Mapper(_) | VolumeError::NoFrontend(_) => {
-                ExitCode::WrongDevice
-            }
-            #[cfg(feature = "ublk")]
-            VolumeError::Ublk(_) => ExitCode::WrongDevice,
+            VolumeError::Backend(_) | VolumeError::Io(_) => ExitCode::WrongDevice,
+            VolumeError::Frontend(e) if e.is_busy() => ExitCode::Busy,
+            VolumeError::Frontend(_) | VolumeError::Mapper(_) => ExitCode::WrongDevice,
         }
     }
 }
 
-/// The frontend serving a volume's block device.
-enum Frontend {
-    /// FUSE file + loop device.
-    Fuse { fuse: FuseExport, lo: LoopDevice },
-    /// ublk device.
-    #[cfg(feature = "ublk")]
-    Ublk(crate::frontend::ublk::UblkDevice),
-}
-
-/// Resolves `auto`: ublk where it works (and is built), else FUSE + loop.
-fn pick_frontend(choice: FrontendChoice) -> Result<FrontendChoice, VolumeError> {
-    #[cfg(feature = "ublk")]
-    let ublk = || crate::frontend::ublk::available();
-    #[cfg(not(feature = "ublk"))]
-    let ublk = || false;
-    match choice {
-        FrontendChoice::Fuse => Ok(FrontendChoice::Fuse),
-        FrontendChoice::Auto if ublk() => Ok(FrontendChoice::Ublk),
-        FrontendChoice::Auto => Ok(FrontendChoice::Fuse),
-        FrontendChoice::Ublk if ublk() => Ok(FrontendChoice::Ublk),
-        FrontendChoice::Ublk if cfg!(feature = "ublk") => Err(VolumeError::NoFrontend(
-            "frontend ublk: /dev/ublk-control is missing (this kernel has no ublk_drv)".into(),
-        )),
-        FrontendChoice::Ublk => Err(VolumeError::NoFrontend(
-            "frontend ublk: vmvaultd was built without the `ublk` feature".into(),
-        )),
-    }
-}
-
-/// An open volume.
+/// An open volume: its status, its engine, and the block devices serving it (a
+/// frontend, and `/dev/mapper/NAME` over it when device-mapper exists). A device is
+/// `None` once torn down, while a close that failed later keeps the rest.
+#[derive(Debug)]
 pub struct Volume {
-    status: VolumeStatus,
+    facts: Facts,
     /// Held for the volume's life: the last reference drops the crypt backend and its key.
     _engine: Arc<IoEngine>,
-    front: Option<Frontend>,
+    front: Option<Box<dyn BlockFrontend>>,
+    mapper: Option<MapperDevice>,
+}
+
+/// What the daemon knows of an open volume: typed, and its own. The wire's
+/// [`VolumeStatus`] is made from it on demand ([`Volume::status`]); nothing is read
+/// back from a status (no device path is parsed again for its numbers).
+#[derive(Debug, Clone)]
+struct Facts {
+    /// The request it was opened with (its key serial long invalidated).
+    req: OpenRequest,
+    /// Where the backing file is now (display only: I/O uses the open file).
+    backing: PathBuf,
+    /// The frontend's block device and its numbers, as started.
+    front_path: PathBuf,
+    front_dev: (u32, u32),
+    frontend: FrontendKind,
+    direct_io: bool,
+    /// Plaintext length.
+    len: Sectors,
+    backend: BackendChoice,
+    protection: String,
+    table: Table,
+}
+
+/// What [`check_request`] derived from an open request.
+struct Checked {
+    spec: vault_vm::engine::CipherSpec,
+    geom: Geometry,
+    /// The data offset in bytes (checked against overflow).
+    offset_bytes: u64,
+}
+
+/// The volume's keyed I/O engine and what its status shows of the backend.
+struct Engine {
+    engine: Arc<IoEngine>,
+    /// The vault slot of the key (0 for the in-process engine).
+    slot: u32,
+    backend: BackendChoice,
+    protection: String,
+}
+
+/// The block devices of a freshly opened volume: a frontend and, when device-mapper
+/// exists, `/dev/mapper/NAME` over it.
+struct Devices {
+    front: Box<dyn BlockFrontend>,
     mapper: Option<MapperDevice>,
 }
 
@@ -217,12 +230,210 @@ fn on_own_export(md: &std::fs::Metadata, mnt_root: &Path) -> bool {
     })
 }
 
+/// Checks what parsing the request could not: the key size against the cipher, the
+/// geometry and alignment, and that `offset` and `size` in bytes do not overflow. (The
+/// name, the cipher, the key and sector sizes were checked when the request parsed.)
+fn check_request(req: &OpenRequest) -> Result<Checked, VolumeError> {
+    let spec = req.cipher.engine();
+    if !req.cipher.key_size_ok(req.key_size) {
+        return Err(VolumeError::BadArgs(format!(
+            "key size {} bits does not fit cipher {}",
+            req.key_size.bits(),
+            req.cipher
+        )));
+    }
+    let geom = Geometry::new(
+        req.sector_size.bytes(),
+        req.iv_large_sectors,
+        req.iv_offset.0,
+    )
+    .map_err(VolumeError::Geometry)?;
+    if !req.sector_size.divides(req.offset) {
+        return Err(VolumeError::BadArgs(format!(
+            "offset {} is not aligned to the {}-byte sector size",
+            req.offset, req.sector_size
+        )));
+    }
+    // Products of request fields, checked: a wrapped `offset * 512` would map the
+    // wrong part of the backing device.
+    let offset_bytes = req
+        .offset
+        .bytes()
+        .map_err(|_| {
+            VolumeError::BadArgs(format!("offset {} sectors is out of range", req.offset))
+        })?
+        .0;
+    if let Some(size) = req.size {
+        let end = size
+            .bytes()
+            .ok()
+            .and_then(|s| s.0.checked_add(offset_bytes));
+        if end.is_none() {
+            return Err(VolumeError::BadArgs(format!(
+                "size {size} sectors at offset {} is out of range",
+                req.offset
+            )));
+        }
+    }
+    Ok(Checked {
+        spec,
+        geom,
+        offset_bytes,
+    })
+}
+
+/// The backing device: the descriptor the client passed (the file whose header it
+/// read: no path is resolved again), else the request's path, opened once here. Every
+/// later use (probe, I/O) goes through this one open file.
+fn open_backing(req: &OpenRequest, backing_fd: Option<File>) -> Result<File, VolumeError> {
+    match backing_fd {
+        Some(f) => Ok(f),
+        None => std::fs::OpenOptions::new()
+            .read(true)
+            .write(!req.readonly)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&req.backing)
+            .map_err(|e| {
+                VolumeError::Device(format!(
+                    "Device {} does not exist or access denied: {e}",
+                    req.backing.display()
+                ))
+            }),
+    }
+}
+
+/// Size probe without a key: the backing device must extend past the data offset.
+fn check_size(
+    file: &File,
+    backing: &Path,
+    req: &OpenRequest,
+    offset_bytes: u64,
+) -> Result<(), VolumeError> {
+    let sz = crate::io::backing_size(file).map_err(VolumeError::BackingSize)?;
+    if sz <= offset_bytes {
+        return Err(VolumeError::Device(format!(
+            "Device {} is too small for data offset {}",
+            backing.display(),
+            req.offset
+        )));
+    }
+    Ok(())
+}
+
+/// Imports the key into the requested backend (then invalidates the keyring key unless
+/// asked to keep it; a failure to do so is a warning) and starts the I/O engine on the
+/// backing file.
+fn key_engine(
+    req: &OpenRequest,
+    checked: Checked,
+    file: File,
+    backing: &Path,
+    vaults: &crate::vault::VaultPool,
+    warnings: &mut Vec<String>,
+) -> Result<Engine, VolumeError> {
+    let io_cfg = IoConfig {
+        backing: backing.to_path_buf(),
+        offset: req.offset,
+        len: req.size,
+        readonly: req.readonly,
+        direct: true,
+        allow_discards: req.allow_discards,
+    };
+    let keyed = backend::key_backend(
+        vaults,
+        req.backend,
+        checked.spec,
+        checked.geom,
+        req.key_serial,
+        req.key_size.bytes(),
+    )?;
+    if !req.keep_key {
+        if let Err(e) = vmvault_proto::keyring::invalidate(req.key_serial) {
+            warnings.push(format!(
+                "could not invalidate keyring key {}: {e}",
+                req.key_serial
+            ));
+        }
+    }
+    let backend = keyed.crypt.backend();
+    let protection = keyed.crypt.protection();
+    let engine = Arc::new(IoEngine::open_file(&io_cfg, file, keyed.crypt)?);
+    Ok(Engine {
+        engine,
+        slot: keyed.slot,
+        backend,
+        protection,
+    })
+}
+
+/// The dm-crypt-style table shown in the status (`len` sectors of plaintext).
+fn table_of(req: &OpenRequest, backing: &Path, slot: u32, len: Sectors) -> Table {
+    Table {
+        start: Sectors(0),
+        len,
+        cipher: req.cipher.clone(),
+        key: KeyRef {
+            key: req.key_size,
+            slot,
+        },
+        iv_offset: req.iv_offset,
+        device: backing.display().to_string(),
+        offset: req.offset,
+        options: TargetOptions {
+            allow_discards: req.allow_discards,
+            sector_size: req.sector_size,
+            iv_large_sectors: req.iv_large_sectors,
+            ..Default::default()
+        },
+    }
+}
+
+/// Starts the requested frontend on `engine`, then `/dev/mapper/NAME` over it (when
+/// device-mapper exists). If the mapper fails, the frontend is torn down again.
+fn start_devices(
+    req: &OpenRequest,
+    engine: &Arc<IoEngine>,
+    mnt_root: &Path,
+    fuse_threads: usize,
+    warnings: &mut Vec<String>,
+) -> Result<Devices, VolumeError> {
+    let kind = frontend::pick(req.frontend)?;
+    let params = StartParams {
+        engine: engine.clone(),
+        name: &req.name,
+        mnt_root,
+        readonly: req.readonly,
+        sector_size: req.sector_size,
+        discards: req.allow_discards,
+        fuse_threads,
+    };
+    let front = frontend::start(kind, params, warnings)?;
+    let uuid = crate::frontend::mapper::dm_uuid(
+        &req.name,
+        req.volume_type.as_deref(),
+        req.volume_uuid.as_deref(),
+    );
+    let len = engine.size() / 512;
+    match MapperDevice::create(&req.name, &uuid, front.dev_numbers(), len, req.readonly) {
+        Ok(mapper) => Ok(Devices { front, mapper }),
+        Err(e) => {
+            // Best effort: the open fails with the mapper's error either way.
+            let _ = front.close();
+            Err(e.into())
+        }
+    }
+}
+
 impl Volume {
     /// Opens a volume. `own_devices` lists the block devices this daemon serves, which
     /// may never be used as backing (the daemon never does I/O on its own devices).
     ///
     /// `backing_fd` is the backing device as the client opened it (passed over the
     /// control socket); without it the daemon opens `req.backing` itself, once.
+    ///
+    /// Steps: check the request; open and check the backing device (cheap checks
+    /// first, so a bad device does not import a key); key the backend and start the
+    /// engine; start the frontend and the mapper over it.
     pub fn open(
         req: &OpenRequest,
         backing_fd: Option<File>,
@@ -232,231 +443,77 @@ impl Volume {
         vaults: &crate::vault::VaultPool,
         warnings: &mut Vec<String>,
     ) -> Result<Volume, VolumeError> {
-        // Name, cipher, key size and sector size were checked when the request parsed.
-        let spec = req.cipher.engine();
-        if !req.cipher.key_size_ok(req.key_size) {
-            return Err(VolumeError::BadArgs(format!(
-                "key size {} bits does not fit cipher {}",
-                req.key_size.bits(),
-                req.cipher
-            )));
-        }
-        let geom = Geometry::new(
-            req.sector_size.bytes(),
-            req.iv_large_sectors,
-            req.iv_offset.0,
-        )
-        .map_err(|e| VolumeError::BadArgs(e.to_string()))?;
-        if !req.sector_size.divides(req.offset) {
-            return Err(VolumeError::BadArgs(format!(
-                "offset {} is not aligned to the {}-byte sector size",
-                req.offset, req.sector_size
-            )));
-        }
-        // Products of request fields, checked: a wrapped `offset * 512` would map the
-        // wrong part of the backing device.
-        let offset_bytes = req.offset.bytes().map_err(|_| {
-            VolumeError::BadArgs(format!("offset {} sectors is out of range", req.offset))
-        })?;
-        if let Some(size) = req.size {
-            let end = size
-                .bytes()
-                .ok()
-                .and_then(|s| s.0.checked_add(offset_bytes.0));
-            if end.is_none() {
-                return Err(VolumeError::BadArgs(format!(
-                    "size {size} sectors at offset {} is out of range",
-                    req.offset
-                )));
-            }
-        }
-
-        // The backing device: the descriptor the client passed (the file whose
-        // header it read: no path is resolved again), else the request's path, opened
-        // once here. Every later use (probe, I/O) goes through this one open file.
-        let file = match backing_fd {
-            Some(f) => f,
-            None => std::fs::OpenOptions::new()
-                .read(true)
-                .write(!req.readonly)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&req.backing)
-                .map_err(|e| {
-                    VolumeError::Device(format!(
-                        "Device {} does not exist or access denied: {e}",
-                        req.backing.display()
-                    ))
-                })?,
-        };
+        let checked = check_request(req)?;
+        let file = open_backing(req, backing_fd)?;
         let backing = check_backing(&file, req, mnt_root, own_devices)?;
-        {
-            // Size probe without a key.
-            let sz =
-                crate::io::backing_size(&file).map_err(|e| VolumeError::Device(e.to_string()))?;
-            if sz <= offset_bytes.0 {
-                return Err(VolumeError::Device(format!(
-                    "Device {} is too small for data offset {}",
-                    backing.display(),
-                    req.offset
-                )));
-            }
-        }
-
-        // Backing first (cheap checks) so a bad device does not import a key.
-        let io_cfg = IoConfig {
-            backing: backing.clone(),
-            offset: req.offset,
-            len: req.size,
-            readonly: req.readonly,
-            direct: true,
-            allow_discards: req.allow_discards,
-        };
-
-        let keyed = backend::key_backend(
-            vaults,
-            req.backend,
-            spec,
-            geom,
-            req.key_serial,
-            req.key_size.bytes(),
-        )?;
-        if !req.keep_key {
-            if let Err(e) = vmvault_proto::keyring::invalidate(req.key_serial) {
-                warnings.push(format!(
-                    "could not invalidate keyring key {}: {e}",
-                    req.key_serial
-                ));
-            }
-        }
-        let backend_name = keyed.crypt.backend();
-        let protection = keyed.crypt.protection();
-        let engine = Arc::new(IoEngine::open_file(&io_cfg, file, keyed.crypt)?);
-        let len = Sectors(engine.size() / 512);
-        let table = Table {
-            start: Sectors(0),
+        check_size(&file, &backing, req, checked.offset_bytes)?;
+        let eng = key_engine(req, checked, file, &backing, vaults, warnings)?;
+        let len = Sectors(eng.engine.size() / 512);
+        let table = table_of(req, &backing, eng.slot, len);
+        let devs = start_devices(req, &eng.engine, mnt_root, fuse_threads, warnings)?;
+        let facts = Facts {
+            req: req.clone(),
+            backing,
+            front_path: devs.front.device().to_path_buf(),
+            front_dev: devs.front.dev_numbers(),
+            frontend: devs.front.kind(),
+            direct_io: devs.front.direct_io(),
             len,
-            cipher: req.cipher.clone(),
-            key: KeyRef {
-                key: req.key_size,
-                slot: keyed.slot,
-            },
-            iv_offset: req.iv_offset,
-            device: backing.display().to_string(),
-            offset: req.offset,
-            options: TargetOptions {
-                allow_discards: req.allow_discards,
-                sector_size: req.sector_size,
-                iv_large_sectors: req.iv_large_sectors,
-                ..Default::default()
-            },
-        };
-
-        let (front, front_path, (major, minor), direct_io, front_name) =
-            match pick_frontend(req.frontend)? {
-                #[cfg(feature = "ublk")]
-                FrontendChoice::Ublk => {
-                    use crate::frontend::ublk::{UblkDevice, UblkOptions};
-                    let opts = UblkOptions {
-                        discards: req.allow_discards,
-                        ..Default::default()
-                    };
-                    let u = UblkDevice::start(engine.clone(), opts)?;
-                    let p = u.path().to_path_buf();
-                    let d = u.dev_numbers();
-                    (Frontend::Ublk(u), p, d, false, FrontendKind::Ublk)
-                }
-                _ => {
-                    if req.allow_discards {
-                        warnings.push(
-                            "the fuse+loop frontend does not pass discards to the backing device \
-                             (the loop driver cannot tell them from write-zeroes); use the ublk \
-                             frontend for discards"
-                                .into(),
-                        );
-                    }
-                    let mountpoint = mnt_root.join(req.name.as_str());
-                    let fuse = FuseExport::mount(
-                        engine.clone(),
-                        &mountpoint,
-                        "volume",
-                        &format!("vmvault:{}", req.name),
-                        fuse_threads,
-                    )?;
-                    let lo =
-                        LoopDevice::attach(fuse.file(), req.readonly, req.sector_size.bytes())?;
-                    let p = lo.path().to_path_buf();
-                    let d = lo
-                        .dev_numbers()
-                        .map_err(|e| VolumeError::Device(format!("{}: {e}", p.display())))?;
-                    let dio = lo.direct_io();
-                    (
-                        Frontend::Fuse { fuse, lo },
-                        p,
-                        d,
-                        dio,
-                        FrontendKind::FuseLoop,
-                    )
-                }
-            };
-        let uuid = crate::frontend::mapper::dm_uuid(
-            &req.name,
-            req.volume_type.as_deref(),
-            req.volume_uuid.as_deref(),
-        );
-        let mapper =
-            match MapperDevice::create(&req.name, &uuid, (major, minor), len.0, req.readonly) {
-                Ok(m) => m,
-                Err(e) => {
-                    close_frontend(front);
-                    return Err(e.into());
-                }
-            };
-        let device = mapper
-            .as_ref()
-            .map(|m| m.path().to_path_buf())
-            .unwrap_or_else(|| front_path.clone());
-        let status = VolumeStatus {
-            name: req.name.clone(),
-            device,
-            loop_device: front_path,
-            backing: backing.clone(),
-            cipher: req.cipher.clone(),
-            key_size: req.key_size,
-            sector_size: req.sector_size,
-            offset: req.offset,
-            iv_offset: req.iv_offset,
-            iv_large_sectors: req.iv_large_sectors,
-            size: len,
-            readonly: req.readonly,
-            allow_discards: req.allow_discards,
-            backend: backend_name,
-            protection,
-            frontend: front_name,
-            direct_io,
-            table: table.to_string(),
-            daemon_pid: std::process::id(),
-            volume_type: req.volume_type.clone(),
+            backend: eng.backend,
+            protection: eng.protection,
+            table,
         };
         Ok(Volume {
-            status,
-            _engine: engine,
-            front: Some(front),
-            mapper,
+            facts,
+            _engine: eng.engine,
+            front: Some(devs.front),
+            mapper: devs.mapper,
         })
     }
 
-    /// The volume's status.
-    pub fn status(&self) -> &VolumeStatus {
-        &self.status
+    /// The volume's name.
+    pub fn name(&self) -> &str {
+        self.facts.req.name.as_str()
+    }
+
+    /// The volume's status, as the protocol carries it: the top device is
+    /// `/dev/mapper/NAME` while the mapper is up, else the frontend's device.
+    pub fn status(&self) -> VolumeStatus {
+        let f = &self.facts;
+        let r = &f.req;
+        VolumeStatus {
+            name: r.name.clone(),
+            device: self
+                .mapper
+                .as_ref()
+                .map(|m| m.path().to_path_buf())
+                .unwrap_or_else(|| f.front_path.clone()),
+            loop_device: f.front_path.clone(),
+            backing: f.backing.clone(),
+            cipher: r.cipher.clone(),
+            key_size: r.key_size,
+            sector_size: r.sector_size,
+            offset: r.offset,
+            iv_offset: r.iv_offset,
+            iv_large_sectors: r.iv_large_sectors,
+            size: f.len,
+            readonly: r.readonly,
+            allow_discards: r.allow_discards,
+            backend: f.backend,
+            protection: f.protection.clone(),
+            frontend: f.frontend,
+            direct_io: f.direct_io,
+            table: f.table.to_string(),
+            daemon_pid: std::process::id(),
+            volume_type: r.volume_type.clone(),
+        }
     }
 
     /// Block devices this volume serves.
     pub fn devices(&self) -> Vec<(u32, u32)> {
         let mut v = Vec::new();
         if self.front.is_some() {
-            if let Some(d) = block_dev_numbers(&self.status.loop_device) {
-                v.push(d);
-            }
+            v.push(self.facts.front_dev);
         }
         if let Some(m) = &self.mapper {
             v.push(m.dev_numbers());
@@ -476,7 +533,8 @@ impl Volume {
         }
         crate::frontend::mapper::udev_settle(std::time::Duration::from_secs(10));
         let mut users = Vec::new();
-        let front = block_dev_numbers(&self.status.loop_device);
+        let front = self.front.as_ref().map(|_| self.facts.front_dev);
+        let front_path = self.facts.front_path.display().to_string();
         let mut named = |path: &str, list: Vec<String>| {
             users.extend(list.into_iter().map(|u| format!("{path}: {u}")));
         };
@@ -484,7 +542,7 @@ impl Volume {
             Some(m) => {
                 let top = m.dev_numbers();
                 let path = m.path().display().to_string();
-                match crate::frontend::mapper::query(&self.status.name) {
+                match crate::frontend::mapper::query(self.name()) {
                     Ok(Some(st)) if st.open_count > 0 => {
                         named(&path, vec![format!("open count {}", st.open_count)])
                     }
@@ -500,7 +558,7 @@ impl Volume {
                 named(&path, busy::loops_backed_by(top));
                 if let Some(f) = front {
                     // Claimed by our mapper (O_EXCL says nothing), held by it in sysfs.
-                    let lp = &self.status.loop_device.display().to_string();
+                    let lp = &front_path;
                     named(lp, busy::holders(f, &[top]));
                     named(lp, busy::processes(f));
                     named(lp, busy::loops_backed_by(f));
@@ -508,7 +566,7 @@ impl Volume {
             }
             None => {
                 if let Some(f) = front {
-                    let lp = self.status.loop_device.display().to_string();
+                    let lp = front_path;
                     if busy::claimed(Path::new(&lp)) {
                         named(&lp, vec!["claimed exclusively".into()]);
                     }
@@ -527,7 +585,7 @@ impl Volume {
         if self.users().is_empty() {
             Ok(())
         } else {
-            Err(VolumeError::Busy(self.status.name.to_string()))
+            Err(VolumeError::Busy(self.name().to_string()))
         }
     }
 
@@ -540,51 +598,26 @@ impl Volume {
         if let Some(m) = &self.mapper {
             if let Err(e) = m.remove() {
                 // Opened after the check: busy, as cryptsetup says when dm refuses.
-                let held = crate::frontend::mapper::query(&self.status.name)
+                let held = crate::frontend::mapper::query(self.name())
                     .is_ok_and(|q| q.is_some_and(|q| q.open_count > 0));
                 return Err(if held {
-                    VolumeError::Busy(self.status.name.to_string())
+                    VolumeError::Busy(self.name().to_string())
                 } else {
                     e.into()
                 });
             }
             self.mapper = None;
-            self.status.device = self.status.loop_device.clone();
         }
-        match self.front.take() {
-            Some(Frontend::Fuse { fuse, lo }) => {
-                if let Err((lo, e)) = lo.detach() {
-                    self.front = Some(Frontend::Fuse { fuse, lo });
-                    return Err(match e {
-                        LoopError::Busy(_) => VolumeError::Busy(self.status.name.to_string()),
-                        e => e.into(),
-                    });
-                }
-                fuse.unmount()?;
+        if let Some(front) = self.front.take() {
+            if let Err(CloseFailed { kept, error }) = front.close() {
+                self.front = kept;
+                return Err(if error.is_busy() {
+                    VolumeError::Busy(self.name().to_string())
+                } else {
+                    error.into()
+                });
             }
-            #[cfg(feature = "ublk")]
-            Some(Frontend::Ublk(mut u)) => {
-                if let Err(e) = u.stop() {
-                    self.front = Some(Frontend::Ublk(u));
-                    return Err(e.into());
-                }
-            }
-            None => {}
         }
         Ok(())
-    }
-}
-
-/// Best-effort teardown of a frontend whose volume failed to open.
-fn close_frontend(front: Frontend) {
-    match front {
-        Frontend::Fuse { fuse, lo } => {
-            let _ = lo.detach();
-            let _ = fuse.unmount();
-        }
-        #[cfg(feature = "ublk")]
-        Frontend::Ublk(mut u) => {
-            let _ = u.stop();
-        }
     }
 }

@@ -32,7 +32,7 @@ pub enum FuseError {
     Mount {
         /// Mountpoint.
         path: PathBuf,
-        /// Cause.
+        /// Why creating the mountpoint or the FUSE mount failed.
         source: std::io::Error,
     },
     /// Unmounting failed.
@@ -40,7 +40,7 @@ pub enum FuseError {
     Unmount {
         /// Mountpoint.
         path: PathBuf,
-        /// Cause.
+        /// Why the (lazy) unmount failed while the export stayed mounted.
         source: std::io::Error,
     },
 }
@@ -290,6 +290,16 @@ pub struct FuseExport {
     session: Option<BackgroundSession>,
     mountpoint: PathBuf,
     file: PathBuf,
+}
+
+impl std::fmt::Debug for FuseExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FuseExport")
+            .field("mounted", &self.session.is_some())
+            .field("mountpoint", &self.mountpoint)
+            .field("file", &self.file)
+            .finish()
+    }
 }
 
 impl FuseExport {

@@ -55,9 +55,9 @@ pub enum LoopError {
     /// Opening a file or device failed.
     #[error("open {path}: {source}")]
     Open {
-        /// Path.
+        /// The file or device that did not open.
         path: PathBuf,
-        /// Cause.
+        /// The OS error of the open.
         source: std::io::Error,
     },
     /// `LOOP_CONFIGURE` failed.
@@ -65,7 +65,7 @@ pub enum LoopError {
     Configure {
         /// Loop device.
         path: PathBuf,
-        /// Cause.
+        /// The OS error of `LOOP_CONFIGURE`.
         source: std::io::Error,
     },
     /// The device is still open elsewhere (mounted or held open).
@@ -76,7 +76,7 @@ pub enum LoopError {
     Detach {
         /// Loop device.
         path: PathBuf,
-        /// Cause.
+        /// The OS error of `LOOP_CLR_FD`.
         source: std::io::Error,
     },
 }

@@ -18,15 +18,16 @@ use std::time::{Duration, Instant};
 /// Errors of the device-mapper naming layer.
 #[derive(Debug, thiserror::Error)]
 pub enum MapperError {
-    /// A device-mapper call failed.
+    /// A device-mapper ioctl (create, load, resume, remove, info, status) failed.
+    #[cfg(feature = "devicemapper")]
     #[error("device-mapper: {0}")]
-    Dm(String),
+    Dm(#[source] devicemapper::DmError),
     /// Creating or removing the `/dev/mapper` node failed.
     #[error("{path}: {source}")]
     Node {
         /// Node path.
         path: PathBuf,
-        /// Cause.
+        /// Why `mknod` (or the removal) failed.
         source: std::io::Error,
     },
 }
@@ -91,6 +92,7 @@ pub fn dm_uuid(name: &str, volume_type: Option<&str>, volume_uuid: Option<&str>)
 }
 
 /// A `/dev/mapper/NAME` linear device (present only when device-mapper exists).
+#[derive(Debug)]
 pub struct MapperDevice {
     #[cfg_attr(not(feature = "devicemapper"), allow(dead_code))]
     name: String,
@@ -137,7 +139,7 @@ impl MapperDevice {
         readonly: bool,
     ) -> Result<Option<Self>, MapperError> {
         use devicemapper::{DevId, DmFlags, DmName, DmOptions, DmUuid, DM};
-        let e = |x: devicemapper::DmError| MapperError::Dm(x.to_string());
+        let e = MapperError::Dm;
         let dm = DM::new().map_err(e)?;
         let dm_name = DmName::new(name).map_err(e)?;
         let dm_uuid = DmUuid::new(uuid).map_err(e)?;
@@ -213,7 +215,7 @@ impl MapperDevice {
         #[cfg(feature = "devicemapper")]
         {
             use devicemapper::{DevId, DmName, DmOptions, DM};
-            let e = |x: devicemapper::DmError| MapperError::Dm(x.to_string());
+            let e = MapperError::Dm;
             let dm = DM::new().map_err(e)?;
             let id = DevId::Name(DmName::new(&self.name).map_err(e)?);
             let mut tries = 0;
@@ -265,7 +267,7 @@ pub fn query(name: &str) -> Result<Option<DmDeviceState>, MapperError> {
 #[cfg(feature = "devicemapper")]
 fn query_dm(name: &str) -> Result<Option<DmDeviceState>, MapperError> {
     use devicemapper::{DevId, DmFlags, DmName, DmOptions, DM};
-    let e = |x: devicemapper::DmError| MapperError::Dm(x.to_string());
+    let e = MapperError::Dm;
     let dm = DM::new().map_err(e)?;
     let id = DevId::Name(DmName::new(name).map_err(e)?);
     let Ok(info) = dm.device_info(&id) else {
@@ -317,7 +319,7 @@ pub fn remove_stale(name: &str) -> Result<StaleRemoval, MapperError> {
 #[cfg(feature = "devicemapper")]
 fn remove_stale_dm(name: &str) -> Result<StaleRemoval, MapperError> {
     use devicemapper::{DevId, DmFlags, DmName, DmOptions, DM};
-    let e = |x: devicemapper::DmError| MapperError::Dm(x.to_string());
+    let e = MapperError::Dm;
     let dm = DM::new().map_err(e)?;
     let id = DevId::Name(DmName::new(name).map_err(e)?);
     udev_settle(Duration::from_secs(10));

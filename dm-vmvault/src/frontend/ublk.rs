@@ -41,17 +41,57 @@ pub enum UblkError {
     /// `/dev/ublk-control` is missing (no `ublk_drv`).
     #[error("ublk is not available: /dev/ublk-control is missing (modprobe ublk_drv)")]
     Unavailable,
-    /// The driver refused a control command or the server failed to start.
-    #[error("ublk: {0}")]
-    Start(String),
-    /// Stopping the device failed.
-    #[error("ublk: stop /dev/ublkb{id}: {msg}")]
+    /// The driver refused a control command while the device was added or started.
+    #[error("ublk: {what}: {source}")]
+    Call {
+        /// The command (`ADD_DEV`, `START_DEV`).
+        what: &'static str,
+        /// The driver's (or libublk's) error.
+        #[source]
+        source: CallError,
+    },
+    /// The thread serving the device could not be started.
+    #[error("ublk: spawn server thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The server thread ended without saying whether the device started.
+    #[error("ublk: server thread ended early")]
+    ServerEnded,
+    /// The device was added but the kernel shows no disk for it.
+    #[error("ublk: /sys/block/ublkb{0} is missing")]
+    NoDisk(u32),
+    /// `STOP_DEV` failed; the device still serves.
+    #[error("ublk: stop /dev/ublkb{id}: STOP_DEV: {source}")]
     Stop {
         /// Device id.
         id: u32,
-        /// What failed.
-        msg: String,
+        /// The driver's (or libublk's) error.
+        #[source]
+        source: CallError,
     },
+}
+
+/// Why a libublk call failed: the OS error where libublk carries an errno or an I/O
+/// error, else libublk's own error.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The driver or io_uring returned this errno, or an I/O call failed.
+    #[error(transparent)]
+    Os(std::io::Error),
+    /// Any other libublk failure (json, queue down, invalid value, timeout).
+    #[error(transparent)]
+    Ublk(libublk::UblkError),
+}
+
+impl From<libublk::UblkError> for CallError {
+    fn from(e: libublk::UblkError) -> Self {
+        match e {
+            libublk::UblkError::OtherError(c) | libublk::UblkError::UringIOError(c) => {
+                CallError::Os(std::io::Error::from_raw_os_error(-c))
+            }
+            libublk::UblkError::IOError(e) => CallError::Os(e),
+            e => CallError::Ublk(e),
+        }
+    }
 }
 
 /// Whether ublk can be used: `/dev/ublk-control` exists. When it does not, one cheap
@@ -120,6 +160,7 @@ impl Default for UblkOptions {
 }
 
 /// A started ublk device serving one volume.
+#[derive(Debug)]
 pub struct UblkDevice {
     id: u32,
     path: PathBuf,
@@ -127,14 +168,9 @@ pub struct UblkDevice {
     server: Option<std::thread::JoinHandle<()>>,
 }
 
+/// `what: error` for log lines.
 fn ublk_err(what: &str, e: libublk::UblkError) -> String {
-    match e {
-        libublk::UblkError::OtherError(c) | libublk::UblkError::UringIOError(c) => {
-            format!("{what}: {}", std::io::Error::from_raw_os_error(-c))
-        }
-        libublk::UblkError::IOError(e) => format!("{what}: {e}"),
-        e => format!("{what}: {e}"),
-    }
+    format!("{what}: {}", CallError::from(e))
 }
 
 impl UblkDevice {
@@ -145,20 +181,20 @@ impl UblkDevice {
         if !Path::new("/dev/ublk-control").exists() {
             return Err(UblkError::Unavailable);
         }
-        let (tx, rx) = mpsc::channel::<Result<u32, String>>();
+        let (tx, rx) = mpsc::channel::<Result<u32, UblkError>>();
         let server = std::thread::Builder::new()
             .name("vmvault-ublk".into())
             .spawn(move || serve(engine, opts, tx))
-            .map_err(|e| UblkError::Start(format!("spawn server thread: {e}")))?;
+            .map_err(UblkError::Spawn)?;
         let id = match rx.recv() {
             Ok(Ok(id)) => id,
-            Ok(Err(msg)) => {
+            Ok(Err(e)) => {
                 let _ = server.join();
-                return Err(UblkError::Start(msg));
+                return Err(e);
             }
             Err(_) => {
                 let _ = server.join();
-                return Err(UblkError::Start("server thread ended early".into()));
+                return Err(UblkError::ServerEnded);
             }
         };
         let path = PathBuf::from(format!("/dev/ublkb{id}"));
@@ -172,7 +208,7 @@ impl UblkDevice {
             Some(d) => dev.dev = d,
             None => {
                 let _ = dev.stop_inner();
-                return Err(UblkError::Start(format!("/sys/block/ublkb{id} is missing")));
+                return Err(UblkError::NoDisk(id));
             }
         }
         // udev (or devtmpfs) makes the node; make it ourselves if neither has.
@@ -217,14 +253,46 @@ impl UblkDevice {
         // A control handle of our own (libublk's control ring is per thread): STOP_DEV.
         let stopped = UblkCtrl::new_simple(self.id as i32)
             .and_then(|c| c.kill_dev())
-            .map_err(|e| ublk_err("STOP_DEV", e));
-        if let Err(msg) = stopped {
+            .map_err(CallError::from);
+        if let Err(source) = stopped {
             // Leave the server running: the device still serves the volume.
             self.server = Some(server);
-            return Err(UblkError::Stop { id: self.id, msg });
+            return Err(UblkError::Stop {
+                id: self.id,
+                source,
+            });
         }
         let _ = server.join();
         Ok(())
+    }
+}
+
+impl super::BlockFrontend for UblkDevice {
+    fn kind(&self) -> super::FrontendKind {
+        super::FrontendKind::Ublk
+    }
+
+    fn device(&self) -> &Path {
+        &self.path
+    }
+
+    fn dev_numbers(&self) -> (u32, u32) {
+        self.dev
+    }
+
+    fn direct_io(&self) -> bool {
+        false
+    }
+
+    /// Stops the device; it is kept (still serving) if that fails.
+    fn close(mut self: Box<Self>) -> Result<(), super::CloseFailed> {
+        match self.stop() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(super::CloseFailed {
+                kept: Some(self),
+                error: e.into(),
+            }),
+        }
     }
 }
 
@@ -281,7 +349,7 @@ fn params(engine: &IoEngine, discards: bool, max_io_buf_bytes: u32) -> sys::ublk
 
 /// The server thread: add the device, run the queues until the device stops, delete it
 /// (dropping the control handle deletes a device it added).
-fn serve(engine: Arc<IoEngine>, opts: UblkOptions, tx: mpsc::Sender<Result<u32, String>>) {
+fn serve(engine: Arc<IoEngine>, opts: UblkOptions, tx: mpsc::Sender<Result<u32, UblkError>>) {
     let ctrl = match UblkCtrlBuilder::default()
         .name(TARGET_NAME)
         .id(-1)
@@ -294,7 +362,10 @@ fn serve(engine: Arc<IoEngine>, opts: UblkOptions, tx: mpsc::Sender<Result<u32, 
     {
         Ok(c) => c,
         Err(e) => {
-            let _ = tx.send(Err(ublk_err("ADD_DEV", e)));
+            let _ = tx.send(Err(UblkError::Call {
+                what: "ADD_DEV",
+                source: e.into(),
+            }));
             return;
         }
     };
@@ -312,7 +383,10 @@ fn serve(engine: Arc<IoEngine>, opts: UblkOptions, tx: mpsc::Sender<Result<u32, 
     };
     if let Err(e) = ctrl.run_target(tgt_init, q_fn, device_fn) {
         // If the device had started, the opener already has its id and ignores this.
-        let _ = tx.send(Err(ublk_err("START_DEV", e)));
+        let _ = tx.send(Err(UblkError::Call {
+            what: "START_DEV",
+            source: e.into(),
+        }));
     }
     drop(ctrl);
 }
@@ -326,7 +400,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, engine: &IoEngine) {
     {
         Ok(q) => q,
         Err(e) => {
-            eprintln!("vmvaultd: ublk queue {qid}: {}", ublk_err("fetch", e));
+            tracing::error!("ublk queue {qid}: {}", ublk_err("fetch", e));
             return;
         }
     };
