@@ -50,11 +50,15 @@ fn overlong_request_line_is_refused_and_the_connection_closed() {
             && line.contains("longer than 65536"),
         "answer to an overlong line: {line:?}"
     );
-    // And the connection is closed: EOF, not a timeout.
+    // And the connection is closed: EOF, not a timeout. ECONNRESET is a close too: the
+    // kernel resets an AF_UNIX peer whose socket was closed with unread data in it, and
+    // the writer above may still have been sending when the daemon closed.
     let mut rest = Vec::new();
     let r = (&s).read_to_end(&mut rest);
     assert!(
-        r.is_ok(),
+        r.is_ok()
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
         "connection not closed after an overlong line: {r:?}"
     );
     let _ = writer.join();
