@@ -25,6 +25,9 @@ pub enum ActivationError {
     /// The device is too small or its size does not fit the segment.
     #[error("{0}")]
     Geometry(String),
+    /// The header's cipher or key size is not one the protocol can carry.
+    #[error(transparent)]
+    Type(#[from] vmvault_proto::TypeError),
 }
 
 impl HasExitCode for ActivationError {
@@ -69,8 +72,7 @@ fn typed_cipher(cipher: &str, key_bytes: u32) -> Result<(CipherSpec, KeySize), A
         return Err(bad_key());
     }
     let key = KeySize::from_bytes(key_bytes as usize).map_err(|_| bad_key())?;
-    let cipher =
-        CipherSpec::parse(cipher).map_err(|e| ActivationError::Unsupported(e.to_string()))?;
+    let cipher = CipherSpec::parse(cipher)?;
     Ok((cipher, key))
 }
 

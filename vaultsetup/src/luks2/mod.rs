@@ -20,14 +20,36 @@ pub enum Luks2Error {
         #[source]
         source: BothBad,
     },
-    /// The JSON metadata does not parse.
-    #[error("LUKS2 JSON metadata of the {copy} header is invalid: {why}")]
+    /// The JSON metadata is not JSON, or not LUKS2's schema.
+    #[error("LUKS2 JSON metadata of the {copy} header is invalid: {source}{}", also(*other_bad))]
+    JsonSyntax {
+        /// Which copy.
+        copy: header::Copy,
+        /// The other copy is invalid too.
+        other_bad: bool,
+        /// The parser's error (line, column, what it expected).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The JSON metadata parses but breaks a rule of LUKS2 (overlapping areas, unknown
+    /// references, values out of range).
+    #[error("LUKS2 JSON metadata of the {copy} header is invalid: {why}{}", also(*other_bad))]
     Json {
         /// Which copy.
         copy: header::Copy,
-        /// Details.
+        /// The other copy is invalid too.
+        other_bad: bool,
+        /// Which rule it breaks.
         why: String,
     },
+}
+
+fn also(other_bad: bool) -> &'static str {
+    if other_bad {
+        " (and the other copy is invalid too)"
+    } else {
+        ""
+    }
 }
 
 impl HasExitCode for Luks2Error {
@@ -50,10 +72,18 @@ pub struct Luks2Header {
 }
 
 fn parse_json(b: &BinHeader) -> Result<(Metadata, serde_json::Value), Luks2Error> {
-    let err = |why: String| Luks2Error::Json { copy: b.copy, why };
-    let meta = Metadata::parse(&b.json).map_err(|e| err(e.to_string()))?;
-    meta.validate(b.hdr_size).map_err(|e| err(e.0))?;
-    let raw = serde_json::from_str(&b.json).map_err(|e| err(e.to_string()))?;
+    let syntax = |source| Luks2Error::JsonSyntax {
+        copy: b.copy,
+        other_bad: false,
+        source,
+    };
+    let meta = Metadata::parse(&b.json).map_err(syntax)?;
+    meta.validate(b.hdr_size).map_err(|e| Luks2Error::Json {
+        copy: b.copy,
+        other_bad: false,
+        why: e.0,
+    })?;
+    let raw = serde_json::from_str(&b.json).map_err(syntax)?;
     Ok((meta, raw))
 }
 
@@ -77,7 +107,10 @@ impl Luks2Header {
                 let Some(other) = pair.other else {
                     return Err(first);
                 };
-                let (meta, raw) = parse_json(&other).map_err(|_| first.clone_msg())?;
+                let (meta, raw) = match parse_json(&other) {
+                    Ok(parsed) => parsed,
+                    Err(_) => return Err(first.with_other_bad()),
+                };
                 notes.push(format!(
                     "{first}; using the {} header instead. Run `cryptsetup repair`.",
                     other.copy
@@ -94,17 +127,13 @@ impl Luks2Header {
 }
 
 impl Luks2Error {
-    fn clone_msg(&self) -> Self {
-        match self {
-            Self::Json { copy, why } => Self::Json {
-                copy: *copy,
-                why: format!("{why} (and the other copy is invalid too)"),
-            },
-            Self::BothBad { device, source } => Self::BothBad {
-                device: device.clone(),
-                source: source.clone(),
-            },
+    /// The same error, saying that the other header copy is invalid too.
+    fn with_other_bad(mut self) -> Self {
+        match &mut self {
+            Self::Json { other_bad, .. } | Self::JsonSyntax { other_bad, .. } => *other_bad = true,
+            Self::BothBad { .. } => {}
         }
+        self
     }
 }
 
