@@ -42,6 +42,24 @@ pub enum VolumeError {
     /// of this daemon's own devices.
     #[error("{0}")]
     Device(String),
+    /// The backing device could not be opened.
+    #[error("Device {} does not exist or access denied: {source}", path.display())]
+    OpenBacking {
+        /// The backing device as the request names it.
+        path: PathBuf,
+        /// Why open(2) failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backing device could not be examined.
+    #[error("Cannot stat device {}: {source}", path.display())]
+    StatBacking {
+        /// The backing device as the request names it.
+        path: PathBuf,
+        /// Why fstat(2) failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// The size of the backing device could not be read.
     #[error(transparent)]
     BackingSize(std::io::Error),
@@ -76,9 +94,11 @@ impl VolumeError {
     pub fn code(&self) -> ExitCode {
         match self {
             VolumeError::Exists(_) | VolumeError::Busy(_) => ExitCode::Busy,
-            VolumeError::NotActive(_) | VolumeError::Device(_) | VolumeError::BackingSize(_) => {
-                ExitCode::WrongDevice
-            }
+            VolumeError::NotActive(_)
+            | VolumeError::Device(_)
+            | VolumeError::OpenBacking { .. }
+            | VolumeError::StatBacking { .. }
+            | VolumeError::BackingSize(_) => ExitCode::WrongDevice,
             VolumeError::BadArgs(_) | VolumeError::Geometry(_) => ExitCode::WrongParameters,
             VolumeError::Key(KeyError::Memory(_)) => ExitCode::OutOfMemory,
             VolumeError::Key(_) => ExitCode::NoPermission,
@@ -165,8 +185,9 @@ fn check_backing(
     mnt_root: &Path,
     own_devices: &[(u32, u32)],
 ) -> Result<PathBuf, VolumeError> {
-    let md = file.metadata().map_err(|e| {
-        VolumeError::Device(format!("Cannot stat device {}: {e}", req.backing.display()))
+    let md = file.metadata().map_err(|source| VolumeError::StatBacking {
+        path: req.backing.clone(),
+        source,
     })?;
     let ft = md.file_type();
     if !ft.is_file() && !ft.is_block_device() {
@@ -293,11 +314,9 @@ fn open_backing(req: &OpenRequest, backing_fd: Option<File>) -> Result<File, Vol
             .write(!req.readonly)
             .custom_flags(libc::O_CLOEXEC)
             .open(&req.backing)
-            .map_err(|e| {
-                VolumeError::Device(format!(
-                    "Device {} does not exist or access denied: {e}",
-                    req.backing.display()
-                ))
+            .map_err(|source| VolumeError::OpenBacking {
+                path: req.backing.clone(),
+                source,
             }),
     }
 }
