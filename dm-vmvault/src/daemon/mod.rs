@@ -264,7 +264,7 @@ impl Daemon {
                 .insert(name.to_string(), (v.devices(), v.status()));
             v
         };
-        *users = v.users();
+        *users = v.lasting_users();
         let r = if users.is_empty() {
             v.close()
         } else {

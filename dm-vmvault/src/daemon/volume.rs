@@ -599,6 +599,22 @@ impl Volume {
         users
     }
 
+    /// [`Volume::users`], looked at again, for up to half a second, while it finds any:
+    /// a process that holds a device for a moment (udev probing it after a change,
+    /// another process's loop attach that lost its race for the device) is no user to
+    /// refuse a close for. A mount or an open descriptor stays, and is reported.
+    pub fn lasting_users(&self) -> Vec<String> {
+        let mut users = self.users();
+        for _ in 0..5 {
+            if users.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            users = self.users();
+        }
+        users
+    }
+
     /// Fails with `Busy` when anything uses the volume's devices (see [`Volume::users`]).
     pub fn check_unused(&self) -> Result<(), VolumeError> {
         if self.users().is_empty() {

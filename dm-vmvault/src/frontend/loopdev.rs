@@ -121,8 +121,26 @@ impl LoopDevice {
                 .custom_flags(flags)
                 .open(file)
         };
+        // The backing file is opened before a loop device is picked (with O_DIRECT,
+        // and without it as the fallback), so the window between taking a free device
+        // and configuring it is two syscalls: while another process holds an fd of a
+        // device it then fails to configure (EBUSY), that device's owner sees it as a
+        // user, and its close is refused as busy.
+        let mut backings = Vec::new();
+        for direct in [true, false] {
+            match open_backing(direct) {
+                Ok(f) => backings.push((direct, f)),
+                Err(_) if direct => {}
+                Err(source) => {
+                    return Err(LoopError::Open {
+                        path: file.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        }
         let mut last = None;
-        for attempt in 0..16 {
+        for _attempt in 0..16 {
             let n = ioctl_arg(&ctl, LOOP_CTL_GET_FREE, 0).map_err(LoopError::NoFree)? as u32;
             let path = PathBuf::from(format!("/dev/loop{n}"));
             let dev = OpenOptions::new()
@@ -134,18 +152,9 @@ impl LoopDevice {
                     path: path.clone(),
                     source,
                 })?;
-            for direct in [true, false] {
-                let backing = match open_backing(direct) {
-                    Ok(f) => f,
-                    Err(_) if direct => continue,
-                    Err(source) => {
-                        return Err(LoopError::Open {
-                            path: file.to_path_buf(),
-                            source,
-                        })
-                    }
-                };
-                match configure(&dev, &backing, file, readonly, block_size, direct) {
+            for (direct, backing) in &backings {
+                let direct = *direct;
+                match configure(&dev, backing, file, readonly, block_size, direct) {
                     Ok(()) => {
                         let direct_io =
                             std::fs::read_to_string(format!("/sys/block/loop{n}/loop/dio"))
@@ -167,7 +176,6 @@ impl LoopDevice {
                     Err(source) => return Err(LoopError::Configure { path, source }),
                 }
             }
-            let _ = attempt;
         }
         Err(LoopError::Configure {
             path: PathBuf::from("/dev/loop-control"),
