@@ -29,10 +29,15 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
+# One request on a fresh connection, after the hello (vmvault-proto's VERSION).
 ctl() { python3 - "$RUN/control" "$1" <<'PY'
-import socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
-s.sendall(sys.argv[2].encode() + b"\n"); print(s.makefile().readline().strip())
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile()
+s.sendall(b'{"cmd":"hello","version":1}\n')
+hello = json.loads(f.readline())
+if hello.get("result") != "ok":
+    sys.exit(f"vmvaultd refused the hello: {hello}")
+s.sendall(sys.argv[2].encode() + b"\n"); print(f.readline().strip())
 PY
 }
 fio_all() { # $1 label, $2 device
@@ -63,8 +68,8 @@ for b in kvm soft; do
   fallocate -l ${SIZE_MIB}M "$W/vv-$b.img"
   serial=$(head -c 64 /dev/urandom | keyctl padd user "vmvault-fio-$b-$$" @u)
   keyctl setperm "$serial" 0x3f030000
-  r=$(ctl "{\"cmd\":\"open\",\"name\":\"fio-$b\",\"backing\":\"$W/vv-$b.img\",\"cipher\":\"aes-xts-plain64\",\"key_size\":512,\"sector_size\":4096,\"offset\":32768,\"key_serial\":$serial,\"backend\":\"$b\"}")
-  dev=$(python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(r['status']['device']) if r['ok'] else sys.exit(r['error'])" "$r")
+  r=$(ctl "{\"cmd\":\"open\",\"name\":\"fio-$b\",\"backing\":\"$W/vv-$b.img\",\"cipher\":\"aes-xts-plain64\",\"key_size\":512,\"sector_size\":4096,\"offset\":32768,\"iv_offset\":0,\"iv_large_sectors\":false,\"size\":null,\"key_serial\":$serial,\"backend\":\"$b\",\"frontend\":\"auto\"}")
+  dev=$(python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(r['reply']['device']) if r['result'] == 'ok' else sys.exit(r['error'])" "$r")
   fio_all "vmvault-$b" "$dev" | tee -a "$RES"
   ctl "{\"cmd\":\"close\",\"name\":\"fio-$b\"}" >/dev/null
 done

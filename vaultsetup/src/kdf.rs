@@ -217,12 +217,12 @@ pub enum Kdf {
         hash: Hash,
         /// Iteration count.
         iterations: u32,
-        /// Salt.
+        /// The keyslot's salt.
         salt: Vec<u8>,
     },
     /// Argon2 (version 0x13).
     Argon2 {
-        /// Variant.
+        /// Argon2i or Argon2id.
         variant: Argon2Variant,
         /// Time cost (passes).
         time: u32,
@@ -230,7 +230,7 @@ pub enum Kdf {
         memory_kib: u32,
         /// Parallel lanes.
         lanes: u32,
-        /// Salt.
+        /// The keyslot's salt.
         salt: Vec<u8>,
     },
 }

@@ -30,7 +30,7 @@ pub enum FuseError {
     /// Creating the mountpoint or mounting failed.
     #[error("mount {path}: {source}")]
     Mount {
-        /// Mountpoint.
+        /// Where the export is (or was to be) mounted.
         path: PathBuf,
         /// Why creating the mountpoint or the FUSE mount failed.
         source: std::io::Error,
@@ -38,7 +38,7 @@ pub enum FuseError {
     /// Unmounting failed.
     #[error("unmount {path}: {source}")]
     Unmount {
-        /// Mountpoint.
+        /// Where the export is (or was to be) mounted.
         path: PathBuf,
         /// Why the (lazy) unmount failed while the export stayed mounted.
         source: std::io::Error,

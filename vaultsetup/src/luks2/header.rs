@@ -93,15 +93,15 @@ pub struct BinHeader {
     pub hdr_size: u64,
     /// Sequence id (epoch).
     pub seqid: u64,
-    /// Label.
+    /// The volume label (`--label`), up to 47 bytes.
     pub label: String,
     /// Checksum algorithm name.
     pub checksum_alg: String,
-    /// Salt.
+    /// The header checksum's salt (64 random bytes).
     pub salt: [u8; 64],
-    /// UUID.
+    /// The volume UUID as text (what `UUID=` and udev see).
     pub uuid: String,
-    /// Subsystem.
+    /// The subsystem label (`--subsystem`), up to 47 bytes.
     pub subsystem: String,
     /// Offset of this header on the device.
     pub hdr_offset: u64,

@@ -37,7 +37,7 @@ pub struct Metadata {
     pub segments: BTreeMap<String, Segment>,
     /// Digests by id.
     pub digests: BTreeMap<String, Digest>,
-    /// Config.
+    /// Header sizes and persistent flags (`config`).
     pub config: Config,
 }
 
@@ -53,7 +53,7 @@ pub struct Keyslot {
     pub af: Option<Af>,
     /// Binary area.
     pub area: Area,
-    /// KDF.
+    /// The keyslot's key derivation (absent for keyslots of other types).
     pub kdf: Option<KdfJson>,
     /// Priority: 0 ignore, 1 normal, 2 high.
     pub priority: Option<u8>,
@@ -65,9 +65,9 @@ pub struct Af {
     /// "luks1".
     #[serde(rename = "type")]
     pub kind: String,
-    /// Stripes.
+    /// Anti-forensic stripes of the area (4000 for LUKS2).
     pub stripes: u32,
-    /// Hash.
+    /// Hash of the anti-forensic diffusion (`sha256`, ...).
     pub hash: String,
 }
 
@@ -94,9 +94,9 @@ pub enum KdfJson {
     /// PBKDF2.
     #[serde(rename = "pbkdf2")]
     Pbkdf2 {
-        /// Hash.
+        /// PBKDF2's hash (`sha256`, ...).
         hash: String,
-        /// Iterations.
+        /// PBKDF2 iterations.
         iterations: u32,
         /// Base64 salt.
         salt: String,
@@ -108,7 +108,7 @@ pub enum KdfJson {
         time: u32,
         /// Memory KiB.
         memory: u32,
-        /// Lanes.
+        /// Argon2 lanes (`cpus` in the JSON).
         cpus: u32,
         /// Base64 salt.
         salt: String,
@@ -120,7 +120,7 @@ pub enum KdfJson {
         time: u32,
         /// Memory KiB.
         memory: u32,
-        /// Lanes.
+        /// Argon2 lanes (`cpus` in the JSON).
         cpus: u32,
         /// Base64 salt.
         salt: String,
@@ -174,7 +174,7 @@ pub struct Segment {
     pub kind: String,
     /// Byte offset.
     pub offset: U64Str,
-    /// Size.
+    /// Length of the segment: bytes, or `dynamic` (to the end of the device).
     pub size: SegmentSize,
     /// IV tweak (crypt).
     pub iv_tweak: Option<U64Str>,
@@ -184,7 +184,7 @@ pub struct Segment {
     pub sector_size: Option<u32>,
     /// Integrity object, if any (kept opaque).
     pub integrity: Option<serde_json::Value>,
-    /// Flags.
+    /// Segment flags (e.g. reencryption markers).
     pub flags: Option<Vec<String>>,
 }
 
@@ -198,9 +198,9 @@ pub struct Digest {
     pub keyslots: Vec<String>,
     /// Segment ids.
     pub segments: Vec<String>,
-    /// Hash.
+    /// The digest's hash (pbkdf2 digests).
     pub hash: Option<String>,
-    /// Iterations.
+    /// The digest's PBKDF2 iterations.
     pub iterations: Option<u32>,
     /// Base64 salt.
     pub salt: Option<String>,
@@ -217,7 +217,7 @@ pub struct Config {
     pub keyslots_size: U64Str,
     /// Persistent flags.
     pub flags: Option<Vec<String>>,
-    /// Requirements.
+    /// Features a reader must support to use the volume (`mandatory`).
     pub requirements: Option<Requirements>,
 }
 

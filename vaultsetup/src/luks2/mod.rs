@@ -16,7 +16,7 @@ pub enum Luks2Error {
     BothBad {
         /// Device name.
         device: String,
-        /// Details.
+        /// What is wrong with each copy.
         #[source]
         source: BothBad,
     },
