@@ -91,7 +91,12 @@ fn self_test() -> bool {
         let spec = CipherSpec::parse(k.spec).unwrap();
         let large = k.name.contains("iv_large");
         let geom = Geometry::new(k.sector_size, large, 0).unwrap();
-        for backend in [Backend::Soft, Backend::AesNi, Backend::Vaes512] {
+        for backend in [
+            Backend::Soft,
+            Backend::AesNi,
+            Backend::Vaes256,
+            Backend::Vaes512,
+        ] {
             let Some(c) = SectorCipher::with_backend(spec, &hex(&k.key), backend).unwrap() else {
                 continue;
             };
@@ -150,7 +155,12 @@ fn main() {
         .collect();
     let g = Geometry::new(4096, false, 0).unwrap();
     let xts = CipherSpec::parse("aes-xts-plain64").unwrap();
-    for backend in [Backend::Vaes512, Backend::AesNi, Backend::Soft] {
+    for backend in [
+        Backend::Vaes512,
+        Backend::Vaes256,
+        Backend::AesNi,
+        Backend::Soft,
+    ] {
         let Some(c) = SectorCipher::with_backend(xts, &key, backend).unwrap() else {
             continue;
         };

@@ -84,6 +84,8 @@ pub mod selftest_aux {
     pub const AESNI: u64 = 1;
     /// VAES with AVX-512.
     pub const VAES512: u64 = 2;
+    /// VAES with AVX2 (256-bit registers).
+    pub const VAES256: u64 = 3;
 }
 
 /// The request handler over a slot table, a data window and a transfer page.
@@ -460,6 +462,7 @@ pub fn selftest() -> (u32, u64) {
     ok &= buf.iter().all(|&b| b == 0);
     let backend = match c.backend_name() {
         "vaes512" => selftest_aux::VAES512,
+        "vaes256" => selftest_aux::VAES256,
         "aesni" => selftest_aux::AESNI,
         _ => selftest_aux::SOFT,
     };

@@ -15,7 +15,12 @@ fn hex_str(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-const BACKENDS: [Backend; 3] = [Backend::Soft, Backend::AesNi, Backend::Vaes512];
+const BACKENDS: [Backend; 4] = [
+    Backend::Soft,
+    Backend::AesNi,
+    Backend::Vaes256,
+    Backend::Vaes512,
+];
 
 /// Every cipher this CPU can run for `spec` and `key`, one per backend.
 fn ciphers(spec: &str, key: &[u8]) -> Vec<SectorCipher> {

@@ -85,7 +85,7 @@ pub struct VaultStats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SelftestReport {
     /// The AES implementation the engine uses inside the vault (`soft`, `aesni`,
-    /// `vaes512`).
+    /// `vaes256`, `vaes512`).
     pub engine_backend: &'static str,
 }
 
@@ -222,6 +222,7 @@ impl Vault {
         }
         let engine_backend = match backend {
             vault_vm::service::selftest_aux::VAES512 => "vaes512",
+            vault_vm::service::selftest_aux::VAES256 => "vaes256",
             vault_vm::service::selftest_aux::AESNI => "aesni",
             _ => "soft",
         };

@@ -24,7 +24,8 @@
 //! Backends ([`Backend`], chosen once per [`SectorCipher::new`] from a cached
 //! `cpuid`/`xgetbv` probe, no OS calls): `vaes512` (VAES + VPCLMULQDQ + AVX-512F, 32
 //! blocks in flight, tweaks computed 4 lanes at a time with carry-less multiplies),
-//! `aesni` (8 blocks in flight), and `soft` (the `aes` crate: constant-time fixslice
+//! `vaes256` (VAES + VPCLMULQDQ on AVX2's 256-bit registers, 16 blocks in flight, for
+//! CPUs without AVX-512), `aesni` (8 blocks in flight), and `soft` (the `aes` crate: constant-time fixslice
 //! software AES where AES-NI is missing). CBC encryption is serial within a sector, so
 //! the hardware backends run several sectors of a buffer side by side. Nothing allocates.
 //!
@@ -46,6 +47,7 @@ mod ni;
 mod regs;
 mod soft;
 mod vaes;
+mod vaes256;
 
 pub use regs::{clear_vector_registers, VectorState};
 
@@ -244,10 +246,34 @@ pub enum Backend {
     AesNi,
     /// VAES + VPCLMULQDQ + AVX-512F on 512-bit registers, 16 blocks in flight.
     Vaes512,
+    /// VAES + VPCLMULQDQ + AVX2 on 256-bit registers, 16 blocks in flight (CPUs with
+    /// VAES but no AVX-512, such as AMD Zen 3).
+    Vaes256,
 }
 
 cpufeatures::new!(cpu_aesni, "aes", "sse2");
 cpufeatures::new!(cpu_vaes512, "aes", "sse2", "avx512f", "vaes", "vpclmulqdq");
+// cpufeatures 0.2 ties "vaes" and "vpclmulqdq" to OS zmm state, which a CPU without
+// AVX-512 never has: the two CPUID bits are read directly (see `vaes256_available`).
+cpufeatures::new!(cpu_avx2_aes, "aes", "sse2", "avx", "avx2");
+
+/// VAES and VPCLMULQDQ (CPUID leaf 7, subleaf 0, ECX bits 9 and 10) with AES-NI, AVX2
+/// and OS-enabled ymm state (the `avx2` check of cpufeatures runs `xgetbv`). Cached.
+fn vaes256_available() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    static CACHE: AtomicU8 = AtomicU8::new(0);
+    match CACHE.load(Ordering::Relaxed) {
+        1 => return false,
+        2 => return true,
+        _ => {}
+    }
+    let yes = cpu_avx2_aes::get() && {
+        let bits = (1 << 9) | (1 << 10);
+        core::arch::x86_64::__cpuid_count(7, 0).ecx & bits == bits
+    };
+    CACHE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+    yes
+}
 
 impl Backend {
     /// Whether this CPU (and its OS-enabled register state) can run the backend.
@@ -257,6 +283,7 @@ impl Backend {
             Backend::Soft => true,
             Backend::AesNi => cpu_aesni::get(),
             Backend::Vaes512 => cpu_vaes512::get(),
+            Backend::Vaes256 => vaes256_available(),
         }
     }
 
@@ -264,6 +291,8 @@ impl Backend {
     pub fn best() -> Backend {
         if Backend::Vaes512.is_available() {
             Backend::Vaes512
+        } else if Backend::Vaes256.is_available() {
+            Backend::Vaes256
         } else if Backend::AesNi.is_available() {
             Backend::AesNi
         } else {
@@ -271,12 +300,13 @@ impl Backend {
         }
     }
 
-    /// A short name: `soft`, `aesni` or `vaes512`.
+    /// A short name: `soft`, `aesni`, `vaes256` or `vaes512`.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Soft => "soft",
             Backend::AesNi => "aesni",
             Backend::Vaes512 => "vaes512",
+            Backend::Vaes256 => "vaes256",
         }
     }
 }
@@ -288,6 +318,8 @@ pub struct CpuFeatures {
     pub aesni: bool,
     /// VAES, VPCLMULQDQ and AVX-512F with the OS saving zmm state.
     pub vaes512: bool,
+    /// VAES, VPCLMULQDQ and AVX2 with the OS saving ymm state.
+    pub vaes256: bool,
 }
 
 /// Reports the CPU features the engine detected (cached after the first call).
@@ -295,6 +327,7 @@ pub fn cpu_features() -> CpuFeatures {
     CpuFeatures {
         aesni: Backend::AesNi.is_available(),
         vaes512: Backend::Vaes512.is_available(),
+        vaes256: Backend::Vaes256.is_available(),
     }
 }
 
@@ -418,7 +451,7 @@ impl SectorCipher {
         self.backend
     }
 
-    /// Name of the backend in use (`soft`, `aesni`, `vaes512`).
+    /// Name of the backend in use (`soft`, `aesni`, `vaes256`, `vaes512`).
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
     }
@@ -486,6 +519,12 @@ impl SectorCipher {
                 // SAFETY: the Vaes512 backend is only chosen when cpufeatures reported
                 // AES-NI, AVX-512F, VAES and VPCLMULQDQ with OS zmm support.
                 unsafe { vaes::run(&job, buf) }
+            }
+            Backend::Vaes256 => {
+                // SAFETY: the Vaes256 backend is only chosen when cpufeatures reported
+                // AES-NI, SSE2, AVX and AVX2 with OS ymm state and CPUID reported VAES
+                // and VPCLMULQDQ (`vaes256_available`).
+                unsafe { vaes256::run(&job, buf) }
             }
         }
         Ok(())

@@ -176,7 +176,7 @@ fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
 /// for every spec, key size, sector size, IV flavour and buffer length 1..=20 sectors.
 #[test]
 fn backends_agree() {
-    let backends: Vec<Backend> = [Backend::AesNi, Backend::Vaes512]
+    let backends: Vec<Backend> = [Backend::AesNi, Backend::Vaes256, Backend::Vaes512]
         .into_iter()
         .filter(|b| b.is_available())
         .collect();
@@ -241,6 +241,16 @@ fn best_backend_is_available() {
     assert!(Backend::best().is_available());
     let f = cpu_features();
     assert_eq!(f.aesni, Backend::AesNi.is_available());
+    assert_eq!(f.vaes256, Backend::Vaes256.is_available());
+    assert_eq!(f.vaes512, Backend::Vaes512.is_available());
+    // A CPU that runs the 512-bit path runs the 256-bit one (VAES on ymm needs only AVX2
+    // on top); the order of `best` keeps the 512-bit path first.
+    if f.vaes512 {
+        assert!(f.vaes256, "VAES with AVX-512 but not with AVX2");
+        assert_eq!(Backend::best(), Backend::Vaes512);
+    } else if f.vaes256 {
+        assert_eq!(Backend::best(), Backend::Vaes256);
+    }
     let c = SectorCipher::new(CipherSpec::parse("aes-ecb").unwrap(), &[0; 16]).unwrap();
     assert_eq!(c.backend(), Backend::best());
 }
