@@ -32,7 +32,7 @@
 //! Key material (round keys, tweak and ESSIV keys, the SHA-256 salt) is zeroized on drop
 //! and the per-call stack copies of round keys are overwritten before returning.
 //!
-//! Registers: the round keys live in xmm/zmm registers while a call runs and stay there
+//! Registers: the round keys live in xmm/ymm/zmm registers while a call runs and stay there
 //! afterwards. Callers clear them with [`clear_vector_registers`] at the end of each
 //! batch of requests and before the thread leaves the CPU on purpose (the vault guest
 //! before every exit, the `soft` backend after each request), so that the kernel does not

@@ -1,7 +1,7 @@
 //! Clearing the vector registers after the engine ran.
 //!
-//! The hardware backends keep round keys in xmm/zmm registers (`load_keys` of `ni` and
-//! `vaes`), and key expansion, key copies and the compiler's own block moves pass key
+//! The hardware backends keep round keys in xmm/ymm/zmm registers (`load_keys` of `ni`,
+//! `vaes256` and `vaes`), and key expansion, key copies and the compiler's own block moves pass key
 //! bytes through them too. Nothing in the normal flow of the code overwrites those
 //! registers afterwards, and whenever the thread (a vault vCPU, or a `soft` backend
 //! worker) leaves the CPU, the kernel saves them in memory: KVM in the vCPU's guest FPU
@@ -186,11 +186,38 @@ mod tests {
             );
         }
         assert_eq!(out, [0u8; 32], "xmm3/xmm15 after clear_sse");
+        // The AVX clear (what a CPU with VAES on ymm but no AVX-512 runs) also runs on an
+        // AVX-512 CPU, which has AVX.
+        if cpu_avx::get() {
+            // SAFETY: AVX with OS ymm state, as cpufeatures reported.
+            unsafe { avx_roundtrip(&k) };
+        }
         match VectorState::detect() {
             // SAFETY: AVX-512F with OS zmm state, as `detect` reported.
             VectorState::Avx512 => unsafe { avx512_roundtrip(&k) },
             VectorState::Avx | VectorState::Sse => {}
         }
+    }
+
+    #[target_feature(enable = "avx")]
+    unsafe fn avx_roundtrip(k: &[u8; 64]) {
+        let mut out = [0xffu8; 64];
+        // SAFETY: reads 32 bytes of `k`, writes 64 of `out`; AVX enabled; `clear_avx`
+        // only zeroes registers (declared clobbered), no stack use.
+        unsafe {
+            asm!(
+                "vmovdqu ymm3, [{p}]",
+                "vmovdqu ymm15, [{p}]",
+                "call {f}",
+                "vmovdqu [{o}], ymm3",
+                "vmovdqu [{o} + 32], ymm15",
+                p = in(reg) k.as_ptr(),
+                o = in(reg) out.as_mut_ptr(),
+                f = sym clear_avx,
+                clobber_abi("C"),
+            );
+        }
+        assert_eq!(out, [0u8; 64], "ymm3/ymm15 after clear_avx");
     }
 
     #[target_feature(enable = "avx,avx512f")]
