@@ -84,6 +84,41 @@ fn wipe_stack(vcpu: usize) {
     wipe_stack_below_caller(abi::stack_bottom(vcpu));
 }
 
+/// How much of the stack below `serve`'s frame the end of a batch wipes. The deepest
+/// engine call of a request is far shallower: in the release image `serve_one` takes
+/// about 6 KiB, `vaes::run` 2.3 KiB, `vaes256::run` 1.6 KiB, `ni::run` 1.2 KiB, and key
+/// import (`SectorCipher::new` 3 KiB, `AesKey::new` 4.x KiB, `expand` 0.7 KiB), which
+/// gets a whole-stack wipe anyway, reaches about 15 KiB.
+const BATCH_WIPE_DEPTH: u64 = 32 * 1024;
+// The guest stack (above its guard page) holds the batch wipe with room to spare.
+const _: () = assert!(abi::STACK_STRIDE - abi::PAGE_SIZE >= 2 * BATCH_WIPE_DEPTH);
+
+/// Zeroes at most `depth` bytes of this vCPU's stack below the caller's frame, never
+/// below `bottom`. Naked, like [`wipe_stack_below_caller`].
+#[unsafe(naked)]
+extern "C" fn wipe_stack_depth_below_caller(bottom: u64, depth: u64) {
+    core::arch::naked_asm!(
+        "mov rcx, rsp",
+        "sub rcx, rdi",
+        "cmp rcx, rsi",
+        "cmova rcx, rsi",
+        "mov rdi, rsp",
+        "sub rdi, rcx",
+        "xor eax, eax",
+        "cld",
+        "rep stosb",
+        "ret"
+    )
+}
+
+/// End of a batch: zeroes the stack the requests just served used. The engine spills
+/// round keys (e.g. a zmm broadcast of round key 0) to the stack; left there, a later
+/// import copies them into its slot as the padding of its `SectorCipher`, where they
+/// outlive the drop of the key they came from.
+fn wipe_batch_stack(vcpu: usize) {
+    wipe_stack_depth_below_caller(abi::stack_bottom(vcpu), BATCH_WIPE_DEPTH);
+}
+
 fn any_submitted(ring: &Ring) -> bool {
     ring.header.stop.load(Ordering::SeqCst) != 0
         || ring
@@ -159,6 +194,14 @@ fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
             if e.state.load(Ordering::Acquire) != ENTRY_SUBMITTED {
                 continue;
             }
+            // SAFETY: `e.req` is a whole request in mapped shared memory; a volatile read
+            // of its first word (only a hint: serve_one validates its own copy).
+            let peek = unsafe { ptr::read_volatile(ptr::addr_of!(e.req.op)) };
+            if peek == op::IMPORT_KEY {
+                // The new slot's value is built on the stack and copied whole, padding
+                // included: no spill of an earlier request may be under it.
+                wipe_stack(vcpu);
+            }
             let opcode = serve_one(svc, e, &mut counters);
             ring.header.tail.fetch_add(1, Ordering::Relaxed);
             if matches!(opcode, op::IMPORT_KEY | op::DROP_KEY) {
@@ -190,6 +233,7 @@ fn serve(vcpu: usize, svc: &Service<'_>, ring: &Ring, idle_spins: u64) -> ! {
             // End of a batch: no round key stays in a register while the vCPU idles
             // (a timer interrupt or preemption now would save them in host memory).
             clear_vector_registers();
+            wipe_batch_stack(vcpu);
             dirty = false;
         }
         core::hint::spin_loop();
