@@ -16,11 +16,18 @@ eng=$(sed -n 's/^engine in vault: //p' /tmp/st.out)
 case $eng in aesni|vaes*) pass engine-aes-ni "engine in vault: $eng";; *) fail engine-aes-ni "engine in vault: '$eng' (want aesni or vaes)";; esac
 check selftest-soft vmvault-hv --selftest --backend soft
 n=0
+NESTED_SKIP="kvm_request_rewritten_while_the_vault_reads_it drop_races_with_use"
+echo "    not run under TCG's nested SVM (host tier runs them): $NESTED_SKIP"
 for t in /vault-tests/*; do
   [ -x "$t" ] || continue
   n=$((n + 1)); b=$(basename "$t")
   # #[ignore] tests are helper processes their own tests start: not run on their own
   "$t" --list --ignored --format=terse 2>/dev/null | sed -n 's/: test$//p' > "/tmp/$b.ignored"
+  # The racing tests, where host threads rewrite shared memory while the vault's vCPUs
+  # read it, are not run here: under TCG's emulated SVM they have panicked the L1 kernel
+  # ("corrupted stack end detected inside scheduler") and faulted the L2 vault (Fault(1))
+  # while passing on the host's KVM every time. They run in the host tier of every CI run.
+  for x in $NESTED_SKIP; do echo "$x"; done >> "/tmp/$b.ignored"
   "$t" --list --format=terse 2>/dev/null | sed -n 's/: test$//p' \
     | awk 'FILENAME == ARGV[1] { ign[$0] = 1; next } !($0 in ign)' "/tmp/$b.ignored" - > "/tmp/$b.list"
   [ -s "/tmp/$b.list" ] || fail "$b/list" "no tests listed by $t --list"
