@@ -8,11 +8,16 @@ use zeroize::Zeroize;
 
 /// Expanded AES round keys: `enc[0..=nr]` for `aesenc`, `dec[0..=nr]` (the equivalent
 /// inverse cipher schedule) for `aesdec`.
+///
+/// `repr(C, align(16))` puts every round key on a 16-byte boundary: the AES-NI XTS
+/// kernel (`ni.rs`) reads round keys straight from here as legacy-SSE memory operands,
+/// which must be aligned.
+#[repr(C, align(16))]
 pub(crate) struct RoundKeys {
-    /// Number of rounds: 10, 12 or 14.
-    pub(crate) nr: usize,
     pub(crate) enc: [[u8; 16]; 15],
     pub(crate) dec: [[u8; 16]; 15],
+    /// Number of rounds: 10, 12 or 14.
+    pub(crate) nr: usize,
 }
 
 impl Drop for RoundKeys {
@@ -85,9 +90,9 @@ pub(crate) fn expand(key: &[u8]) -> RoundKeys {
         w[i] = w[i - nk] ^ t;
     }
     let mut rk = RoundKeys {
-        nr,
         enc: [[0; 16]; 15],
         dec: [[0; 16]; 15],
+        nr,
     };
     for r in 0..=nr {
         for j in 0..4 {

@@ -44,6 +44,7 @@ use core::fmt;
 
 mod keys;
 mod ni;
+mod ni_xts;
 mod regs;
 mod soft;
 mod vaes;

@@ -1,4 +1,5 @@
-//! The AES-NI backend: 128-bit registers, 8 independent blocks in flight per pass.
+//! The AES-NI backend: 128-bit registers, 8 independent blocks in flight per pass. XTS
+//! runs the assembly kernel of [`ni_xts`]; ECB and CBC the intrinsics here.
 //!
 //! Every function here is compiled with `#[target_feature(enable = "aes,sse2")]`, so the
 //! helpers inline into each other and into [`run`]; code without those features calls
@@ -7,7 +8,7 @@
 use core::arch::x86_64::*;
 
 use super::keys::RoundKeys;
-use super::{Job, Mode};
+use super::{ni_xts, Job, Mode};
 
 /// Loads the round keys of a schedule into registers (or the stack; the compiler decides).
 #[target_feature(enable = "aes,sse2")]
@@ -19,15 +20,6 @@ pub(crate) fn load_keys(k: &[[u8; 16]; 15]) -> [__m128i; 15] {
         *d = unsafe { _mm_loadu_si128(s.as_ptr().cast()) };
     }
     r
-}
-
-/// Multiplies an XTS tweak by α (x) in GF(2^128), little-endian convention.
-#[target_feature(enable = "aes,sse2")]
-#[inline]
-pub(crate) fn xts_double(t: __m128i) -> __m128i {
-    let poly = _mm_set_epi32(0, 1, 0, 0x87);
-    let m = _mm_shuffle_epi32::<0x13>(_mm_srai_epi32::<31>(t));
-    _mm_xor_si128(_mm_add_epi64(t, t), _mm_and_si128(m, poly))
 }
 
 /// Encrypts up to 8 blocks with a schedule of run-time round count (IV/tweak encryption).
@@ -86,7 +78,18 @@ fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
     // SAFETY: every pointer handed to the helpers comes from a chunk of `buf` of the
     // length they access (ECB: 128 bytes; CBC: `w` sectors from sector `s < n`).
     unsafe {
-        // Decryption (ECB, XTS, CBC) runs the inverse schedule, encryption the forward one.
+        if job.spec.mode == Mode::Xts {
+            // The XTS kernel reads the round keys from the schedule itself (no copies).
+            for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
+                let n = group.len() / job.ss;
+                let tw = ivs(job, aux, g * 8, n);
+                for (s, sec) in group.chunks_exact_mut(job.ss).enumerate() {
+                    ni_xts::xts_sector::<NR>(k, tw[s], sec, job.enc);
+                }
+            }
+            return;
+        }
+        // Decryption (ECB, CBC) runs the inverse schedule, encryption the forward one.
         let mut rk = load_keys(if job.enc { &k.enc } else { &k.dec });
         match job.spec.mode {
             Mode::Ecb => {
@@ -94,15 +97,7 @@ fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
                     ecb8::<NR>(&rk, c.as_mut_ptr(), job.enc);
                 }
             }
-            Mode::Xts => {
-                for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
-                    let n = group.len() / job.ss;
-                    let tw = ivs(job, aux, g * 8, n);
-                    for (s, sec) in group.chunks_exact_mut(job.ss).enumerate() {
-                        xts_sector::<NR>(&rk, tw[s], sec, job.enc);
-                    }
-                }
-            }
+            Mode::Xts => unreachable!("XTS ran above"),
             Mode::Cbc if job.enc => {
                 for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
                     let n = group.len() / job.ss;
@@ -175,51 +170,6 @@ unsafe fn ecb8<const NR: usize>(rk: &[__m128i; 15], p: *mut u8, enc: bool) {
         }
         for (j, x) in b.iter().enumerate() {
             _mm_storeu_si128(p.add(16 * j).cast(), *x);
-        }
-    }
-}
-
-/// XTS over one sector (a multiple of 8 blocks) with initial tweak `t`.
-#[target_feature(enable = "aes,sse2")]
-#[inline]
-fn xts_sector<const NR: usize>(rk: &[__m128i; 15], mut t: __m128i, sec: &mut [u8], enc: bool) {
-    // SAFETY: loads and stores stay inside the 128-byte chunk `c` of `sec`.
-    unsafe {
-        for c in sec.chunks_exact_mut(128) {
-            let p = c.as_mut_ptr();
-            let mut ts = [_mm_setzero_si128(); 8];
-            let mut b = [_mm_setzero_si128(); 8];
-            for j in 0..8 {
-                ts[j] = t;
-                t = xts_double(t);
-                b[j] = _mm_xor_si128(
-                    _mm_loadu_si128(p.add(16 * j).cast()),
-                    _mm_xor_si128(ts[j], rk[0]),
-                );
-            }
-            if enc {
-                for key in &rk[1..NR] {
-                    for x in b.iter_mut() {
-                        *x = _mm_aesenc_si128(*x, *key);
-                    }
-                }
-                for j in 0..8 {
-                    // aesenclast XORs its key last: fold the output tweak into it.
-                    b[j] = _mm_aesenclast_si128(b[j], _mm_xor_si128(rk[NR], ts[j]));
-                }
-            } else {
-                for key in &rk[1..NR] {
-                    for x in b.iter_mut() {
-                        *x = _mm_aesdec_si128(*x, *key);
-                    }
-                }
-                for j in 0..8 {
-                    b[j] = _mm_aesdeclast_si128(b[j], _mm_xor_si128(rk[NR], ts[j]));
-                }
-            }
-            for (j, x) in b.iter().enumerate() {
-                _mm_storeu_si128(p.add(16 * j).cast(), *x);
-            }
         }
     }
 }
