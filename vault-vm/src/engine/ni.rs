@@ -23,22 +23,29 @@ pub(crate) fn load_keys(k: &[[u8; 16]; 15]) -> [__m128i; 15] {
 }
 
 /// Encrypts up to 8 blocks with a schedule of run-time round count (IV/tweak encryption).
+/// Each round key is loaded from the schedule right where its round runs and is dead after
+/// it: with one key and at most 8 blocks live, nothing needs a stack copy.
 #[target_feature(enable = "aes,sse2")]
 #[inline]
 fn encrypt_rt(k: &RoundKeys, b: &mut [__m128i; 8], n: usize) {
-    let mut rk = load_keys(&k.enc);
+    let key = |r: usize| {
+        // SAFETY: `k.enc[r]` is 16 readable bytes; unaligned load.
+        unsafe { _mm_loadu_si128(k.enc[r].as_ptr().cast()) }
+    };
+    let k0 = key(0);
     for x in b[..n].iter_mut() {
-        *x = _mm_xor_si128(*x, rk[0]);
+        *x = _mm_xor_si128(*x, k0);
     }
-    for key in &rk[1..k.nr] {
+    for r in 1..k.nr {
+        let kr = key(r);
         for x in b[..n].iter_mut() {
-            *x = _mm_aesenc_si128(*x, *key);
+            *x = _mm_aesenc_si128(*x, kr);
         }
     }
+    let kl = key(k.nr);
     for x in b[..n].iter_mut() {
-        *x = _mm_aesenclast_si128(*x, rk[k.nr]);
+        *x = _mm_aesenclast_si128(*x, kl);
     }
-    wipe(&mut rk);
 }
 
 /// The IVs of sectors `first..first + n` (n ≤ 8) of the job: plain, or encrypted with the
