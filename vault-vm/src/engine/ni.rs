@@ -90,9 +90,7 @@ fn run_nr<const NR: usize>(job: &Job<'_>, buf: &mut [u8]) {
             for (g, group) in buf.chunks_mut(8 * job.ss).enumerate() {
                 let n = group.len() / job.ss;
                 let tw = ivs(job, aux, g * 8, n);
-                for (s, sec) in group.chunks_exact_mut(job.ss).enumerate() {
-                    ni_xts::xts_sector::<NR>(k, tw[s], sec, job.enc);
-                }
+                ni_xts::xts_group::<NR>(k, &tw, group, job.ss, job.enc);
             }
             return;
         }

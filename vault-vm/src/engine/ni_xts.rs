@@ -12,8 +12,10 @@
 //!   interleaved with the AES rounds of the current pass, so they never wait on the AES
 //!   units and leave the vector ports to them. They go to a 256-byte, 16-byte aligned
 //!   buffer on the stack that holds this pass's tweaks and the next pass's (swapped each
-//!   pass). Tweaks are encrypted sector numbers, not key material; the buffer is not
-//!   wiped.
+//!   pass). During the last pass of a sector the steps start over from the next sector's
+//!   tweak (stored divided by x, so that the first step gives it back): one call runs a
+//!   whole group of up to 8 sectors with no restart between them. Tweaks are encrypted
+//!   sector numbers, not key material; the buffers are not wiped.
 //!
 //! Legacy SSE encoding (no VEX): the backend runs on any CPU with AES-NI and SSE2. After
 //! the kernel the vector registers hold key material like those of every other backend;
@@ -41,6 +43,25 @@ struct Tweaks([[u64; 2]; 16]);
 fn double(lo: u64, hi: u64) -> (u64, u64) {
     let carry = (hi >> 63).wrapping_neg() & 0x87;
     ((lo << 1) ^ carry, (hi << 1) | (lo >> 63))
+}
+
+/// `(lo, hi) · x^-1` in GF(2^128), XTS convention: the inverse of [`double`] (add the
+/// modulus x^128 + x^7 + x^2 + x + 1 when the value is odd, then shift right).
+#[inline(always)]
+fn halve(lo: u64, hi: u64) -> (u64, u64) {
+    let odd = lo & 1;
+    let lo = lo ^ (odd.wrapping_neg() & 0x87);
+    ((lo >> 1) | (hi << 63), (hi >> 1) | (odd << 63))
+}
+
+/// The 128-bit value of a tweak register as (low, high) 64-bit halves.
+#[target_feature(enable = "aes,sse2")]
+#[inline]
+fn halves(t: __m128i) -> (u64, u64) {
+    (
+        _mm_cvtsi128_si64(t) as u64,
+        _mm_cvtsi128_si64(_mm_unpackhi_epi64(t, t)) as u64,
+    )
 }
 
 /// `op xmm0..xmm7, key`: one round of the 8 blocks.
@@ -227,13 +248,24 @@ macro_rules! load_keys {
     };
 }
 
-/// The whole kernel for one round count and direction: `n` passes of 128 bytes at `p`.
+/// The whole kernel for one round count and direction: `n` sectors of `pps` passes of
+/// 128 bytes at `p`. At the start of a sector's last pass, `(lo, hi)` is reloaded from
+/// `[ivp]` (the next sector's tweak divided by x) and `ivp` advances.
 macro_rules! xts_asm {
     ($nr:tt, $op:literal, $last:literal, $lastoff:literal, [$($k:literal),*],
-     $rk:expr, $p:ident, $cur:ident, $nxt:ident, $n:ident, $lo:ident, $hi:ident) => {
+     $rk:expr, $p:ident, $cur:ident, $nxt:ident, $n:ident, $pps:ident, $ivp:ident,
+     $lo:ident, $hi:ident) => {
         asm!(
             load_keys!($($k),*),
+            "4:",
+            "mov {m}, {pps}",
             "2:",
+            "cmp {m}, 1",
+            "jne 3f",
+            "mov {lo}, qword ptr [{ivp}]",
+            "mov {hi}, qword ptr [{ivp} + 8]",
+            "add {ivp}, 16",
+            "3:",
             input!("xmm0", 0), input!("xmm1", 16), input!("xmm2", 32), input!("xmm3", 48),
             input!("xmm4", 64), input!("xmm5", 80), input!("xmm6", 96), input!("xmm7", 112),
             rounds!($nr, $op),
@@ -247,15 +279,20 @@ macro_rules! xts_asm {
             output!($last, $lastoff, "xmm7", 112),
             "add {p}, 128",
             "xchg {cur}, {nxt}",
-            "dec {n}",
+            "dec {m}",
             "jnz 2b",
+            "dec {n}",
+            "jnz 4b",
             rk = in(reg) $rk,
+            pps = in(reg) $pps,
             p = inout(reg) $p => _,
             cur = inout(reg) $cur => _,
             nxt = inout(reg) $nxt => _,
             n = inout(reg) $n => _,
+            ivp = inout(reg) $ivp => _,
             lo = inout(reg) $lo => _,
             hi = inout(reg) $hi => _,
+            m = out(reg) _,
             c = out(reg) _,
             out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
             out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
@@ -266,45 +303,60 @@ macro_rules! xts_asm {
     };
 }
 
-/// XTS-encrypts (`enc`) or -decrypts one sector in place with initial tweak `t` (the
-/// encrypted IV), with the data key `rk` of `NR` rounds: its forward schedule for
-/// encryption, its inverse one for decryption.
+/// XTS-encrypts (`enc`) or -decrypts a group of up to 8 sectors of `ss` bytes in place;
+/// `tw[s]` is the initial tweak (the encrypted IV) of sector `s`. `rk` is the data key of
+/// `NR` rounds: its forward schedule for encryption, its inverse one for decryption.
 ///
 /// # Panics
-/// If the sector is not a non-zero multiple of 128 bytes (every sector size is).
+/// If `group` is not 1 to 8 sectors, or `ss` not a multiple of 128 (every sector size is).
 #[target_feature(enable = "aes,sse2")]
 #[inline]
-pub(crate) fn xts_sector<const NR: usize>(rk: &RoundKeys, t: __m128i, sec: &mut [u8], enc: bool) {
-    assert!(sec.len() >= 128 && sec.len().is_multiple_of(128));
+pub(crate) fn xts_group<const NR: usize>(
+    rk: &RoundKeys,
+    tw: &[__m128i; 8],
+    group: &mut [u8],
+    ss: usize,
+    enc: bool,
+) {
+    assert!(ss >= 128 && ss.is_multiple_of(128));
+    let n = group.len() / ss;
+    assert!((1..=8).contains(&n) && group.len() == n * ss);
     assert_eq!(rk.nr, NR);
     let sched: *const [u8; 16] = if enc {
         rk.enc.as_ptr()
     } else {
         rk.dec.as_ptr()
     };
-    // This pass's tweaks: t · x^j for j = 0..8; (lo, hi) ends on the last of them.
-    let mut tw = Tweaks([[0; 2]; 16]);
-    let mut lo = _mm_cvtsi128_si64(t) as u64;
-    let mut hi = _mm_cvtsi128_si64(_mm_unpackhi_epi64(t, t)) as u64;
-    for (j, slot) in tw.0[..8].iter_mut().enumerate() {
+    // The first pass's tweaks: t · x^j for j = 0..8 of sector 0.
+    let mut cur_next = Tweaks([[0; 2]; 16]);
+    let (mut lo, mut hi) = halves(tw[0]);
+    for (j, slot) in cur_next.0[..8].iter_mut().enumerate() {
         if j > 0 {
             (lo, hi) = double(lo, hi);
         }
         *slot = [lo, hi];
     }
-    let p = sec.as_mut_ptr();
-    let n = sec.len() / 128;
-    let cur = tw.0.as_mut_ptr();
+    // Sectors 1..n: their tweaks divided by x; the entry after the last is never used.
+    let mut restart = [[0u64; 2]; 8];
+    for (r, t) in restart.iter_mut().zip(&tw[1..n]) {
+        let (l, h) = halves(*t);
+        let (l, h) = halve(l, h);
+        *r = [l, h];
+    }
+    let p = group.as_mut_ptr();
+    let pps = ss / 128;
+    let cur = cur_next.0.as_mut_ptr();
     // SAFETY: `cur + 8` is the second half of the same 16-entry array.
     let nxt = unsafe { cur.add(8) };
+    let ivp = restart.as_ptr();
     // SAFETY: the CPU has AES-NI and SSE2 (target features of this function, which only
-    // feature-checked callers reach). The kernel reads and writes `n * 128 = sec.len()`
-    // bytes from `p` (unaligned moves), reads round keys 0..=NR of `sched` (in bounds:
-    // NR ≤ 14, 15 entries; 16-byte aligned, as legacy-SSE memory operands need, since
-    // `RoundKeys` is `align(16)` and each key is 16 bytes), and reads/writes the two
-    // 8-entry halves of `tw` (16-byte aligned) through `cur`/`nxt`. It writes only the
-    // registers it declares (xmm0–15, the GPR operands, flags) and does not touch the
-    // stack below `rsp`.
+    // feature-checked callers reach). The kernel reads and writes `n * pps * 128 =
+    // group.len()` bytes from `p` (unaligned moves); reads round keys 0..=NR of `sched`
+    // (in bounds: NR ≤ 14, 15 entries; 16-byte aligned, as legacy-SSE memory operands
+    // need, since `RoundKeys` is `align(16)` and each key is 16 bytes); reads and writes
+    // the two 8-entry halves of `cur_next` (16-byte aligned) through `cur`/`nxt`; reads
+    // `restart[0..n]` (n ≤ 8 entries) through `ivp`. It writes only the registers it
+    // declares (xmm0–15, the GPR operands, flags) and pushes nothing.
     unsafe {
         match (NR, enc) {
             (10, true) => xts_asm!(
@@ -318,6 +370,8 @@ pub(crate) fn xts_sector<const NR: usize>(rk: &RoundKeys, t: __m128i, sec: &mut 
                 cur,
                 nxt,
                 n,
+                pps,
+                ivp,
                 lo,
                 hi
             ),
@@ -332,6 +386,8 @@ pub(crate) fn xts_sector<const NR: usize>(rk: &RoundKeys, t: __m128i, sec: &mut 
                 cur,
                 nxt,
                 n,
+                pps,
+                ivp,
                 lo,
                 hi
             ),
@@ -346,6 +402,8 @@ pub(crate) fn xts_sector<const NR: usize>(rk: &RoundKeys, t: __m128i, sec: &mut 
                 cur,
                 nxt,
                 n,
+                pps,
+                ivp,
                 lo,
                 hi
             ),
@@ -360,6 +418,8 @@ pub(crate) fn xts_sector<const NR: usize>(rk: &RoundKeys, t: __m128i, sec: &mut 
                 cur,
                 nxt,
                 n,
+                pps,
+                ivp,
                 lo,
                 hi
             ),
@@ -374,6 +434,8 @@ pub(crate) fn xts_sector<const NR: usize>(rk: &RoundKeys, t: __m128i, sec: &mut 
                 cur,
                 nxt,
                 n,
+                pps,
+                ivp,
                 lo,
                 hi
             ),
@@ -388,9 +450,27 @@ pub(crate) fn xts_sector<const NR: usize>(rk: &RoundKeys, t: __m128i, sec: &mut 
                 cur,
                 nxt,
                 n,
+                pps,
+                ivp,
                 lo,
                 hi
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{double, halve};
+
+    #[test]
+    fn halve_undoes_double() {
+        let mut x = (0x0123_4567_89ab_cdefu64, 0xfedc_ba98_7654_3210u64);
+        for _ in 0..300 {
+            assert_eq!(halve(double(x.0, x.1).0, double(x.0, x.1).1), x);
+            assert_eq!(double(halve(x.0, x.1).0, halve(x.0, x.1).1), x);
+            x = double(x.0, x.1);
+        }
+        assert_eq!(halve(1, 0), (0x43, 1 << 63));
     }
 }
