@@ -65,11 +65,13 @@ fn halves(t: __m128i) -> (u64, u64) {
 }
 
 /// `op xmm0..xmm7, key`: one round of the 8 blocks.
+#[rustfmt::skip]
 macro_rules! aes8 {
     ($op:literal, $key:expr) => {
         concat!(
-            $op, " xmm0, ", $key, "\n", $op, " xmm1, ", $key, "\n", $op, " xmm2, ", $key, "\n",
-            $op, " xmm3, ", $key, "\n", $op, " xmm4, ", $key, "\n", $op, " xmm5, ", $key, "\n",
+            $op, " xmm0, ", $key, "\n", $op, " xmm1, ", $key, "\n",
+            $op, " xmm2, ", $key, "\n", $op, " xmm3, ", $key, "\n",
+            $op, " xmm4, ", $key, "\n", $op, " xmm5, ", $key, "\n",
             $op, " xmm6, ", $key, "\n", $op, " xmm7, ", $key, "\n",
         )
     };
@@ -83,6 +85,7 @@ macro_rules! mk {
 }
 
 /// One tweak step: `(lo, hi) <- (lo, hi) · x`, stored as next-pass tweak `$off / 16`.
+#[rustfmt::skip]
 macro_rules! tstep {
     ($off:literal) => {
         concat!(
@@ -92,82 +95,52 @@ macro_rules! tstep {
             "add {lo}, {lo}\n",
             "adc {hi}, {hi}\n",
             "xor {lo}, {c}\n",
-            "mov qword ptr [{nxt} + ",
-            $off,
-            "], {lo}\n",
-            "mov qword ptr [{nxt} + ",
-            $off,
-            " + 8], {hi}\n",
+            "mov qword ptr [{nxt} + ", $off, "], {lo}\n",
+            "mov qword ptr [{nxt} + ", $off, " + 8], {hi}\n",
         )
     };
 }
 
 /// Block `$off / 16` of the pass: load, XOR its tweak and round key 0 (xmm9).
+#[rustfmt::skip]
 macro_rules! input {
     ($x:literal, $off:literal) => {
         concat!(
-            "movdqu ",
-            $x,
-            ", xmmword ptr [{p} + ",
-            $off,
-            "]\n",
-            "pxor ",
-            $x,
-            ", xmmword ptr [{cur} + ",
-            $off,
-            "]\n",
-            "pxor ",
-            $x,
-            ", xmm9\n",
+            "movdqu ", $x, ", xmmword ptr [{p} + ", $off, "]\n",
+            "pxor ", $x, ", xmmword ptr [{cur} + ", $off, "]\n",
+            "pxor ", $x, ", xmm9\n",
         )
     };
 }
 
 /// Last round of block `$off / 16` with its tweak folded into the last round key (the
 /// last round XORs its key last), then the store.
+#[rustfmt::skip]
 macro_rules! output {
     ($last:literal, $lastoff:literal, $x:literal, $off:literal) => {
         concat!(
-            "movdqa xmm8, xmmword ptr [{cur} + ",
-            $off,
-            "]\n",
-            "pxor xmm8, ",
-            mk!($lastoff),
-            "\n",
-            $last,
-            " ",
-            $x,
-            ", xmm8\n",
-            "movdqu xmmword ptr [{p} + ",
-            $off,
-            "], ",
-            $x,
-            "\n",
+            "movdqa xmm8, xmmword ptr [{cur} + ", $off, "]\n",
+            "pxor xmm8, ", mk!($lastoff), "\n",
+            $last, " ", $x, ", xmm8\n",
+            "movdqu xmmword ptr [{p} + ", $off, "], ", $x, "\n",
         )
     };
 }
 
 /// Rounds 1..NR-1 of a pass, with the 8 tweak steps of the next pass after rounds 1..8.
 /// Rounds NR-6..NR-1 take their keys from xmm10–15, the earlier ones from memory.
+#[rustfmt::skip]
 macro_rules! rounds {
     (14, $op:literal) => {
         concat!(
-            aes8!($op, mk!(16)),
-            tstep!(0),
-            aes8!($op, mk!(32)),
-            tstep!(16),
-            aes8!($op, mk!(48)),
-            tstep!(32),
-            aes8!($op, mk!(64)),
-            tstep!(48),
-            aes8!($op, mk!(80)),
-            tstep!(64),
-            aes8!($op, mk!(96)),
-            tstep!(80),
-            aes8!($op, mk!(112)),
-            tstep!(96),
-            aes8!($op, "xmm10"),
-            tstep!(112),
+            aes8!($op, mk!(16)), tstep!(0),
+            aes8!($op, mk!(32)), tstep!(16),
+            aes8!($op, mk!(48)), tstep!(32),
+            aes8!($op, mk!(64)), tstep!(48),
+            aes8!($op, mk!(80)), tstep!(64),
+            aes8!($op, mk!(96)), tstep!(80),
+            aes8!($op, mk!(112)), tstep!(96),
+            aes8!($op, "xmm10"), tstep!(112),
             aes8!($op, "xmm11"),
             aes8!($op, "xmm12"),
             aes8!($op, "xmm13"),
@@ -177,22 +150,14 @@ macro_rules! rounds {
     };
     (12, $op:literal) => {
         concat!(
-            aes8!($op, mk!(16)),
-            tstep!(0),
-            aes8!($op, mk!(32)),
-            tstep!(16),
-            aes8!($op, mk!(48)),
-            tstep!(32),
-            aes8!($op, mk!(64)),
-            tstep!(48),
-            aes8!($op, mk!(80)),
-            tstep!(64),
-            aes8!($op, "xmm10"),
-            tstep!(80),
-            aes8!($op, "xmm11"),
-            tstep!(96),
-            aes8!($op, "xmm12"),
-            tstep!(112),
+            aes8!($op, mk!(16)), tstep!(0),
+            aes8!($op, mk!(32)), tstep!(16),
+            aes8!($op, mk!(48)), tstep!(32),
+            aes8!($op, mk!(64)), tstep!(48),
+            aes8!($op, mk!(80)), tstep!(64),
+            aes8!($op, "xmm10"), tstep!(80),
+            aes8!($op, "xmm11"), tstep!(96),
+            aes8!($op, "xmm12"), tstep!(112),
             aes8!($op, "xmm13"),
             aes8!($op, "xmm14"),
             aes8!($op, "xmm15"),
@@ -200,50 +165,31 @@ macro_rules! rounds {
     };
     (10, $op:literal) => {
         concat!(
-            aes8!($op, mk!(16)),
-            tstep!(0),
-            aes8!($op, mk!(32)),
-            tstep!(16),
-            aes8!($op, mk!(48)),
-            tstep!(32),
-            aes8!($op, "xmm10"),
-            tstep!(48),
-            aes8!($op, "xmm11"),
-            tstep!(64),
-            aes8!($op, "xmm12"),
-            tstep!(80),
-            aes8!($op, "xmm13"),
-            tstep!(96),
-            aes8!($op, "xmm14"),
-            tstep!(112),
+            aes8!($op, mk!(16)), tstep!(0),
+            aes8!($op, mk!(32)), tstep!(16),
+            aes8!($op, mk!(48)), tstep!(32),
+            aes8!($op, "xmm10"), tstep!(48),
+            aes8!($op, "xmm11"), tstep!(64),
+            aes8!($op, "xmm12"), tstep!(80),
+            aes8!($op, "xmm13"), tstep!(96),
+            aes8!($op, "xmm14"), tstep!(112),
             aes8!($op, "xmm15"),
         )
     };
 }
 
 /// Loads round key 0 into xmm9 and round keys NR-6..NR-1 into xmm10–15.
+#[rustfmt::skip]
 macro_rules! load_keys {
     ($k0:literal, $k1:literal, $k2:literal, $k3:literal, $k4:literal, $k5:literal) => {
         concat!(
             "movdqa xmm9, xmmword ptr [{rk}]\n",
-            "movdqa xmm10, ",
-            mk!($k0),
-            "\n",
-            "movdqa xmm11, ",
-            mk!($k1),
-            "\n",
-            "movdqa xmm12, ",
-            mk!($k2),
-            "\n",
-            "movdqa xmm13, ",
-            mk!($k3),
-            "\n",
-            "movdqa xmm14, ",
-            mk!($k4),
-            "\n",
-            "movdqa xmm15, ",
-            mk!($k5),
-            "\n",
+            "movdqa xmm10, ", mk!($k0), "\n",
+            "movdqa xmm11, ", mk!($k1), "\n",
+            "movdqa xmm12, ", mk!($k2), "\n",
+            "movdqa xmm13, ", mk!($k3), "\n",
+            "movdqa xmm14, ", mk!($k4), "\n",
+            "movdqa xmm15, ", mk!($k5), "\n",
         )
     };
 }
