@@ -94,7 +94,8 @@ cleanup() {
 }
 trap cleanup EXIT
 t=$(now)
-rm -rf "$R"; cp -a "$BASE" "$R"; rm -f "$R/.done"
+findmnt -rn -o TARGET | grep "^$R/" | sort -r | while read -r m; do umount -l "$m"; done
+rm -rf --one-file-system "$R"; cp -a "$BASE" "$R"; rm -f "$R/.done"
 for m in dev proc sys; do mount --rbind "/$m" "$R/$m"; MNTS+=("$R/$m"); done
 cp "$DEB" "$R/tmp/vmvault.deb"
 log "dpkg -i $(basename "$DEB") in the root file system"
