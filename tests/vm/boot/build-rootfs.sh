@@ -40,7 +40,9 @@ PRUNE=(drivers/gpu drivers/net drivers/media drivers/infiniband drivers/staging 
        drivers/mtd drivers/video drivers/platform drivers/hwmon drivers/thunderbolt
        sound net/wireless net/mac80211 net/bluetooth net/netfilter net/ipv4 net/ipv6 net/sched)
 
-BKEY=$( { cat "$0"; printf '%s\n' "${PKGS[@]}" "$KPKG" "$MIRROR"; } | md5sum | cut -c1-12)
+# The base's cache key: what goes into it (bump BASE_REV when the mmdebstrap call changes).
+BASE_REV=1
+BKEY=$(printf '%s\n' "$BASE_REV" "${PKGS[@]}" "$KPKG" "$MIRROR" "${PRUNE[@]}" | md5sum | cut -c1-12)
 BASE=$B/base-$BKEY
 if [ ! -f "$BASE/.done" ]; then
   for old in "$B"/base-*; do [ -e "$old" ] && [ "$old" != "$BASE" ] && rm -rf "$old"; done
@@ -94,7 +96,7 @@ cleanup() {
 }
 trap cleanup EXIT
 t=$(now)
-findmnt -rn -o TARGET | grep "^$R/" | sort -r | while read -r m; do umount -l "$m"; done
+{ findmnt -rn -o TARGET | grep "^$R/" || true; } | sort -r | while read -r m; do umount -l "$m"; done
 rm -rf --one-file-system "$R"; cp -a "$BASE" "$R"; rm -f "$R/.done"
 for m in dev proc sys; do mount --rbind "/$m" "$R/$m"; MNTS+=("$R/$m"); done
 cp "$DEB" "$R/tmp/vmvault.deb"
