@@ -103,6 +103,7 @@ class Console:
         with self.lock:
             if self.pending:
                 print(flush=True)
+                self.pending = ""
             print(line, flush=True)
 
 
@@ -271,9 +272,10 @@ def run_main(con, res, cfg, qmp_path, left, t0):
 def run_wrong(con, res, left, t0):
     S = "boot-wrong-passphrase"
     pos, asked = 0, 0
+    either = re.compile(f"{INITRD_PROMPT.pattern}|{STOP_MESSAGE.pattern}")
     while asked < 3:
-        m = con.wait(INITRD_PROMPT, pos, min(left(), 240 if asked == 0 else 120))
-        if not m:
+        m = con.wait(either, pos, min(left(), 240 if asked == 0 else 120))
+        if not m or STOP_MESSAGE.match(m.group(0)):
             break
         asked += 1
         pos = m.end()
