@@ -95,11 +95,13 @@ fn file_dependencies(u: &mut String, path: &Path) {
     }
 }
 
-/// Formats a time span for a unit file (`10s`, `1500ms`, `infinity`).
+/// Formats a time span for a unit file (`10s`, `1500000us`, `0`, `infinity`).
 fn timespan(d: Duration) -> String {
-    if d == Duration::MAX || d.is_zero() {
-        // systemd's parse_sec_fix_0: 0 means no timeout.
+    if d == Duration::MAX {
         "infinity".to_string()
+    } else if d.is_zero() {
+        // As systemd writes it; 0 means no timeout.
+        "0".to_string()
     } else if d.subsec_micros() == 0 {
         format!("{}s", d.as_secs())
     } else {
