@@ -17,6 +17,9 @@ byname   /dev/vdz7             /k4 noauto
 broken   /dev/vdq1             none tries=x
 ";
 
+/// udev properties given to the helper.
+type Props<'a> = &'a [(&'a str, &'a str)];
+
 fn udev(tab: &Path, args: &[&str], props: &[(&str, &str)]) -> Output {
     let mut c = Command::new(BIN);
     c.args(args).env_clear().env("VMVAULT_VAULTTAB", tab);
@@ -36,7 +39,7 @@ fn table() -> tempfile::TempDir {
 fn prints_the_entry_for_a_matching_device() {
     let d = table();
     let tab = d.path().join("vaulttab");
-    let cases: [(&[(&str, &str)], Option<&str>); 8] = [
+    let cases: [(Props, Option<&str>); 8] = [
         (
             &[("ID_FS_UUID", "0b7e4d3a-1c2d-4e5f-8a9b-0c1d2e3f4a5b")],
             Some("byuuid"),
