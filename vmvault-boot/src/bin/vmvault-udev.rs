@@ -1,0 +1,2 @@
+//! vmvault-udev: matches a udev block device to a vaulttab entry (in progress).
+fn main() {}

@@ -1,0 +1,1 @@
+//! The systemd generator (in progress).

@@ -1,0 +1,1 @@
+//! Matching udev devices to vaulttab entries (in progress).
