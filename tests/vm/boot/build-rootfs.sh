@@ -163,11 +163,11 @@ luks_fill() {  # luks_fill NAME UUID EXT4-IMAGE KEY(passphrase text or @keyfile)
   rm -f "$D/.pass" "$fs"
 }
 rsize=$(du -sm --apparent-size "$R" | cut -f1)
-mkfs.ext4 -q -F -L vmvault-root -d "$R" "$D/root.ext4" "$(( rsize * 13 / 10 + 96 ))M" || die "mkfs.ext4 -d of the root failed"
+mkfs.ext4 -q -F -b 4096 -L vmvault-root -d "$R" "$D/root.ext4" "$(( rsize * 13 / 10 + 96 ))M" || die "mkfs.ext4 -d of the root failed"
 luks_fill root "$ROOT_UUID" "$D/root.ext4" "$ROOT_PASS"
 for n in data1 data2 hot; do
   mkdir -p "$D/fs-$n"; echo "vmvault boot test $n" > "$D/fs-$n/known"
-  mkfs.ext4 -q -F -L "$n" -d "$D/fs-$n" "$D/$n.ext4" 24M || die "mkfs.ext4 $n failed"
+  mkfs.ext4 -q -F -b 4096 -L "$n" -d "$D/fs-$n" "$D/$n.ext4" 24M || die "mkfs.ext4 $n failed"
   rm -rf "$D/fs-$n"
 done
 luks_fill data1 "$DATA1_UUID" "$D/data1.ext4" "@$R/etc/vmvault/keys/data1.key"
