@@ -218,6 +218,14 @@ def main():
                 for n in os.listdir(os.path.dirname(args.boot_json)):
                     if n.startswith(".done-"):
                         os.unlink(os.path.join(os.path.dirname(args.boot_json), n))
+        # the in-VM checks' RESULT lines count too
+        for line in con.buf.split("\n"):
+            m = re.search(r"RESULT \S+ (PASS|FAIL)", line)
+            if m and "@@JOURNAL" not in line:
+                if m.group(1) == "PASS":
+                    res.passes += 1
+                else:
+                    res.fails += 1
         con.say(f"# qemu rc={proc.returncode}, wall {wall:.1f} s, {res.passes} PASS, "
                 f"{res.fails} FAIL, log {logpath}")
     if not finished:
