@@ -420,7 +420,7 @@ fn on_pty(mut cmd: std::process::Command, dialog: &[(&str, &[u8])]) -> (i32, Str
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
+    let child = cmd.spawn().unwrap();
     drop(cmd);
     let mut tty = std::fs::File::from(master);
     let mut text = String::new();
