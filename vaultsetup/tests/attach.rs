@@ -73,6 +73,9 @@ fn attach_with_key_file_options_and_detach_as_systemd_cryptsetup() {
     let (rc, _, err) = w.vs(&["attach", "att", &s(&img), &s(&kf), "backend=soft"], None);
     assert_eq!(rc, 0, "{err}");
     assert!(err.contains("already active"), "{err}");
+    // ... looked at before the key file is read.
+    let (rc, _, err) = w.vs(&["attach", "att", &s(&img), "/nonexistent/k"], None);
+    assert_eq!(rc, 0, "{err}");
     // The same name on another device: busy.
     let (img2, kf2) = image(&w, "b.img", &[]);
     let (rc, _, err) = w.vs(
