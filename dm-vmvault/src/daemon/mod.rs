@@ -4,7 +4,7 @@
 //! `control` (the root-only control socket), `vmvaultd.pid` (flocked single-instance
 //! lock), `mnt/<name>/volume` (each volume's FUSE export), `vmvaultd.log` (when spawned
 //! on demand), `dm/<name>` (the `/dev/mapper` names this daemon created, see
-//! [`stale`]). The directory is checked before it is trusted ([`check_run_dir`]); the pid
+//! [`stale`]), `initrd` (the marker of an initramfs daemon, see [`activation`]). The directory is checked before it is trusted ([`check_run_dir`]); the pid
 //! file and the log are opened with `O_NOFOLLOW`.
 //!
 //! `close` never tears down a volume in use ([`busy`]); a volume leaves the table only

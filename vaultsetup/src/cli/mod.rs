@@ -1,6 +1,7 @@
 //! The `vaultsetup` command line: cryptsetup's verbs, options and exit codes.
 //!
-//! `open DEVICE NAME`, `close` and `status` talk to vmvaultd (see [`activate`]).
+//! `open DEVICE NAME`, `close` and `status` talk to vmvaultd (see [`activate`]);
+//! `attach`, `detach` and `switch-root` are the boot verbs (see [`boot`]).
 
 use std::path::PathBuf;
 
