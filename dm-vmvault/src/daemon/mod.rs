@@ -707,6 +707,11 @@ pub fn run_with(cfg: DaemonConfig, activated: Option<UnixListener>) -> Result<()
         tracing::info!("{l}");
     }
     let marker = run_dir.join(activation::INITRD_MARKER);
+    // We hold the run directory's lock: a marker left by a dead initramfs daemon is
+    // stale (it would keep vmvaultd.socket from ever starting).
+    if !cfg.initrd && std::fs::remove_file(&marker).is_ok() {
+        tracing::info!("removed the stale marker {}", marker.display());
+    }
     if cfg.initrd {
         std::fs::write(&marker, format!("{}\n", std::process::id())).map_err(|source| {
             host::HostError::Sys {
