@@ -161,23 +161,27 @@ pub enum KeySpec {
 }
 
 impl KeySpec {
-    /// Parses a key-file field: `none`, `-` or empty ask; `PATH:DEVICE` (split at the first
-    /// `:`, as systemd does) names a key file on a device; anything else is a path, which
+    /// Parses a key-file field: `none`, `-` or empty ask; `PATH:DEVICE` names a key file on
+    /// a device when the part after the last `:` is a device (`UUID=`... or an absolute
+    /// path), as systemd's `split_locationspec` decides; anything else is a path, which
     /// must be absolute.
     pub fn parse(s: &str) -> Result<KeySpec, ParseErrorKind> {
         if matches!(s, "" | "-" | "none") {
             return Ok(KeySpec::Ask);
         }
         let bad = || ParseErrorKind::InvalidKeyFile(s.to_string());
-        if let Some((path, dev)) = s.split_once(':') {
-            let device = DeviceSpec::parse(dev).map_err(|_| bad())?;
-            if !path.starts_with('/') {
-                return Err(bad());
+        if let Some((path, dev)) = s.rsplit_once(':') {
+            if let Ok(device) = DeviceSpec::parse(dev) {
+                if device.udev_node().is_absolute() {
+                    if !path.starts_with('/') {
+                        return Err(bad());
+                    }
+                    return Ok(KeySpec::PathOnDevice {
+                        path: PathBuf::from(path),
+                        device,
+                    });
+                }
             }
-            return Ok(KeySpec::PathOnDevice {
-                path: PathBuf::from(path),
-                device,
-            });
         }
         if !s.starts_with('/') {
             return Err(bad());

@@ -156,6 +156,10 @@ pub enum ParseErrorKind {
     /// `header=` with a value that is not a path or device tag.
     #[error("invalid header '{0}' (expected a path, UUID=, PARTUUID=, LABEL= or PARTLABEL=)")]
     InvalidHeader(String),
+    /// `header=PATH:DEVICE` (a header file on another device, which systemd mounts):
+    /// not supported; give the header's device or a path on a mounted file system.
+    #[error("header '{0}' on another device (PATH:DEVICE) is not supported by vmvault; give the header device itself or a path")]
+    HeaderOnDevice(String),
     /// A volume type vmvault cannot open (`plain`, `tcrypt`, `bitlk`...): vmvault opens
     /// LUKS1 and LUKS2 only, and refuses rather than guessing.
     #[error("option '{0}' asks for a non-LUKS volume type; vmvault opens LUKS1/LUKS2 only")]

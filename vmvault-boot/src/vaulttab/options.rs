@@ -300,6 +300,12 @@ impl Options {
             "key-slot" | "keyslot" => self.key_slot = Some(number(key, need()?)?),
             "header" => {
                 let v = need()?;
+                let on_device = v.rsplit_once(':').is_some_and(|(_, d)| {
+                    DeviceSpec::parse(d).is_ok_and(|d| d.udev_node().is_absolute())
+                });
+                if on_device {
+                    return Err(ParseErrorKind::HeaderOnDevice(v.to_string()));
+                }
                 self.header = Some(
                     DeviceSpec::parse(v)
                         .map_err(|_| ParseErrorKind::InvalidHeader(v.to_string()))?,

@@ -1,1 +1,0 @@
-//! The systemd generator (in progress).
