@@ -41,6 +41,7 @@ fn main() {
     cli.spawn = vmvault_proto::client::SpawnConfig {
         program: std::env::var_os("VMVAULTD").map(std::path::PathBuf::from),
         search_path: std::env::var_os("PATH"),
+        initrd: vmvault_proto::client::in_initramfs(std::path::Path::new("/")),
     };
     let mut notes = Vec::new();
     let r = run(&cli, &mut notes);
