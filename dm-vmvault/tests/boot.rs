@@ -250,6 +250,8 @@ fn socket_activation_serves_the_passed_listener_and_checks_it() {
 
     // The right one is served; the socket file stays when the daemon exits (systemd's).
     let sock = run_dir.join("control");
+    // A marker left by a dead initramfs daemon: removed by the next daemon.
+    std::fs::write(run_dir.join("initrd"), "12345\n").unwrap();
     let good = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let log2 = t.path().join("good.log");
     let mut child = spawn(&good, &log2);
@@ -261,9 +263,64 @@ fn socket_activation_serves_the_passed_listener_and_checks_it() {
     let log_now = std::fs::read_to_string(&log2).unwrap_or_default();
     let mut c = Client::connect(&run_dir).unwrap_or_else(|e| panic!("{e}: {log_now}"));
     assert_eq!(c.daemon_pid(), child.id());
+    assert!(!run_dir.join("initrd").exists(), "stale initrd marker kept");
     c.shutdown().unwrap();
     child.wait().unwrap();
     let text = std::fs::read_to_string(&log2).unwrap();
     assert!(text.contains("socket from systemd"), "{text}");
     assert!(sock.exists(), "the passed socket's file was removed");
+}
+
+/// `boot/systemd/vmvaultd.{socket,service}`: `systemd-analyze verify` finds nothing, the
+/// socket is the daemon's real control socket, and `systemd-analyze security` rates the
+/// service's exposure at most "OK" (5.0). ExecStart= points at this build's binary (the
+/// installed path does not exist here).
+#[test]
+fn systemd_units_verify_and_are_hardened() {
+    if !require(&["systemd-analyze"]) {
+        return;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot/systemd");
+    let t = TempDir::new("boot-units");
+    let socket = std::fs::read_to_string(src.join("vmvaultd.socket")).unwrap();
+    let service = std::fs::read_to_string(src.join("vmvaultd.service")).unwrap();
+    let sock_path = dm_vmvault::daemon::socket_path(Path::new(dm_vmvault::daemon::DEFAULT_RUN_DIR));
+    assert!(
+        socket.contains(&format!("ListenStream={}\n", sock_path.display())),
+        "{socket}"
+    );
+    assert!(
+        service.contains("ExecStart=/usr/sbin/vmvaultd\n"),
+        "{service}"
+    );
+    let service = service.replace(
+        "ExecStart=/usr/sbin/vmvaultd",
+        &format!("ExecStart={}", env!("CARGO_BIN_EXE_vmvaultd")),
+    );
+    std::fs::write(t.path().join("vmvaultd.socket"), socket).unwrap();
+    std::fs::write(t.path().join("vmvaultd.service"), service).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(t.path().join("vmvaultd.socket"))
+        .arg(t.path().join("vmvaultd.service"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(t.path().join("vmvaultd.service"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for vmvaultd.service: ")
+                .nth(1)
+        })
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level: {text}"));
+    assert!(level <= 5.0, "exposure {level}: {text}");
 }

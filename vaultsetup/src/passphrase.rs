@@ -310,14 +310,16 @@ fn read_tty(
     let mut noecho = saved;
     noecho.c_lflag &= !(libc::ECHO | libc::ECHONL);
     noecho.c_lflag |= libc::ICANON;
-    tty.write_all(prompt.as_bytes())
-        .map_err(PassphraseError::Read)?;
-    tty.flush().map_err(PassphraseError::Read)?;
+    // Echo off (flushing what was typed before) first, then the prompt: whatever is
+    // typed once the prompt shows is kept.
     let guard = EchoGuard { fd, saved };
     // SAFETY: as above; `noecho` is a valid termios.
     unsafe {
         libc::tcsetattr(fd, libc::TCSAFLUSH, &noecho);
     }
+    tty.write_all(prompt.as_bytes())
+        .map_err(PassphraseError::Read)?;
+    tty.flush().map_err(PassphraseError::Read)?;
     let reader = TimedFdReader {
         fd,
         deadline: timeout.map(|t| std::time::Instant::now() + t),

@@ -73,6 +73,9 @@ fn attach_with_key_file_options_and_detach_as_systemd_cryptsetup() {
     let (rc, _, err) = w.vs(&["attach", "att", &s(&img), &s(&kf), "backend=soft"], None);
     assert_eq!(rc, 0, "{err}");
     assert!(err.contains("already active"), "{err}");
+    // ... looked at before the key file is read.
+    let (rc, _, err) = w.vs(&["attach", "att", &s(&img), "/nonexistent/k"], None);
+    assert_eq!(rc, 0, "{err}");
     // The same name on another device: busy.
     let (img2, kf2) = image(&w, "b.img", &[]);
     let (rc, _, err) = w.vs(
@@ -383,4 +386,243 @@ fn attach_asks_through_systemd_ask_password_with_tries() {
     assert_eq!(a.join().unwrap().len(), 2, "{err}");
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(w.volumes().is_empty());
+}
+
+/// Runs `cmd` with a new pseudo-terminal as its controlling terminal and stdin (stdout
+/// and stderr piped); for each `(prompt, answer)` waits for the next `prompt` on the
+/// terminal and types `answer`. Returns the exit code, the terminal's text and stderr.
+fn on_pty(mut cmd: std::process::Command, dialog: &[(&str, &[u8])]) -> (i32, String, String) {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+    let (mut m, mut s) = (-1, -1);
+    // SAFETY: openpty writes two descriptors; the name/termios/winsize pointers may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+    cmd.stdin(std::process::Stdio::from(slave))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe; they make the pty
+    // (stdin) the child's controlling terminal, so /dev/tty is the pty.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(cmd);
+    let mut tty = std::fs::File::from(master);
+    let mut text = String::new();
+    let mut pos = 0;
+    let read_some = |tty: &mut std::fs::File, text: &mut String, ms: i32| {
+        let mut p = libc::pollfd {
+            fd: tty.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd for the call.
+        if unsafe { libc::poll(&mut p, 1, ms) } == 1 {
+            let mut b = [0u8; 512];
+            if let Ok(n) = tty.read(&mut b) {
+                text.push_str(&String::from_utf8_lossy(&b[..n]));
+            }
+        }
+    };
+    for (prompt, answer) in dialog {
+        let t0 = Instant::now();
+        loop {
+            if let Some(i) = text[pos..].find(prompt) {
+                pos += i + prompt.len();
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no prompt {prompt:?}; terminal: {text:?}"
+            );
+            read_some(&mut tty, &mut text, 100);
+        }
+        use std::io::Write;
+        tty.write_all(answer).unwrap();
+        tty.write_all(b"\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    read_some(&mut tty, &mut text, 0);
+    (
+        out.status.code().unwrap_or(-1),
+        text,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tries_and_timeout_on_a_terminal() {
+    if !ready("tries_on_tty") {
+        return;
+    }
+    let _g = lock();
+    let w = World::new();
+    let (img, _) = image(&w, "tty.img", &[]);
+    let prompt = "Please enter passphrase for disk tt:";
+    // attach: a wrong passphrase, then the right one (tries=2).
+    let (rc, tty, err) = on_pty(
+        w.cmd(&["attach", "tt", &s(&img), "none", "tries=2,backend=soft"]),
+        &[(prompt, b"wrong"), (prompt, PASS)],
+    );
+    assert_eq!(rc, 0, "{tty}\n{err}\n{}", w.log());
+    assert!(
+        err.contains("No key available with this passphrase."),
+        "{err}"
+    );
+    w.vs_ok(&["detach", "tt"]);
+    // open --tries 2: two wrong ones, exit 2; nothing opened.
+    let oprompt = format!("Enter passphrase for {}:", s(&img));
+    let (rc, tty, err) = on_pty(
+        w.cmd(&["open", "--tries", "2", "--backend", "soft", &s(&img), "tt"]),
+        &[(&oprompt, b"bad 1"), (&oprompt, b"bad 2")],
+    );
+    assert_eq!(rc, 2, "{tty}\n{err}");
+    assert_eq!(err.matches("No key available").count(), 2, "{err}");
+    assert!(w.volumes().is_empty());
+    // open --timeout 1: nobody types; exit 1 with a clear message.
+    let t0 = std::time::Instant::now();
+    let (rc, tty, err) = on_pty(
+        w.cmd(&[
+            "open",
+            "--timeout",
+            "1",
+            "--backend",
+            "soft",
+            &s(&img),
+            "tt",
+        ]),
+        &[],
+    );
+    assert_eq!(rc, 1, "{tty}\n{err}");
+    assert!(
+        err.contains("Timed out waiting for the passphrase"),
+        "{err}"
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_secs(20));
+    // attach timeout=1s: the same through vaulttab's option.
+    let (rc, _, err) = on_pty(
+        w.cmd(&["attach", "tt", &s(&img), "-", "timeout=1s,backend=soft"]),
+        &[],
+    );
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("Timed out"), "{err}");
+}
+
+#[test]
+fn attach_reads_a_key_file_on_another_device() {
+    if !ready("attach_keydev") || !need("mkfs.ext4", "attach_keydev") {
+        return;
+    }
+    let _g = lock();
+    let w = World::new();
+    let (img, _) = image(&w, "kd.img", &[]);
+    let tree = w.path().join("tree");
+    std::fs::create_dir_all(tree.join("keys")).unwrap();
+    std::fs::write(tree.join("keys/data.key"), PASS).unwrap();
+    let fs = w.path().join("keyfs.img");
+    sparse_image(&fs, 8);
+    run_ok(
+        std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&fs),
+        None,
+    );
+    let lo = run(std::process::Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(&fs));
+    let lo = lo.trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+    let _d = Detach(lo.clone());
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let spec = format!("/keys/data.key:{lo}");
+    let (rc, _, err) = w.vs(&["attach", "kd", &s(&img), &spec, "backend=soft"], None);
+    assert_eq!(rc, 0, "{err}\n{}", w.log());
+    w.vs_ok(&["detach", "kd"]);
+    // The key device was mounted in a private namespace only, and nothing is left.
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert_eq!(
+        mounts_before.lines().count(),
+        mounts_after.lines().count(),
+        "a mount leaked"
+    );
+    let left: Vec<_> = std::fs::read_dir("/run")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("vaultsetup-keydev.")
+        })
+        .collect();
+    assert!(left.is_empty(), "mount point left: {left:?}");
+    // A missing key on that device: named, exit 1.
+    let spec = format!("/keys/missing.key:{lo}");
+    let (rc, _, err) = w.vs(&["attach", "kd", &s(&img), &spec, "backend=soft"], None);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("/keys/missing.key"), "{err}");
+}
+
+#[test]
+fn switch_root_verb_and_open_by_unknown_uuid() {
+    if !ready("switch_root_verb") {
+        return;
+    }
+    let _g = lock();
+    let w = World::new();
+    // No daemon: exit 4, nothing started.
+    let (rc, _, err) = w.vs(&["switch-root", "/"], None);
+    assert_eq!(rc, 4, "{err}");
+    assert!(!w.run.join("control").exists());
+    let _d = start_daemon(&w.run);
+    let (rc, _, err) = w.vs(&["switch-root", "relative/root"], None);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("not an absolute path"), "{err}");
+    let (rc, _, err) = w.vs(&["switch-root", "/no/such/root"], None);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    // chroot("/") changes nothing: the daemon answers and keeps serving.
+    w.vs_ok(&["switch-root", "/"]);
+    assert!(w.volumes().is_empty());
+    // open by a UUID no device has: exit 4 naming the by-uuid link.
+    let (rc, _, err) = w.vs(
+        &["open", "UUID=0badc0de-0000-4000-8000-000000000000", "x"],
+        Some(b"pass\n"),
+    );
+    assert_eq!(rc, 4, "{err}");
+    assert!(
+        err.contains("/dev/disk/by-uuid/0badc0de-0000-4000-8000-000000000000"),
+        "{err}"
+    );
+    let (rc, _, err) = w.vs(
+        &["open", "--header", "LABEL=no-such-header", "/dev/null", "x"],
+        Some(b"pass\n"),
+    );
+    assert_eq!(rc, 4, "{err}");
+    assert!(err.contains("/dev/disk/by-label/no-such-header"), "{err}");
 }

@@ -27,6 +27,11 @@ if vaultsetup attach "$name" "$dev" "$key" "$opts" < /dev/console > /dev/console
 else
     rc=$?
 fi
+# The hotplug rule (60-vmvault-vaulttab.rules, key-file entries) may have won the race.
+if [ -b "/dev/mapper/$name" ]; then
+    info "vmvault: $name: already set up"
+    exit 0
+fi
 case ",$opts," in
     *,nofail,*)
         warn "vmvault: $name: attach failed (exit $rc); going on (nofail)"
