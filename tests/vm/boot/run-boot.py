@@ -36,10 +36,10 @@ VM = os.environ.get("VMVAULT_VM_DIR", os.path.join(REPO, "target", "vm"))
 
 # What the console shows. initramfs: `vaultsetup attach` on the tty ("Enter passphrase for
 # ..."); systemd: systemd-ask-password-console ("Please enter passphrase for disk data2:").
-INITRD_PROMPT = re.compile(r"(?i)passphrase for (?!disk data2)[^\n]*:")
-SYSTEMD_PROMPT = re.compile(r"(?i)passphrase for disk data2")
+INITRD_PROMPT = re.compile(r"passphrase for (?!disk data2)[^\n]*:", re.I)
+SYSTEMD_PROMPT = re.compile(r"passphrase for disk data2", re.I)
 # The local-top script's message when the root volume cannot be unlocked (initramfs-tools panic).
-STOP_MESSAGE = re.compile(r"(?i)cannot unlock root[^\n]*")
+STOP_MESSAGE = re.compile(r"cannot unlock root[^\n]*\n", re.I)
 WRONG = "not-the-passphrase"
 
 
@@ -280,7 +280,7 @@ def run_main(con, res, cfg, qmp_path, left, t0):
 def run_wrong(con, res, left, t0):
     S = "boot-wrong-passphrase"
     pos, asked = 0, 0
-    either = re.compile(f"{INITRD_PROMPT.pattern}|{STOP_MESSAGE.pattern}")
+    either = re.compile(f"{INITRD_PROMPT.pattern}|{STOP_MESSAGE.pattern}", re.I)
     while asked < 3:
         m = con.wait(either, pos, min(left(), 240 if asked == 0 else 120))
         if not m or STOP_MESSAGE.match(m.group(0)):
