@@ -107,12 +107,12 @@ rm "$R/tmp/vmvault.deb"
 # test configuration: fixed LUKS UUIDs, key files, the token of "a file written earlier"
 ROOT_UUID=13b00700-0000-4000-8000-000000000001 DATA1_UUID=13b00700-0000-4000-8000-000000000002
 DATA2_UUID=13b00700-0000-4000-8000-000000000003 HOT_UUID=13b00700-0000-4000-8000-000000000004
-GHOST_UUID=13b00700-0000-4000-8000-000000000005
+GHOST_UUID=13b00700-0000-4000-8000-000000000005 NOKEY_UUID=13b00700-0000-4000-8000-000000000006
 ROOT_PASS=vmvault-root-13 DATA2_PASS=vmvault-data2-13
 TOKEN=written-$(date -u +%Y%m%dT%H%M%S)-$RANDOM
 cp -a "$BOOT_SRC/rootfs/." "$R/"
 sed -e "s/@ROOT_UUID@/$ROOT_UUID/" -e "s/@DATA1_UUID@/$DATA1_UUID/" -e "s/@DATA2_UUID@/$DATA2_UUID/" \
-    -e "s/@HOT_UUID@/$HOT_UUID/" -e "s/@GHOST_UUID@/$GHOST_UUID/" "$BOOT_SRC/rootfs/etc/vaulttab.in" > "$R/etc/vaulttab"
+    -e "s/@HOT_UUID@/$HOT_UUID/" -e "s/@GHOST_UUID@/$GHOST_UUID/" -e "s/@NOKEY_UUID@/$NOKEY_UUID/" "$BOOT_SRC/rootfs/etc/vaulttab.in" > "$R/etc/vaulttab"
 rm "$R/etc/vaulttab.in"
 mkdir -p "$R/etc/vmvault/keys" "$R"/mnt/{data1,data2,ghost,hot}
 chmod 700 "$R/etc/vmvault/keys"
@@ -174,9 +174,15 @@ luks_fill data1 "$DATA1_UUID" "$D/data1.ext4" "@$R/etc/vmvault/keys/data1.key"
 luks_fill data2 "$DATA2_UUID" "$D/data2.ext4" "$DATA2_PASS"
 luks_fill hot "$HOT_UUID" "$D/hot.ext4" "@$R/etc/vmvault/keys/hot.key"
 [ -n "${HOSTPID:-}" ] && kill "$HOSTPID" 2>/dev/null; HOSTPID=
+# nokey: a LUKS2 volume whose vaulttab key file is missing; its hash must not change
+truncate -s 20M "$D/nokey.img"
+printf %s "vmvault-nokey-13" | cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+  --uuid "$NOKEY_UUID" --key-file - "$D/nokey.img" || die "luksFormat nokey.img failed"
+NOKEY_SHA=$(sha256sum "$D/nokey.img" | cut -d' ' -f1)
 cat > "$B/boot.json" <<JSON
 {"kver": "$KVER", "kernel": "$OUT/vmlinux-$KVER", "initrd": "$B/initrd.img-$KVER",
- "disks": {"root": "$D/root.img", "data1": "$D/data1.img", "data2": "$D/data2.img", "hot": "$D/hot.img"},
+ "disks": {"root": "$D/root.img", "data1": "$D/data1.img", "data2": "$D/data2.img", "hot": "$D/hot.img", "nokey": "$D/nokey.img"},
+ "nokey_sha256": "$NOKEY_SHA",
  "root_pass": "$ROOT_PASS", "data2_pass": "$DATA2_PASS", "token": "$TOKEN",
  "deb": "$(basename "$DEB")", "initramfs_secs": $INITRAMFS_SECS}
 JSON

@@ -170,13 +170,14 @@ def main():
     tmp = tempfile.mkdtemp(prefix="vmvault-boot-")
     qmp_path = os.path.join(tmp, "qmp.sock")
     snap = "on" if args.scenario == "main" else "off"
-    disks = ["root", "data1", "data2"]
+    disks = ["root", "data1", "data2", "nokey"]
     cmd = [os.environ.get("QEMU", "qemu-system-x86_64"), "-accel", "tcg", "-machine", "q35",
            "-cpu", "max", "-smp", "2", "-m", "2048", "-nodefaults", "-no-user-config",
            "-display", "none", "-serial", "stdio", "-no-reboot",
            "-qmp", f"unix:{qmp_path},server=on,wait=off",
            "-kernel", cfg["kernel"], "-initrd", cfg["initrd"],
-           "-append", f"console=ttyS0 root=/dev/mapper/root ro vmvault_test.token={cfg['token']}",
+           "-append", f"console=ttyS0 root=/dev/mapper/root ro vmvault_test.token={cfg['token']} "
+           f"vmvault_test.nokey_sha256={cfg['nokey_sha256']}",
            # a PCIe root port with a free slot for the hot-added disk
            "-device", "pcie-root-port,id=hp1,bus=pcie.0,chassis=1,slot=1"]
     for i, d in enumerate(disks):
@@ -209,6 +210,17 @@ def main():
                 proc.kill()
                 proc.wait()
             wall = time.monotonic() - t0
+        if args.scenario == "main" and finished:
+            # shutdown: the volumes close after their file systems, root stays to the end
+            # (systemd-shutdown remounts it read-only through the vault), then power off
+            after = con.buf[con.buf.find("@@BOOT-DONE"):]
+            ro = re.search(r"EXT4-fs \(dm-\d+\): re-mounted \S+ ro", after)
+            errors = re.findall(r"EXT4-fs error[^\n]*", con.buf)
+            ok = proc.returncode == 0 and ro is not None and "Power down" in after and not errors
+            res.add("boot-systemd/clean-poweroff", ok,
+                    f"qemu rc={proc.returncode}, root remounted read-only at the final step: "
+                    f"{'yes' if ro else 'no'}, 'Power down': {'yes' if 'Power down' in after else 'no'}"
+                    + (f", ext4 errors: {errors[:3]}" if errors else ""))
         if args.scenario == "wrong-pass":
             changed = [d for d in disks if sha256(cfg["disks"][d]) != hashes[d]]
             res.add("boot-wrong-passphrase/nothing-written", not changed,
