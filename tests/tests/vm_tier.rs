@@ -238,7 +238,8 @@ fn kernel_panic(b: &Boot) -> Option<String> {
 /// VMs side by side on the same few cores (cargo runs tests in parallel threads).
 fn qemu_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn run_tier() -> Tier {
