@@ -12,6 +12,8 @@
 //! The library reads no environment variables; the binaries do (`VMVAULT_VAULTTAB`,
 //! `SYSTEMD_PROC_CMDLINE`), and pass paths and text in.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generator;
 pub mod udev;
 pub mod vaulttab;

@@ -328,12 +328,16 @@ fn unusable_output_directory_fails() {
     assert!(o.status.success() && o.stderr.is_empty(), "{o:?}");
 }
 
-/// `systemd-analyze verify` of every generated unit, offline, in a root directory that
-/// holds the units and an executable at /usr/sbin/vaultsetup (the real vaultsetup when it
-/// is built in this target directory, else another real binary of ours: verify checks that
-/// the command exists and is executable, not what it does) and a copy of the host's unit
-/// directory. vmvaultd.socket is not there (it comes with the package): `Wants=` on a
-/// missing unit is no error. The full package is verified in a chroot by the VM tier.
+/// `systemd-analyze verify` of every generated unit and of the targets they hook into
+/// (which finds ordering cycles, e.g. with a vmvaultd.socket that has default
+/// dependencies), offline, in a root directory that holds: a copy of the host's unit
+/// directory, the generator's output as /etc/systemd/system, the project's
+/// boot/systemd units when the tree has them, and executables at /usr/sbin/vaultsetup and
+/// /usr/sbin/vmvaultd (the real binaries when they are built in this target directory,
+/// else another real binary of ours: verify checks that a command exists and is
+/// executable, not what it does). Without boot/systemd, `Wants=vmvaultd.socket` names a
+/// missing unit, which is no error. The full package is verified in a chroot by the VM
+/// tier.
 #[test]
 fn generated_units_pass_systemd_analyze_verify() {
     let Ok(v) = Command::new("systemd-analyze").arg("--version").output() else {
@@ -348,43 +352,51 @@ fn generated_units_pass_systemd_analyze_verify() {
     let root = tempfile::tempdir().unwrap();
     let sbin = root.path().join("usr/sbin");
     std::fs::create_dir_all(&sbin).unwrap();
-    let built = Path::new(OURS).with_file_name("vaultsetup");
-    let exe = if built.exists() {
-        built
-    } else {
-        PathBuf::from(env!("CARGO_BIN_EXE_vmvault-udev"))
-    };
-    std::fs::copy(&exe, sbin.join("vaultsetup")).unwrap();
-    // The host's units, so that dependencies such as systemd-tmpfiles-setup-dev.service
-    // resolve inside the root.
+    for bin in ["vaultsetup", "vmvaultd"] {
+        let built = Path::new(OURS).with_file_name(bin);
+        let exe = if built.exists() {
+            built
+        } else {
+            PathBuf::from(env!("CARGO_BIN_EXE_vmvault-udev"))
+        };
+        std::fs::copy(&exe, sbin.join(bin)).unwrap();
+    }
+    let lib_units = root.path().join("usr/lib/systemd/system");
     for host_units in ["/usr/lib/systemd/system", "/lib/systemd/system"] {
         if Path::new(host_units).is_dir() {
-            copy_tree(
-                Path::new(host_units),
-                &root.path().join("usr/lib/systemd/system"),
-            );
+            copy_tree(Path::new(host_units), &lib_units);
             break;
         }
     }
-    let units = root.path().join("etc/systemd/system");
-    std::fs::create_dir_all(&units).unwrap();
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(&ours.out).unwrap() {
-        let e = e.unwrap();
-        let n = e.file_name().to_string_lossy().into_owned();
-        // systemd-analyze verify reads `FILE:ALIAS` in its arguments, so a unit file
-        // name with `:` cannot be given to it; that unit only differs by its name.
-        if n.ends_with(".service") && !n.contains(':') {
-            std::fs::copy(e.path(), units.join(&n)).unwrap();
-            names.push(units.join(&n));
-        }
+    let project_units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot/systemd");
+    if project_units.is_dir() {
+        copy_tree(&project_units, &lib_units);
     }
+    let units = root.path().join("etc/systemd/system");
+    copy_tree(&ours.out, &units);
+    // systemd-analyze verify reads `FILE:ALIAS` in its arguments, so a unit file name
+    // with `:` cannot be given to it; that unit only differs by its name (and is still
+    // loaded through the targets' links).
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&units)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.ends_with(".service") && !n.contains(':')
+        })
+        .collect();
     assert_eq!(names.len(), 13);
+    names.sort();
     let o = Command::new("systemd-analyze")
         .arg("verify")
         .arg("--man=no")
         .arg(format!("--root={}", root.path().display()))
         .args(&names)
+        .args([
+            "cryptsetup.target",
+            "remote-cryptsetup.target",
+            "sysinit.target",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);

@@ -233,7 +233,7 @@ fn span(option: &str, value: &str) -> Result<Duration, ParseErrorKind> {
 
 impl Options {
     /// Parses an options field. `none`, `-` and the empty string mean no options (as
-    /// systemd-cryptsetup's argv[5]). Unknown options and options vmvault does not
+    /// systemd-cryptsetup's `argv[5]`). Unknown options and options vmvault does not
     /// implement come back as warnings (without a location: [`super::Vaulttab`] adds the
     /// file and line); a bad value or a non-LUKS type is an error.
     pub fn parse(text: &str) -> Result<(Options, Vec<Warning>), ParseError> {
