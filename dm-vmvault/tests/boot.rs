@@ -250,6 +250,8 @@ fn socket_activation_serves_the_passed_listener_and_checks_it() {
 
     // The right one is served; the socket file stays when the daemon exits (systemd's).
     let sock = run_dir.join("control");
+    // A marker left by a dead initramfs daemon: removed by the next daemon.
+    std::fs::write(run_dir.join("initrd"), "12345\n").unwrap();
     let good = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let log2 = t.path().join("good.log");
     let mut child = spawn(&good, &log2);
@@ -261,6 +263,7 @@ fn socket_activation_serves_the_passed_listener_and_checks_it() {
     let log_now = std::fs::read_to_string(&log2).unwrap_or_default();
     let mut c = Client::connect(&run_dir).unwrap_or_else(|e| panic!("{e}: {log_now}"));
     assert_eq!(c.daemon_pid(), child.id());
+    assert!(!run_dir.join("initrd").exists(), "stale initrd marker kept");
     c.shutdown().unwrap();
     child.wait().unwrap();
     let text = std::fs::read_to_string(&log2).unwrap();

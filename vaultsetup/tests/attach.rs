@@ -73,6 +73,9 @@ fn attach_with_key_file_options_and_detach_as_systemd_cryptsetup() {
     let (rc, _, err) = w.vs(&["attach", "att", &s(&img), &s(&kf), "backend=soft"], None);
     assert_eq!(rc, 0, "{err}");
     assert!(err.contains("already active"), "{err}");
+    // ... looked at before the key file is read.
+    let (rc, _, err) = w.vs(&["attach", "att", &s(&img), "/nonexistent/k"], None);
+    assert_eq!(rc, 0, "{err}");
     // The same name on another device: busy.
     let (img2, kf2) = image(&w, "b.img", &[]);
     let (rc, _, err) = w.vs(
@@ -583,4 +586,43 @@ fn attach_reads_a_key_file_on_another_device() {
     let (rc, _, err) = w.vs(&["attach", "kd", &s(&img), &spec, "backend=soft"], None);
     assert_eq!(rc, 1, "{err}");
     assert!(err.contains("/keys/missing.key"), "{err}");
+}
+
+#[test]
+fn switch_root_verb_and_open_by_unknown_uuid() {
+    if !ready("switch_root_verb") {
+        return;
+    }
+    let _g = lock();
+    let w = World::new();
+    // No daemon: exit 4, nothing started.
+    let (rc, _, err) = w.vs(&["switch-root", "/"], None);
+    assert_eq!(rc, 4, "{err}");
+    assert!(!w.run.join("control").exists());
+    let _d = start_daemon(&w.run);
+    let (rc, _, err) = w.vs(&["switch-root", "relative/root"], None);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("not an absolute path"), "{err}");
+    let (rc, _, err) = w.vs(&["switch-root", "/no/such/root"], None);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    // chroot("/") changes nothing: the daemon answers and keeps serving.
+    w.vs_ok(&["switch-root", "/"]);
+    assert!(w.volumes().is_empty());
+    // open by a UUID no device has: exit 4 naming the by-uuid link.
+    let (rc, _, err) = w.vs(
+        &["open", "UUID=0badc0de-0000-4000-8000-000000000000", "x"],
+        Some(b"pass\n"),
+    );
+    assert_eq!(rc, 4, "{err}");
+    assert!(
+        err.contains("/dev/disk/by-uuid/0badc0de-0000-4000-8000-000000000000"),
+        "{err}"
+    );
+    let (rc, _, err) = w.vs(
+        &["open", "--header", "LABEL=no-such-header", "/dev/null", "x"],
+        Some(b"pass\n"),
+    );
+    assert_eq!(rc, 4, "{err}");
+    assert!(err.contains("/dev/disk/by-label/no-such-header"), "{err}");
 }

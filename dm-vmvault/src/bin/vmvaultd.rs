@@ -25,7 +25,7 @@
 //! descriptor 3; `boot/systemd/vmvaultd.socket`) is served instead of binding one; it
 //! must be bound to `<run-dir>/control`.
 //!
-//! `--initrd` (the initramfs daemon): re-executes itself with argv[0] `@vmvaultd`
+//! `--initrd` (the initramfs daemon): re-executes itself with `argv[0]` `@vmvaultd`
 //! (systemd's convention for root-storage daemons that survive the switch to the real
 //! root and the shutdown killing spree) and writes the marker `<run-dir>/initrd` while
 //! it runs. The `switch_root` request then moves it into the real root.
@@ -78,7 +78,7 @@ struct Cli {
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
     /// Initramfs mode: run as @vmvaultd (survives the switch to the real root) and
-    /// write the marker <run-dir>/initrd
+    /// write the marker RUN-DIR/initrd
     #[arg(long)]
     initrd: bool,
     /// Who runs a sleeping vault vCPU: auto, thread or caller [default: auto]

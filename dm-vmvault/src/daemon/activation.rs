@@ -1,5 +1,5 @@
 //! How vmvaultd starts at boot: a listening socket handed over by systemd (socket
-//! activation), the initramfs mode (`--initrd`: argv[0] `@vmvaultd` and the marker
+//! activation), the initramfs mode (`--initrd`: `argv[0]` `@vmvaultd` and the marker
 //! `<run-dir>/initrd`), and the hand-over to the real root (`switch_root`).
 //!
 //! Socket activation follows `sd_listen_fds(3)`: when `LISTEN_PID` is this process and
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
 
-/// argv[0] of the initramfs daemon: systemd leaves processes whose argv[0] starts with
+/// `argv[0]` of the initramfs daemon: systemd leaves processes whose `argv[0]` starts with
 /// `@` alone in its shutdown killing spree (the root-storage daemon convention).
 pub const INITRD_ARGV0: &str = "@vmvaultd";
 
@@ -176,13 +176,13 @@ pub fn check_listener(fd: RawFd, expected: &Path) -> Result<(), ActivationError>
     Ok(())
 }
 
-/// `--initrd`: whether to re-execute as [`INITRD_ARGV0`] (argv[0] does not start with
+/// `--initrd`: whether to re-execute as [`INITRD_ARGV0`] (`argv[0]` does not start with
 /// `@` yet).
 pub fn needs_initrd_reexec(argv0: Option<&OsStr>) -> bool {
     !argv0.is_some_and(|a| a.as_encoded_bytes().starts_with(b"@"))
 }
 
-/// Re-executes this program (`/proc/self/exe`) with argv[0] [`INITRD_ARGV0`] and the
+/// Re-executes this program (`/proc/self/exe`) with `argv[0]` [`INITRD_ARGV0`] and the
 /// same arguments and environment; returns only on failure.
 pub fn reexec_as_initrd() -> std::io::Error {
     use std::os::unix::process::CommandExt;

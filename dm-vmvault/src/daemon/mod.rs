@@ -4,7 +4,7 @@
 //! `control` (the root-only control socket), `vmvaultd.pid` (flocked single-instance
 //! lock), `mnt/<name>/volume` (each volume's FUSE export), `vmvaultd.log` (when spawned
 //! on demand), `dm/<name>` (the `/dev/mapper` names this daemon created, see
-//! [`stale`]). The directory is checked before it is trusted ([`check_run_dir`]); the pid
+//! [`stale`]), `initrd` (the marker of an initramfs daemon, see [`activation`]). The directory is checked before it is trusted ([`check_run_dir`]); the pid
 //! file and the log are opened with `O_NOFOLLOW`.
 //!
 //! `close` never tears down a volume in use ([`busy`]); a volume leaves the table only
@@ -707,6 +707,11 @@ pub fn run_with(cfg: DaemonConfig, activated: Option<UnixListener>) -> Result<()
         tracing::info!("{l}");
     }
     let marker = run_dir.join(activation::INITRD_MARKER);
+    // We hold the run directory's lock: a marker left by a dead initramfs daemon is
+    // stale (it would keep vmvaultd.socket from ever starting).
+    if !cfg.initrd && std::fs::remove_file(&marker).is_ok() {
+        tracing::info!("removed the stale marker {}", marker.display());
+    }
     if cfg.initrd {
         std::fs::write(&marker, format!("{}\n", std::process::id())).map_err(|source| {
             host::HostError::Sys {

@@ -190,6 +190,11 @@ fn same_file(a: &std::fs::File, b: &std::path::Path) -> bool {
     }
 }
 
+/// Whether two paths name the same device or file.
+pub(crate) fn same_device(a: &std::path::Path, b: &std::path::Path) -> bool {
+    std::fs::File::open(a).is_ok_and(|f| same_file(&f, b))
+}
+
 /// `open DEVICE NAME`.
 pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
     let Some(name) = a.name.as_deref() else {

@@ -115,6 +115,22 @@ pub fn attach(cli: &Cli, a: &AttachArgs, out: &mut Output) -> Result<(), Failure
         spawn: &cli.spawn,
         accept_active_same: true,
     };
+    // Already active on this device: success before any key is read (as
+    // systemd-cryptsetup, which looks before reading its key file). No daemon is started
+    // here, and no thread: a key file on another device needs a single-threaded process.
+    if let Some(mut c) = connect_existing(&act.run_dir) {
+        if let Ok(st) = c.status(act.name.as_str()) {
+            if super::activate::same_device(&act.device, &st.backing) {
+                out.stderr
+                    .push(format!("Volume {} already active.", act.name));
+                return Ok(());
+            }
+            return Err(fail(
+                ExitCode::Busy,
+                format!("Device {} already exists.", act.name),
+            ));
+        }
+    }
     let offset = opts.keyfile_offset.unwrap_or(0);
     let size = opts.keyfile_size.filter(|&s| s != 0);
     let timeout = opts.timeout.filter(|t| !t.is_zero());

@@ -1,6 +1,7 @@
 //! The `vaultsetup` command line: cryptsetup's verbs, options and exit codes.
 //!
-//! `open DEVICE NAME`, `close` and `status` talk to vmvaultd (see [`activate`]).
+//! `open DEVICE NAME`, `close` and `status` talk to vmvaultd (see [`activate`]);
+//! `attach`, `detach` and `switch-root` are the boot verbs (see [`boot`]).
 
 use std::path::PathBuf;
 
@@ -52,8 +53,8 @@ pub enum Command {
     /// Exit 0 if DEVICE is a LUKS device, 1 otherwise.
     #[command(name = "isLuks")]
     IsLuks(IsLuksArgs),
-    /// Open NAME as systemd-cryptsetup attaches it: vaulttab fields NAME DEVICE
-    /// [KEYFILE [OPTIONS]] (what the generated vmvault@.service units run).
+    /// Open NAME as systemd-cryptsetup attaches it, from the vaulttab fields NAME, DEVICE,
+    /// KEYFILE and OPTIONS (the last two optional; what the vmvault@.service units run).
     #[command(name = "attach")]
     Attach(boot::AttachArgs),
     /// Close NAME as systemd-cryptsetup detaches it (an inactive NAME is success).
