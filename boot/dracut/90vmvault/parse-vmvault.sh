@@ -51,7 +51,7 @@ _vmvault_entry() {
         "$_ve_match" "$(command -v initqueue)" "$1" "/sbin/vmvault-attach" "$1" "$2" "${3:-none}" "${4:-defaults}"
     case ",$4," in
         *,nofail,*) ;;
-        *) wait_for_dev -n "/dev/mapper/$1" ;;
+        *) wait_for_dev -n "/dev/mapper/$1" >&2 ;;
     esac
 }
 
