@@ -248,9 +248,13 @@ def main():
 
 def run_main(con, res, cfg, qmp_path, left, t0):
     S = "boot-initramfs"
-    m = con.wait(INITRD_PROMPT, 0, min(left(), 240))
-    if not m:
-        res.add(f"{S}/passphrase-prompt", False, "no passphrase prompt on the console within 240 s")
+    either = re.compile(f"{INITRD_PROMPT.pattern}|{STOP_MESSAGE.pattern}", re.I)
+    m = con.wait(either, 0, min(left(), 240))
+    if not m or STOP_MESSAGE.match(m.group(0)):
+        before = " | ".join(con.buf[:m.start()].strip().split("\n")[-3:]) if m else ""
+        res.add(f"{S}/passphrase-prompt", False,
+                f"the boot stopped before any prompt: '{m.group(0).strip()}' after: {before}" if m
+                else "no passphrase prompt on the console within 240 s")
         return False
     res.add(f"{S}/passphrase-prompt", True,
             f"the initramfs asked on the serial console after {time.monotonic() - t0:.0f} s: '{m.group(0)}'")
