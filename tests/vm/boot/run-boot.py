@@ -16,7 +16,8 @@ Scenarios:
 Prints the serial console (CR dropped) and its own `RESULT <suite>/<case> PASS|FAIL detail`
 lines on stdout, progress lines starting with '# '. Exit status: 0 when the run finished and
 every RESULT is PASS, 1 when a RESULT failed, 2 when the run did not finish.
-Stdlib only. env: QEMU (default qemu-system-x86_64), VMVAULT_VM_DIR.
+Stdlib only. env: QEMU (default qemu-system-x86_64), VMVAULT_VM_DIR,
+VMVAULT_BOOT_POWEROFF_WAIT (seconds the main boot may take to power off after the checks, 60).
 """
 import argparse
 import hashlib
@@ -205,7 +206,8 @@ def main():
                 finished = run_wrong(con, res, left, t0)
         finally:
             try:
-                proc.wait(timeout=60 if finished and args.scenario == "main" else 1)
+                proc.wait(timeout=float(os.environ.get("VMVAULT_BOOT_POWEROFF_WAIT", "60"))
+                          if finished and args.scenario == "main" else 1)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
