@@ -17,7 +17,8 @@ Prints the serial console (CR dropped) and its own `RESULT <suite>/<case> PASS|F
 lines on stdout, progress lines starting with '# '. Exit status: 0 when the run finished and
 every RESULT is PASS, 1 when a RESULT failed, 2 when the run did not finish.
 Stdlib only. env: QEMU (default qemu-system-x86_64), VMVAULT_VM_DIR,
-VMVAULT_BOOT_POWEROFF_WAIT (seconds the main boot may take to power off after the checks, 60).
+VMVAULT_BOOT_POWEROFF_WAIT (seconds the main boot may take to power off after the checks, 60),
+VMVAULT_BOOT_APPEND (more kernel command line, e.g. systemd.journald.forward_to_console=1).
 """
 import argparse
 import hashlib
@@ -178,7 +179,8 @@ def main():
            "-qmp", f"unix:{qmp_path},server=on,wait=off",
            "-kernel", cfg["kernel"], "-initrd", cfg["initrd"],
            "-append", f"console=ttyS0 root=/dev/mapper/root ro vmvault_test.token={cfg['token']} "
-           f"vmvault_test.nokey_sha256={cfg['nokey_sha256']}",
+           f"vmvault_test.nokey_sha256={cfg['nokey_sha256']} "
+           + os.environ.get("VMVAULT_BOOT_APPEND", ""),
            # a PCIe root port with a free slot for the hot-added disk
            "-device", "pcie-root-port,id=hp1,bus=pcie.0,chassis=1,slot=1"]
     for i, d in enumerate(disks):
