@@ -178,7 +178,7 @@ def main():
            "-display", "none", "-serial", "stdio", "-no-reboot",
            "-qmp", f"unix:{qmp_path},server=on,wait=off",
            "-kernel", cfg["kernel"], "-initrd", cfg["initrd"],
-           "-append", f"console=ttyS0 root=/dev/mapper/root ro vmvault_test.token={cfg['token']} "
+           "-append", f"console=ttyS0 root=/dev/mapper/root ro sysrq_always_enabled=1 vmvault_test.token={cfg['token']} "
            f"vmvault_test.nokey_sha256={cfg['nokey_sha256']} "
            + os.environ.get("VMVAULT_BOOT_APPEND", ""),
            # a PCIe root port with a free slot for the hot-added disk
@@ -211,6 +211,17 @@ def main():
                 proc.wait(timeout=float(os.environ.get("VMVAULT_BOOT_POWEROFF_WAIT", "60"))
                           if finished and args.scenario == "main" else 1)
             except subprocess.TimeoutExpired:
+                if finished:
+                    # the poweroff hangs: the guest kernel's blocked tasks (sysrq w, through
+                    # the emulated keyboard; sysrq_always_enabled is on the command line)
+                    # go to the log before QEMU is killed
+                    con.say("# the poweroff hangs: sysrq-w (blocked tasks) into the log")
+                    try:
+                        qmp(qmp_path, [{"execute": "send-key", "arguments": {"keys": [
+                            {"type": "qcode", "data": k} for k in ("alt", "sysrq", "w")]}}])
+                        time.sleep(10)
+                    except OSError as e:
+                        con.say(f"# QMP send-key: {e}")
                 proc.kill()
                 proc.wait()
             wall = time.monotonic() - t0
