@@ -43,6 +43,9 @@ SYSTEMD_PROMPT = re.compile(r"passphrase for disk data2", re.I)
 # The local-top script's message when the root volume cannot be unlocked (initramfs-tools panic).
 STOP_MESSAGE = re.compile(r"cannot unlock root[^\n]*\n", re.I)
 WRONG = "not-the-passphrase"
+# The boot cannot go on: the root volume fails (I/O errors, ext4 aborts) or the kernel panics.
+FATAL = re.compile(r"(Aborting journal on device dm-0[^\n]*|Kernel panic - not syncing[^\n]*"
+                   r"|EXT4-fs error \(device dm-0\)[^\n]*)\n")
 
 
 class Console:
@@ -55,6 +58,7 @@ class Console:
         self.lock = threading.Condition()
         self.eof = False
         self.pending = ""
+        self.fatal = None
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
@@ -81,13 +85,19 @@ class Console:
             self.lock.notify_all()
 
     def wait(self, regex, start, timeout):
-        """The first match of regex in the console at or after offset start, or None."""
+        """The first match of regex in the console at or after offset start, or None.
+        A FATAL line (root I/O failing, a kernel panic) ends the wait early: it is kept in
+        self.fatal and the wait returns None."""
         end = time.monotonic() + timeout
         with self.lock:
             while True:
                 m = regex.search(self.buf, start)
                 if m:
                     return m
+                f = FATAL.search(self.buf)
+                if f:
+                    self.fatal = f.group(1)
+                    return None
                 left = end - time.monotonic()
                 if left <= 0 or self.eof:
                     return None
@@ -256,6 +266,9 @@ def main():
         con.say(f"# qemu rc={proc.returncode}, wall {wall:.1f} s, {res.passes} PASS, "
                 f"{res.fails} FAIL, log {logpath}")
     if not finished:
+        if con.fatal:
+            con.say(f"RESULT boot-{'initramfs' if args.scenario == 'main' else 'wrong-passphrase'}"
+                    f"/no-fatal-error FAIL the boot cannot go on: {con.fatal}")
         con.say("# the boot did not finish (timeout, crash or a step that never came)")
         return 2
     return 1 if res.fails else 0
