@@ -92,7 +92,9 @@ rm -f "$B"/.done-*
 MNTS=()
 cleanup() {
   local i; for ((i=${#MNTS[@]}-1; i>=0; i--)); do umount -l "${MNTS[$i]}" 2>/dev/null || true; done
-  [ -n "${HOSTPID:-}" ] && kill "$HOSTPID" 2>/dev/null || true
+  [ -n "${HOSTPID:-}" ] && kill "$HOSTPID" 2>/dev/null
+  [ -n "${VMVAULT_RUN_DIR:-}" ] && { sleep 0.5; rm -rf "$VMVAULT_RUN_DIR"; }
+  true
 }
 trap cleanup EXIT
 t=$(now)
