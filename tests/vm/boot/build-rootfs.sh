@@ -93,7 +93,7 @@ MNTS=()
 cleanup() {
   local i; for ((i=${#MNTS[@]}-1; i>=0; i--)); do umount -l "${MNTS[$i]}" 2>/dev/null || true; done
   [ -n "${HOSTPID:-}" ] && kill "$HOSTPID" 2>/dev/null
-  [ -n "${VMVAULT_RUN_DIR:-}" ] && { sleep 0.5; rm -rf "$VMVAULT_RUN_DIR"; }
+  [ -n "${HOST_RUN_DIR:-}" ] && { sleep 0.5; rm -rf "$HOST_RUN_DIR"; }
   true
 }
 trap cleanup EXIT
@@ -148,7 +148,8 @@ t=$(now)
 rm -rf "$D"; mkdir -p "$D"
 VS=$TGT/release/vaultsetup
 [ -x "$VS" ] || die "$VS missing (cargo build --release -p vaultsetup)"
-export VMVAULT_RUN_DIR=/run/vmvault-boot-build-$$
+HOST_RUN_DIR=/run/vmvault-boot-build-$$
+export VMVAULT_RUN_DIR=$HOST_RUN_DIR
 luks_fill() {  # luks_fill NAME UUID EXT4-IMAGE KEY(passphrase text or @keyfile)
   local n=$1 uuid=$2 fs=$3 key=$4 img=$D/$1.img kf dev st
   truncate -s $(( $(stat -c %s "$fs") + 16*1024*1024 )) "$img"
