@@ -210,6 +210,25 @@ fn attach_bad_input_gives_clear_messages_and_writes_nothing() {
         assert_eq!(rc, *code, "{args:?}: {out}\n{err}");
         assert!(err.contains(needle), "{args:?}: wanted {needle:?} in {err}");
     }
+    // From a generated unit: the vaulttab line goes in front of the error and warnings.
+    let o = run_with_input(
+        w.cmd(&[
+            "attach",
+            "b",
+            &s(&img),
+            "/nonexistent/vault.key",
+            "frobnicate,backend=soft",
+        ])
+        .env("VMVAULT_VAULTTAB_SOURCE", "/etc/vaulttab:13"),
+        None,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/etc/vaulttab:13: Failed to open key file /nonexistent/vault.key"),
+        "{err}"
+    );
+    assert!(err.contains("WARNING: /etc/vaulttab:13: "), "{err}");
     assert!(w.volumes().is_empty());
     assert_eq!(sha256_file(&img), before, "the device was written");
 }

@@ -302,6 +302,12 @@ fn broken_lines_are_reported_and_skipped() {
             "vmvault@good2.service".into()
         ])
     );
+    // Each unit tells vaultsetup its line, for its messages in the journal.
+    let good2 = std::fs::read_to_string(out.join("vmvault@good2.service")).unwrap();
+    assert!(
+        good2.contains(&format!("Environment=\"VMVAULT_VAULTTAB_SOURCE={t}:6\"\n")),
+        "{good2}"
+    );
 }
 
 #[test]

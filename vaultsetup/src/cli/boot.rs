@@ -80,6 +80,18 @@ fn frontend(f: Frontend) -> FrontendChoice {
 
 /// `attach NAME DEVICE [KEYFILE [OPTIONS]]`.
 pub fn attach(cli: &Cli, a: &AttachArgs, out: &mut Output) -> Result<(), Failure> {
+    attach_entry(cli, a, out).map_err(|mut f| {
+        if let Some(src) = &cli.vaulttab_source {
+            if !f.message.is_empty() {
+                f.message = format!("{src}: {}", f.message);
+            }
+        }
+        f
+    })
+}
+
+/// [`attach`] without the vaulttab location in front of the error.
+fn attach_entry(cli: &Cli, a: &AttachArgs, out: &mut Output) -> Result<(), Failure> {
     let bad = |m: String| fail(ExitCode::WrongParameters, m);
     let name = VolumeName::new(&a.name).map_err(|e| bad(e.to_string()))?;
     let (opts, warnings) = Options::parse(a.options.as_deref().unwrap_or("")).map_err(|e| {
@@ -90,7 +102,10 @@ pub fn attach(cli: &Cli, a: &AttachArgs, out: &mut Output) -> Result<(), Failure
     })?;
     // Printed now: the attach goes on, and a prompt may come next.
     for w in &warnings {
-        eprintln!("WARNING: {w}");
+        match &cli.vaulttab_source {
+            Some(src) => eprintln!("WARNING: {src}: {w}"),
+            None => eprintln!("WARNING: {w}"),
+        }
     }
     let key_spec =
         KeySpec::parse(a.keyfile.as_deref().unwrap_or("")).map_err(|e| bad(e.to_string()))?;

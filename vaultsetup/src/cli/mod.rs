@@ -33,6 +33,11 @@ pub struct Cli {
     /// `$PATH` (the library reads no environment).
     #[arg(skip)]
     pub spawn: vmvault_proto::client::SpawnConfig,
+    /// The vaulttab line an `attach` comes from (`FILE:LINE`, from
+    /// `$VMVAULT_VAULTTAB_SOURCE`, which the generated units set): put in front of the
+    /// attach's warnings and errors.
+    #[arg(skip)]
+    pub vaulttab_source: Option<String>,
 }
 
 /// Actions, named as cryptsetup names them.

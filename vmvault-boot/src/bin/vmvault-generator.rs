@@ -2,10 +2,13 @@
 //! `$VMVAULT_VAULTTAB`) and the `vmvault.*`/`rd.vmvault.*` kernel command-line options into
 //! `vmvault@NAME.service` units. Installed in /usr/lib/systemd/system-generators/; systemd
 //! runs it as `vmvault-generator NORMAL-DIR EARLY-DIR LATE-DIR` and it writes into
-//! NORMAL-DIR, as systemd-cryptsetup-generator does. Problems go to stderr (the journal);
-//! a bad line never stops the other entries. Exit status 0 unless the output directory is
+//! NORMAL-DIR, as systemd-cryptsetup-generator does. Problems go to the kernel log
+//! (`/dev/kmsg`, which the journal reads) when systemd runs the generator (it sets
+//! `$SYSTEMD_SCOPE`; a generator's stderr goes nowhere then), to stderr otherwise; a bad
+//! line never stops the other entries. Exit status 0 unless the output directory is
 //! unusable (or the arguments are wrong).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -40,8 +43,12 @@ fn main() -> ExitCode {
     match generator::run(&inputs, &args[0]) {
         Ok(problems) => {
             for p in problems {
-                let level = if p.is_error() { "error" } else { "warning" };
-                eprintln!("vmvault-generator: {level}: {}", p.message());
+                let level = if p.is_error() {
+                    Level::Error
+                } else {
+                    Level::Warning
+                };
+                log(level, &p.message());
             }
             ExitCode::SUCCESS
         }
@@ -52,8 +59,36 @@ fn main() -> ExitCode {
                 m.push_str(&format!(": {s}"));
                 src = s.source();
             }
-            eprintln!("vmvault-generator: error: {m}");
+            log(Level::Error, &m);
             ExitCode::FAILURE
         }
     }
+}
+
+/// Severity of a message, as syslog numbers it for `/dev/kmsg`.
+#[derive(Clone, Copy, Debug)]
+enum Level {
+    /// `LOG_ERR`.
+    Error = 3,
+    /// `LOG_WARNING`.
+    Warning = 4,
+}
+
+/// Writes one message: to `/dev/kmsg` when systemd runs us (as systemd's own generators
+/// log), else (or when the kernel log cannot be opened) to stderr.
+fn log(level: Level, message: &str) {
+    let word = match level {
+        Level::Error => "error",
+        Level::Warning => "warning",
+    };
+    if std::env::var_os("SYSTEMD_SCOPE").is_some() {
+        if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+            // One write per record; the kernel splits nothing and keeps the priority.
+            let record = format!("<{}>vmvault-generator: {word}: {message}\n", level as u8);
+            if kmsg.write_all(record.as_bytes()).is_ok() {
+                return;
+            }
+        }
+    }
+    eprintln!("vmvault-generator: {word}: {message}");
 }

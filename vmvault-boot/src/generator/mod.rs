@@ -25,6 +25,27 @@ use crate::vaulttab::{
     DeviceSpec, Entry, KeySpec, Location, Options, ParseError, Vaulttab, Warning,
 };
 
+/// The variable a generated unit sets to the entry's `FILE:LINE`; `vaultsetup attach`
+/// puts it in front of its warnings and errors.
+pub const SOURCE_ENV: &str = "VMVAULT_VAULTTAB_SOURCE";
+
+/// `"NAME=VALUE"` quoted for `Environment=` (C-style escapes, `%` doubled as a specifier
+/// escape; `$` is literal there).
+fn environment_assignment(name: &str, value: &str) -> String {
+    let mut out = format!("\"{name}=");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '%' => out.push_str("%%"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Where `vaultsetup` is installed; the units call it.
 pub const VAULTSETUP: &str = "/usr/sbin/vaultsetup";
 
@@ -213,6 +234,13 @@ pub fn plan(entry: &Entry, source: &Path) -> Plan {
     }
     u.push_str(
         "\n[Service]\nType=oneshot\nRemainAfterExit=yes\nTimeoutSec=0\nOOMScoreAdjust=500\n",
+    );
+    // vaultsetup prefixes its messages with this, so that a missing key file or a wrong
+    // passphrase names the vaulttab line in the journal.
+    let _ = writeln!(
+        u,
+        "Environment={}",
+        environment_assignment(SOURCE_ENV, &entry.location.to_string())
     );
     let _ = writeln!(
         u,
