@@ -180,7 +180,7 @@ fn fake_daemon(run: &Path, answer: &'static str) -> std::thread::JoinHandle<Stri
 fn the_client_refuses_a_daemon_of_another_version() {
     let t = TempDir::new("proto-client");
     for (i, answer) in [
-        "{\"result\":\"ok\",\"reply\":{\"version\":2,\"pid\":1}}\n",
+        "{\"result\":\"ok\",\"reply\":{\"version\":99,\"pid\":1}}\n",
         // What a daemon from before the hello answers.
         "{\"ok\":false,\"code\":1,\"error\":\"bad request: unknown variant `hello`\"}\n",
         "{\"result\":\"error\",\"code\":1,\"error\":\"protocol version 1 is not spoken\"}\n",

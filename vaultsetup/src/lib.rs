@@ -9,6 +9,7 @@
 
 pub mod activation;
 pub mod af;
+pub mod askpass;
 pub mod cli;
 pub mod device;
 pub mod dump;

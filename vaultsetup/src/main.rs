@@ -41,7 +41,11 @@ fn main() {
     cli.spawn = vmvault_proto::client::SpawnConfig {
         program: std::env::var_os("VMVAULTD").map(std::path::PathBuf::from),
         search_path: std::env::var_os("PATH"),
+        initrd: vmvault_proto::client::in_initramfs(std::path::Path::new("/")),
     };
+    cli.vaulttab_source = std::env::var(vmvault_boot::generator::SOURCE_ENV)
+        .ok()
+        .filter(|s| !s.is_empty());
     let mut notes = Vec::new();
     let r = run(&cli, &mut notes);
     for n in &notes {

@@ -59,6 +59,26 @@ pub enum PassphraseError {
     /// No terminal for the prompt.
     #[error("Cannot open the terminal for a passphrase prompt: {0}")]
     NoTty(#[source] std::io::Error),
+    /// Nobody answered the prompt within `--timeout` / `timeout=`.
+    #[error("Timed out waiting for the passphrase ({} s).", .0.as_secs_f64())]
+    Timeout(std::time::Duration),
+    /// The passphrase agent (`systemd-ask-password`, `plymouth`) could not be started.
+    #[error("Cannot ask for the passphrase with {program}: {source}")]
+    AgentSpawn {
+        /// The agent program.
+        program: String,
+        /// Why it did not start.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The passphrase agent gave no passphrase (cancelled, timed out, failed).
+    #[error("{program} gave no passphrase{}.", status.map(|s| format!(" ({s})")).unwrap_or_default())]
+    Agent {
+        /// The agent program.
+        program: String,
+        /// How it exited.
+        status: Option<std::process::ExitStatus>,
+    },
 }
 
 impl HasExitCode for PassphraseError {
@@ -191,6 +211,23 @@ pub fn read_key_file(
 
 /// Reads the passphrase as cryptsetup does for `input`; `prompt` is shown on a terminal.
 pub fn read_passphrase(input: &KeyInput, prompt: &str) -> Result<Passphrase, PassphraseError> {
+    read_passphrase_timed(input, prompt, None)
+}
+
+/// Whether [`read_passphrase`] would prompt on the terminal for `input` (no key file and
+/// stdin is a terminal): only such a passphrase is asked for again after a wrong one.
+pub fn is_interactive(input: &KeyInput) -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    input.key_file.is_none() && unsafe { libc::isatty(libc::STDIN_FILENO) } == 1
+}
+
+/// [`read_passphrase`] with a time limit for the terminal prompt (cryptsetup's
+/// `--timeout`); `None` waits forever. Key files and pipes are not timed.
+pub fn read_passphrase_timed(
+    input: &KeyInput,
+    prompt: &str,
+    timeout: Option<std::time::Duration>,
+) -> Result<Passphrase, PassphraseError> {
     let size = input.keyfile_size.filter(|&s| s != 0);
     if let Some(p) = &input.key_file {
         return read_key_file(p, input.keyfile_offset, size);
@@ -205,7 +242,7 @@ pub fn read_passphrase(input: &KeyInput, prompt: &str) -> Result<Passphrase, Pas
             true,
         );
     }
-    read_tty(prompt)
+    read_tty(prompt, timeout)
 }
 
 /// Restores the terminal attributes when dropped.
@@ -223,8 +260,41 @@ impl Drop for EchoGuard {
     }
 }
 
-/// Prompts on `/dev/tty` with echo off and reads one line.
-fn read_tty(prompt: &str) -> Result<Passphrase, PassphraseError> {
+/// Reads from a descriptor, each `read(2)` waiting at most until `deadline` (`poll`);
+/// past it, reads fail with `TimedOut`.
+struct TimedFdReader {
+    fd: std::os::fd::RawFd,
+    deadline: Option<std::time::Instant>,
+}
+
+impl Read for TimedFdReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(d) = self.deadline {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            let mut p = libc::pollfd {
+                fd: self.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one pollfd that lives across the call.
+            let n = unsafe { libc::poll(&mut p, 1, ms) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if n == 0 {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+        }
+        FdReader(self.fd).read(buf)
+    }
+}
+
+/// Prompts on `/dev/tty` with echo off and reads one line, within `timeout` if given.
+fn read_tty(
+    prompt: &str,
+    timeout: Option<std::time::Duration>,
+) -> Result<Passphrase, PassphraseError> {
     let mut tty = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -240,18 +310,29 @@ fn read_tty(prompt: &str) -> Result<Passphrase, PassphraseError> {
     let mut noecho = saved;
     noecho.c_lflag &= !(libc::ECHO | libc::ECHONL);
     noecho.c_lflag |= libc::ICANON;
-    tty.write_all(prompt.as_bytes())
-        .map_err(PassphraseError::Read)?;
-    tty.flush().map_err(PassphraseError::Read)?;
+    // Echo off (flushing what was typed before) first, then the prompt: whatever is
+    // typed once the prompt shows is kept.
     let guard = EchoGuard { fd, saved };
     // SAFETY: as above; `noecho` is a valid termios.
     unsafe {
         libc::tcsetattr(fd, libc::TCSAFLUSH, &noecho);
     }
-    let r = read_key_from(FdReader(fd), 0, Some(MAX_INTERACTIVE as u64 + 1), true);
+    tty.write_all(prompt.as_bytes())
+        .map_err(PassphraseError::Read)?;
+    tty.flush().map_err(PassphraseError::Read)?;
+    let reader = TimedFdReader {
+        fd,
+        deadline: timeout.map(|t| std::time::Instant::now() + t),
+    };
+    let r = read_key_from(reader, 0, Some(MAX_INTERACTIVE as u64 + 1), true);
     drop(guard);
     let _ = tty.write_all(b"\n");
-    let p = r?;
+    let p = match (r, timeout) {
+        (Err(PassphraseError::Read(e)), Some(t)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            return Err(PassphraseError::Timeout(t))
+        }
+        (r, _) => r?,
+    };
     if p.len() > MAX_INTERACTIVE {
         return Err(PassphraseError::TooLong);
     }

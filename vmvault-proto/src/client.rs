@@ -318,6 +318,18 @@ impl Client {
         let (Done {}, _) = self.call(&Request::Shutdown {}, None)?;
         Ok(())
     }
+
+    /// Asks the daemon to make `new_root` its root directory (the initramfs hand-over,
+    /// see [`Request::SwitchRoot`]).
+    pub fn switch_root(&mut self, new_root: &Path) -> Result<(), ClientError> {
+        let (Done {}, _) = self.call(
+            &Request::SwitchRoot {
+                path: new_root.to_path_buf(),
+            },
+            None,
+        )?;
+        Ok(())
+    }
 }
 
 /// How to start `vmvaultd` when none answers. The caller (a binary) fills it from its
@@ -328,6 +340,16 @@ pub struct SpawnConfig {
     pub program: Option<PathBuf>,
     /// The search path (`$PATH`).
     pub search_path: Option<OsString>,
+    /// Start it with `--initrd` (the caller runs in an initramfs: see
+    /// [`in_initramfs`]), so that it survives the switch to the real root.
+    pub initrd: bool,
+}
+
+/// Whether this process runs in an initramfs: `/etc/initrd-release` (systemd's and
+/// dracut's convention) or `/conf/initramfs.conf` (initramfs-tools) exists under `root`
+/// (`/` outside tests).
+pub fn in_initramfs(root: &Path) -> bool {
+    root.join("etc/initrd-release").exists() || root.join("conf/initramfs.conf").exists()
 }
 
 /// Where the `vmvaultd` binary is: `cfg.program`, next to the current executable (or one
@@ -392,6 +414,9 @@ pub fn connect_or_spawn(run_dir: &Path, spawn: &SpawnConfig) -> Result<Client, C
         source,
     })?;
     let mut cmd = Command::new(&exe);
+    if spawn.initrd {
+        cmd.arg("--initrd");
+    }
     cmd.arg("--run-dir")
         .arg(run_dir)
         .stdin(Stdio::null())
@@ -438,5 +463,25 @@ pub fn connect_or_spawn(run_dir: &Path, spawn: &SpawnConfig) -> Result<Client, C
             return Err(ClientError::Timeout);
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initramfs_markers() {
+        let d = std::env::temp_dir().join(format!("vmvault-initrd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("etc")).unwrap();
+        std::fs::create_dir_all(d.join("conf")).unwrap();
+        assert!(!in_initramfs(&d));
+        std::fs::write(d.join("conf/initramfs.conf"), "").unwrap();
+        assert!(in_initramfs(&d));
+        std::fs::remove_file(d.join("conf/initramfs.conf")).unwrap();
+        std::fs::write(d.join("etc/initrd-release"), "").unwrap();
+        assert!(in_initramfs(&d));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -2,8 +2,8 @@
 //! socket `<run-dir>/control`, each request answered by one response line.
 //!
 //! ```text
-//! → {"cmd":"hello","version":1}
-//! ← {"result":"ok","reply":{"version":1,"pid":4242}}
+//! → {"cmd":"hello","version":2}
+//! ← {"result":"ok","reply":{"version":2,"pid":4242}}
 //! → {"cmd":"prepare_key"}
 //! ← {"result":"ok","reply":{"key_ring":987654321}}
 //!   (the client links its possessor-only key into that keyring, then sends
@@ -17,6 +17,9 @@
 //!    data with the line, `backing` only names it)
 //! → {"cmd":"close","name":"vol"}
 //! ← {"result":"ok","reply":{}}
+//! → {"cmd":"switch_root","path":"/root"}
+//! ← {"result":"ok","reply":{}}
+//!   (the daemon chroots into `path`: the initramfs hand-over, see [`Request::SwitchRoot`])
 //! ← {"result":"error","code":5,"error":"Device vol already exists."}
 //! ```
 //!
@@ -41,7 +44,9 @@ pub use crate::exit::ExitCode;
 use crate::types::{CipherSpec, KeySize, SectorSize, Sectors, VolumeName};
 
 /// The protocol version this build speaks. Client and daemon must agree exactly.
-pub const VERSION: u32 = 1;
+///
+/// History: 1 the first typed protocol; 2 adds [`Request::SwitchRoot`].
+pub const VERSION: u32 = 2;
 
 /// Longest request line the daemon reads (bytes, without the newline).
 pub const MAX_LINE: usize = 64 * 1024;
@@ -215,6 +220,16 @@ pub enum Request {
     Ping {},
     /// Close every volume and exit; refused while a volume is in use. Reply: [`Done`].
     Shutdown {},
+    /// The initramfs hand-over: the daemon makes `path` (an absolute path to a
+    /// directory, the real root mounted by the initramfs) its root directory
+    /// (`chroot(path)` then `chdir("/")`, for every thread) and keeps serving its
+    /// volumes. Sent before the initramfs moves `/run`, `/dev`, `/proc` and `/sys` into
+    /// the new root, so that after the switch the daemon's paths name the real root's
+    /// mounts. Reply: [`Done`].
+    SwitchRoot {
+        /// The new root directory, absolute.
+        path: PathBuf,
+    },
 }
 
 /// What `status` reports about a volume (the fields `vaultsetup status --json` prints).
@@ -299,7 +314,7 @@ pub struct PingReply {
 }
 
 /// Reply to requests that only succeed or fail ([`Request::Close`],
-/// [`Request::Shutdown`]): `{}`.
+/// [`Request::Shutdown`], [`Request::SwitchRoot`]): `{}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Done {}
@@ -392,6 +407,21 @@ mod tests {
         assert!(e.contains("unknown field `force`"), "{e}");
         let e = parse(r#"{"cmd":"ping","x":1}"#).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
+        let e = parse(r#"{"cmd":"switch_root","path":"/root","force":1}"#).unwrap_err();
+        assert!(e.contains("unknown field `force`"), "{e}");
+        let e = parse(r#"{"cmd":"switch_root"}"#).unwrap_err();
+        assert!(e.contains("missing field `path`"), "{e}");
+    }
+
+    #[test]
+    fn switch_root_shape() {
+        let r = Request::SwitchRoot {
+            path: PathBuf::from("/root"),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"cmd":"switch_root","path":"/root"}"#);
+        assert_eq!(parse(&s).unwrap(), r);
+        assert_eq!(VERSION, 2);
     }
 
     #[test]

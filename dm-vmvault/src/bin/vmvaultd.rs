@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! vmvaultd [--run-dir DIR] [--fuse-threads N] [--vault-vcpus N] [--no-mlock]
-//!          [--config PATH] [--check-config] [--log-level LEVEL]
+//!          [--config PATH] [--check-config] [--log-level LEVEL] [--initrd]
 //! ```
 //!
 //! The run directory defaults to `$VMVAULT_RUN_DIR`, else the configuration file's
@@ -20,6 +20,15 @@
 //! MESSAGE` for warnings), after an RFC 3339 time stamp unless `JOURNAL_STREAM` is set
 //! (journald stamps lines itself). The level comes from `--log-level`, else `RUST_LOG`,
 //! else `info`.
+//!
+//! Socket activation: a listening socket passed by systemd (`LISTEN_PID`, `LISTEN_FDS`,
+//! descriptor 3; `boot/systemd/vmvaultd.socket`) is served instead of binding one; it
+//! must be bound to `<run-dir>/control`.
+//!
+//! `--initrd` (the initramfs daemon): re-executes itself with `argv[0]` `@vmvaultd`
+//! (systemd's convention for root-storage daemons that survive the switch to the real
+//! root and the shutdown killing spree) and writes the marker `<run-dir>/initrd` while
+//! it runs. The `switch_root` request then moves it into the real root.
 //!
 //! SIGTERM (or SIGINT): no new volumes; idle volumes are closed at once, volumes in use
 //! are closed as soon as they are released (the log says what each one waits for), then
@@ -40,7 +49,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "vmvaultd [--run-dir DIR] [--fuse-threads N] [--vault-vcpus N] [--no-mlock] \
-                     [--config PATH] [--check-config] [--log-level LEVEL] [VAULT TUNING OPTIONS]";
+                     [--config PATH] [--check-config] [--log-level LEVEL] [--initrd] [VAULT TUNING OPTIONS]";
 
 /// The vmvault daemon: serves encrypted volumes whose keys live in a vault VM.
 #[derive(Debug, Parser)]
@@ -68,6 +77,10 @@ struct Cli {
     /// [default: $RUST_LOG, else info]
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Initramfs mode: run as @vmvaultd (survives the switch to the real root) and
+    /// write the marker RUN-DIR/initrd
+    #[arg(long)]
+    initrd: bool,
     /// Who runs a sleeping vault vCPU: auto, thread or caller [default: auto]
     #[arg(
         long,
@@ -167,6 +180,7 @@ fn configure(cli: &Cli, file: FileConfig) -> DaemonConfig {
     if cli.no_mlock {
         cfg.mlock = false;
     }
+    cfg.initrd = cli.initrd;
     cfg
 }
 
@@ -233,6 +247,15 @@ fn main() -> ExitCode {
             };
         }
     };
+    // Before anything else: the initramfs daemon runs as @vmvaultd (same pid).
+    if cli.initrd
+        && !cli.check_config
+        && daemon::activation::needs_initrd_reexec(std::env::args_os().next().as_deref())
+    {
+        let e = daemon::activation::reexec_as_initrd();
+        eprintln!("vmvaultd: --initrd: cannot re-execute /proc/self/exe as @vmvaultd: {e}");
+        return ExitCode::from(4);
+    }
     if let Err(e) = init_logging(cli.log_level.as_deref()) {
         eprintln!("vmvaultd: {e}");
         return ExitCode::from(1);
@@ -255,6 +278,9 @@ fn main() -> ExitCode {
         println!("vcpus = {}", cfg.vault_vcpus);
         println!("window_size = {}", cfg.window_size);
         println!("mlock = {}", cfg.mlock);
+        if cfg.initrd {
+            println!("# initrd mode (--initrd)");
+        }
         let t = &cfg.vault_tuning;
         println!("run = {:?}", cfg.vault_run.name());
         println!("idle_spins = {}", t.idle_spins);
@@ -282,7 +308,15 @@ fn main() -> ExitCode {
         tracing::error!("must run as root");
         return ExitCode::from(2);
     }
-    match daemon::run(cfg) {
+    // A socket from systemd: taken (and the environment cleaned) before any thread.
+    let activated = match daemon::activation::take_listener(&daemon::socket_path(&cfg.run_dir)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    match daemon::run_with(cfg, activated) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -4,12 +4,13 @@
 //! `control` (the root-only control socket), `vmvaultd.pid` (flocked single-instance
 //! lock), `mnt/<name>/volume` (each volume's FUSE export), `vmvaultd.log` (when spawned
 //! on demand), `dm/<name>` (the `/dev/mapper` names this daemon created, see
-//! [`stale`]). The directory is checked before it is trusted ([`check_run_dir`]); the pid
+//! [`stale`]), `initrd` (the marker of an initramfs daemon, see [`activation`]). The directory is checked before it is trusted ([`check_run_dir`]); the pid
 //! file and the log are opened with `O_NOFOLLOW`.
 //!
 //! `close` never tears down a volume in use ([`busy`]); a volume leaves the table only
 //! once it is gone. SIGTERM/SIGINT: see the `vmvaultd` binary.
 
+pub mod activation;
 pub mod busy;
 pub mod config;
 pub mod conn;
@@ -55,6 +56,9 @@ pub struct DaemonConfig {
     pub vault_run: vmvault_hv::RunMode,
     /// How the vaults' vCPUs spin, sleep and are placed.
     pub vault_tuning: vmvault_hv::Tuning,
+    /// The initramfs daemon (`--initrd`): writes the marker `<run-dir>/initrd` while it
+    /// runs (see [`activation`]).
+    pub initrd: bool,
 }
 
 impl Default for DaemonConfig {
@@ -74,6 +78,7 @@ impl Default for DaemonConfig {
             window_size: crate::vault::WINDOW_SIZE,
             vault_run: vmvault_hv::RunMode::Auto,
             vault_tuning: vmvault_hv::Tuning::default(),
+            initrd: false,
         }
     }
 }
@@ -430,6 +435,24 @@ impl Daemon {
             Request::Ping {} => encode(&Response::ok(PingReply {
                 pid: std::process::id(),
             })),
+            Request::SwitchRoot { path } => encode(&match activation::switch_root(&path) {
+                Ok(()) => {
+                    tracing::info!(
+                        "switched root to {}: serving {} volume(s) from there",
+                        path.display(),
+                        self.state().volumes.len()
+                    );
+                    Response::ok(Done {})
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    let code = match e {
+                        activation::ActivationError::BadRoot { .. } => ExitCode::WrongParameters,
+                        _ => ExitCode::NoPermission,
+                    };
+                    Response::err(code, e.to_string())
+                }
+            }),
             Request::Shutdown {} => {
                 let r = self.close_all();
                 if matches!(r, Response::Ok { .. }) {
@@ -648,8 +671,15 @@ fn vault_memory_mapped() -> bool {
     })
 }
 
-/// Runs the daemon until `shutdown`. Blocks.
+/// Runs the daemon until `shutdown`, on a control socket of its own. Blocks.
 pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
+    run_with(cfg, None)
+}
+
+/// Runs the daemon until `shutdown`, serving `activated` (a listener systemd passed, see
+/// [`activation::take_listener`]) when given instead of binding `<run-dir>/control`.
+/// Blocks.
+pub fn run_with(cfg: DaemonConfig, activated: Option<UnixListener>) -> Result<(), DaemonError> {
     let run_dir = cfg.run_dir.clone();
     check_run_dir(&run_dir)?;
     let _ = std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700));
@@ -676,18 +706,39 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     for l in host::clean_stale(&mnt_root) {
         tracing::info!("{l}");
     }
+    let marker = run_dir.join(activation::INITRD_MARKER);
+    // We hold the run directory's lock: a marker left by a dead initramfs daemon is
+    // stale (it would keep vmvaultd.socket from ever starting).
+    if !cfg.initrd && std::fs::remove_file(&marker).is_ok() {
+        tracing::info!("removed the stale marker {}", marker.display());
+    }
+    if cfg.initrd {
+        std::fs::write(&marker, format!("{}\n", std::process::id())).map_err(|source| {
+            host::HostError::Sys {
+                what: format!("write {}", marker.display()),
+                source,
+            }
+        })?;
+    }
     let sock = socket_path(&run_dir);
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).map_err(|source| DaemonError::Socket {
-        path: sock.clone(),
-        source,
-    })?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        DaemonError::Socket {
-            path: sock.clone(),
-            source,
+    let socket_activated = activated.is_some();
+    let listener = match activated {
+        Some(l) => l,
+        None => {
+            let _ = std::fs::remove_file(&sock);
+            let l = UnixListener::bind(&sock).map_err(|source| DaemonError::Socket {
+                path: sock.clone(),
+                source,
+            })?;
+            std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| DaemonError::Socket {
+                    path: sock.clone(),
+                    source,
+                },
+            )?;
+            l
         }
-    })?;
+    };
     let vaults = crate::vault::VaultPool::with_window(cfg.vault_vcpus, cfg.window_size)
         .with_tuning(cfg.vault_run, cfg.vault_tuning.clone());
     let d = Arc::new(Daemon {
@@ -699,7 +750,21 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         stop: AtomicBool::new(false),
         terminating: AtomicBool::new(false),
     });
-    tracing::info!("pid {} serving {}", std::process::id(), sock.display());
+    tracing::info!(
+        "pid {} serving {}{}{}",
+        std::process::id(),
+        sock.display(),
+        if socket_activated {
+            " (socket from systemd)"
+        } else {
+            ""
+        },
+        if d.cfg.initrd {
+            " (initramfs mode)"
+        } else {
+            ""
+        }
+    );
     listener
         .set_nonblocking(true)
         .map_err(|source| DaemonError::Socket {
@@ -771,7 +836,13 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             }
         }
     }
-    let _ = std::fs::remove_file(&sock);
+    // A socket systemd passed stays: it is systemd's to remove.
+    if !socket_activated {
+        let _ = std::fs::remove_file(&sock);
+    }
+    if d.cfg.initrd {
+        let _ = std::fs::remove_file(&marker);
+    }
     tracing::info!("shut down");
     Ok(())
 }

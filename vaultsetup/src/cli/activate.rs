@@ -13,13 +13,19 @@ use vmvault_proto::protocol::{
 };
 use vmvault_proto::VolumeName;
 
+use std::path::PathBuf;
+
 use super::{
-    fail, read_volume, unlock_with_passphrase, BackendArg, Cli, CloseArgs, Failure, FrontendArg,
-    OpenArgs, Output, StatusArgs,
+    fail, read_volume, BackendArg, Cli, CloseArgs, DeviceType, Failure, FrontendArg, OpenArgs,
+    Output, StatusArgs,
 };
 use crate::activation::{verify_volume_key, CryptParams, KeyCheck};
+use crate::device::Device;
 use crate::exit::{ExitCode, HasExitCode};
 use crate::keyring::{self, KeyringError, StagedKey};
+use crate::keyslot::{unlock, UnlockOptions};
+use crate::passphrase::{is_interactive, read_passphrase_timed, KeyInput};
+use crate::secret::Passphrase;
 use crate::secret::VolumeKey;
 use crate::volume::Volume;
 
@@ -42,7 +48,7 @@ fn client_fail(e: ClientError) -> Failure {
     fail(e.exit_code(), e.to_string())
 }
 
-fn backend_choice(b: BackendArg) -> BackendChoice {
+pub(crate) fn backend_choice(b: BackendArg) -> BackendChoice {
     match b {
         BackendArg::Kvm => BackendChoice::Kvm,
         BackendArg::Soft => BackendChoice::Soft,
@@ -50,7 +56,7 @@ fn backend_choice(b: BackendArg) -> BackendChoice {
     }
 }
 
-fn frontend_choice(f: FrontendArg) -> FrontendChoice {
+pub(crate) fn frontend_choice(f: FrontendArg) -> FrontendChoice {
     match f {
         FrontendArg::Fuse => FrontendChoice::Fuse,
         FrontendArg::Ublk => FrontendChoice::Ublk,
@@ -94,6 +100,101 @@ fn key_from_keyring(spec: &str, vol: &Volume) -> Result<(VolumeKey, i32), Failur
     }
 }
 
+/// What [`activate`] opens, however the command line said it.
+#[derive(Debug)]
+pub(crate) struct Activation<'a> {
+    /// Mapping name.
+    pub name: VolumeName,
+    /// The data device (tags already resolved), as named to the user.
+    pub device: PathBuf,
+    /// A detached header (`--header`, `header=`): header and keyslots come from it, the
+    /// data from `device` at the header's data offset.
+    pub header: Option<PathBuf>,
+    /// Accepted LUKS versions.
+    pub device_type: DeviceType,
+    /// Read-only mapping.
+    pub readonly: bool,
+    /// Pass discards.
+    pub allow_discards: bool,
+    /// Vault backend.
+    pub backend: BackendChoice,
+    /// Frontend.
+    pub frontend: FrontendChoice,
+    /// vmvaultd's run directory.
+    pub run_dir: PathBuf,
+    /// `Key slot N unlocked.` and the device line on stdout.
+    pub verbose: bool,
+    /// How to start vmvaultd.
+    pub spawn: &'a vmvault_proto::client::SpawnConfig,
+    /// An active NAME on the same device is success (`attach`), not "already exists".
+    pub accept_active_same: bool,
+}
+
+/// Asks for a passphrase; the argument is the attempt (1, 2, ...).
+pub(crate) type AskFn<'a> = dyn FnMut(u32) -> Result<Passphrase, Failure> + 'a;
+
+/// Where the volume key of [`activate`] comes from.
+pub(crate) enum KeySource<'a> {
+    /// `--volume-key-keyring`: a user key holding the volume key.
+    Keyring {
+        /// The key as named.
+        spec: &'a str,
+        /// `--keep-keyring-key`.
+        keep: bool,
+    },
+    /// A passphrase or key file unlocking a keyslot.
+    Passphrase {
+        /// Reads one passphrase.
+        ask: &'a mut AskFn<'a>,
+        /// Attempts when the passphrase is wrong (0 = until right); only with `retry`.
+        tries: u32,
+        /// Whether a wrong passphrase is asked for again (a prompt, not a key file).
+        retry: bool,
+        /// Only this keyslot.
+        key_slot: Option<u32>,
+    },
+}
+
+impl std::fmt::Debug for KeySource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Keyring { spec, keep } => f
+                .debug_struct("Keyring")
+                .field("spec", spec)
+                .field("keep", keep)
+                .finish(),
+            KeySource::Passphrase {
+                tries,
+                retry,
+                key_slot,
+                ..
+            } => f
+                .debug_struct("Passphrase")
+                .field("tries", tries)
+                .field("retry", retry)
+                .field("key_slot", key_slot)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Whether two open files are the same device or file.
+fn same_file(a: &std::fs::File, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match (a.metadata(), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) if x.file_type().is_block_device() && y.file_type().is_block_device() => {
+            x.rdev() == y.rdev()
+        }
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Whether two paths name the same device or file.
+pub(crate) fn same_device(a: &std::path::Path, b: &std::path::Path) -> bool {
+    std::fs::File::open(a).is_ok_and(|f| same_file(&f, b))
+}
+
 /// `open DEVICE NAME`.
 pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
     let Some(name) = a.name.as_deref() else {
@@ -103,28 +204,90 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
         ));
     };
     let name = VolumeName::new(name).map_err(|e| fail(ExitCode::WrongParameters, e.to_string()))?;
+    let device = super::resolve_device(&a.device)?;
+    let header = a.header.as_deref().map(super::resolve_device).transpose()?;
+    let act = Activation {
+        name,
+        device,
+        header,
+        device_type: a.device_type,
+        readonly: a.readonly,
+        allow_discards: a.allow_discards,
+        backend: backend_choice(a.backend),
+        frontend: frontend_choice(a.frontend),
+        run_dir: a.daemon.dir(),
+        verbose: cli.verbose,
+        spawn: &cli.spawn,
+        accept_active_same: false,
+    };
+    let input = KeyInput {
+        key_file: a.key.key_file.clone(),
+        keyfile_offset: a.key.keyfile_offset,
+        keyfile_size: a.key.keyfile_size,
+    };
+    let prompt = format!("Enter passphrase for {}: ", a.device.display());
+    let timeout = (a.timeout != 0).then(|| std::time::Duration::from_secs(a.timeout));
+    let mut ask = |_attempt: u32| -> Result<Passphrase, Failure> {
+        Ok(read_passphrase_timed(&input, &prompt, timeout)?)
+    };
+    let key = match &a.volume_key_keyring {
+        Some(spec) => KeySource::Keyring {
+            spec,
+            keep: a.keep_keyring_key,
+        },
+        None => KeySource::Passphrase {
+            ask: &mut ask,
+            tries: a.tries,
+            retry: is_interactive(&input),
+            key_slot: a.key.key_slot,
+        },
+    };
+    activate(&act, key, out)
+}
+
+/// Opens `act` through vmvaultd with the key from `key`: the common part of `open` and
+/// `attach`.
+pub(crate) fn activate(
+    act: &Activation<'_>,
+    key: KeySource<'_>,
+    out: &mut Output,
+) -> Result<(), Failure> {
+    let name = &act.name;
     // The backing device as vmvaultd will use it: opened once, here, with the mode the
     // mapping needs, and handed over as a descriptor. The header must come from the same
-    // file, so a path swapped meanwhile (a symlink to another disk) is refused, and one
-    // swapped later changes nothing.
-    let (dev, vol) = read_volume(&a.device, out)?;
-    let backing_file = open_backing(&a.device, a.readonly)?;
-    if !dev.is_same_file(&backing_file) {
+    // file (unless detached), so a path swapped meanwhile (a symlink to another disk) is
+    // refused, and one swapped later changes nothing.
+    let header_path = act.header.as_ref().unwrap_or(&act.device);
+    let (dev, vol) = read_volume(header_path, out)?;
+    let backing_file = open_backing(&act.device, act.readonly)?;
+    let data_dev = match &act.header {
+        None => None,
+        Some(_) => Some(Device::open(&act.device)?),
+    };
+    if !data_dev
+        .as_ref()
+        .unwrap_or(&dev)
+        .is_same_file(&backing_file)
+    {
         return Err(fail(
             ExitCode::WrongDevice,
             format!(
                 "Device {} changed while it was being opened; refusing it.",
-                a.device.display()
+                act.device.display()
             ),
         ));
     }
-    if !a.device_type.accepts(vol.version()) {
+    if !act.device_type.accepts(vol.version()) {
         return Err(fail(
             ExitCode::WrongParameters,
-            format!("Device {} is not a valid LUKS device.", a.device.display()),
+            format!(
+                "Device {} is not a valid LUKS device.",
+                header_path.display()
+            ),
         ));
     }
-    let params = CryptParams::from_volume(&vol, &dev)?;
+    let params = CryptParams::from_volume(&vol, data_dev.as_ref().unwrap_or(&dev))?;
+    drop(data_dev);
     // For display only (the daemon uses the descriptor): where the open file is.
     let backing = std::fs::read_link(format!(
         "/proc/self/fd/{}",
@@ -132,25 +295,61 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
     ))
     .ok()
     .filter(|p| p.is_absolute())
-    .unwrap_or_else(|| a.device.clone());
-    let run_dir = a.daemon.dir();
-    let mut client = connect_or_spawn(&run_dir, &cli.spawn).map_err(client_fail)?;
-    // Like cryptsetup: an active NAME is refused before asking for a passphrase.
-    if client.status(name.as_str()).is_ok() {
+    .unwrap_or_else(|| act.device.clone());
+    let mut client = connect_or_spawn(&act.run_dir, act.spawn).map_err(client_fail)?;
+    // Like cryptsetup: an active NAME is refused before asking for a passphrase
+    // (`attach`: success when it is this device, as systemd-cryptsetup).
+    if let Ok(st) = client.status(name.as_str()) {
+        if act.accept_active_same && same_file(&backing_file, &st.backing) {
+            out.stderr.push(format!("Volume {name} already active."));
+            return Ok(());
+        }
         return Err(fail(
             ExitCode::Busy,
             format!("Device {name} already exists."),
         ));
     }
 
-    let (key, original) = match &a.volume_key_keyring {
-        Some(spec) => {
+    let keyring_spec = match &key {
+        KeySource::Keyring { spec, keep } => Some((*spec, *keep)),
+        KeySource::Passphrase { .. } => None,
+    };
+    let (key, original) = match key {
+        KeySource::Keyring { spec, .. } => {
             let (k, serial) = key_from_keyring(spec, &vol)?;
             (k, Some(serial))
         }
-        None => {
-            let unlocked =
-                unlock_with_passphrase(&dev, &vol, &a.device, &a.key, false, cli.verbose, out)?;
+        KeySource::Passphrase {
+            ask,
+            tries,
+            retry,
+            key_slot,
+        } => {
+            let opts = UnlockOptions {
+                keyslot: key_slot,
+                ..Default::default()
+            };
+            let mut attempt = 0u32;
+            let unlocked = loop {
+                attempt += 1;
+                let pass = ask(attempt)?;
+                match unlock(&dev, &vol, &pass, &opts) {
+                    Ok(u) => break u,
+                    Err(e) => {
+                        let last = !retry || (tries != 0 && attempt >= tries);
+                        if e.exit_code() == ExitCode::NoPermission && !last {
+                            // Before the next prompt, as cryptsetup prints it.
+                            eprintln!("{e}");
+                            continue;
+                        }
+                        return Err(e.into());
+                    }
+                }
+            };
+            if act.verbose {
+                out.stdout
+                    .push_str(&format!("Key slot {} unlocked.\n", unlocked.keyslot));
+            }
             (unlocked.key, None)
         }
     };
@@ -180,9 +379,9 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
         iv_offset: params.iv_offset,
         iv_large_sectors: params.iv_large_sectors,
         size: Some(params.size),
-        readonly: a.readonly,
-        allow_discards: a.allow_discards,
-        backend: backend_choice(a.backend),
+        readonly: act.readonly,
+        allow_discards: act.allow_discards,
+        backend: act.backend,
         key_serial: staged.serial(),
         keep_key: false,
         key_ring: Some(ring),
@@ -191,7 +390,7 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
             Volume::Luks1(h) => h.uuid.clone(),
             Volume::Luks2(h) => h.bin.uuid.clone(),
         }),
-        frontend: frontend_choice(a.frontend),
+        frontend: act.frontend,
     };
     let resp = client.open_fd(req, std::os::fd::AsFd::as_fd(&backing_file));
     drop(staged);
@@ -199,8 +398,8 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
     for w in &warnings {
         out.stderr.push(format!("WARNING: {w}"));
     }
-    if let (Some(serial), Some(spec)) = (original, &a.volume_key_keyring) {
-        if a.keep_keyring_key {
+    if let (Some(serial), Some((spec, keep))) = (original, keyring_spec) {
+        if keep {
             out.stderr.push(format!(
                 "WARNING: the volume key stays in the kernel keyring (key {serial}, {spec:?}) as --keep-keyring-key asked: it is outside the vault until you invalidate it (keyctl invalidate {serial})."
             ));
@@ -210,7 +409,7 @@ pub fn open(cli: &Cli, a: &OpenArgs, out: &mut Output) -> Result<(), Failure> {
             ));
         }
     }
-    if cli.verbose {
+    if act.verbose {
         out.stdout.push_str(&format!(
             "Device {name} is {} ({} backend).\n",
             st.device.display(),

@@ -1,12 +1,14 @@
 //! The `vaultsetup` command line: cryptsetup's verbs, options and exit codes.
 //!
-//! `open DEVICE NAME`, `close` and `status` talk to vmvaultd (see [`activate`]).
+//! `open DEVICE NAME`, `close` and `status` talk to vmvaultd (see [`activate`]);
+//! `attach`, `detach` and `switch-root` are the boot verbs (see [`boot`]).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod activate;
+pub mod boot;
 
 use crate::device::Device;
 use crate::exit::{ExitCode, HasExitCode};
@@ -31,6 +33,11 @@ pub struct Cli {
     /// `$PATH` (the library reads no environment).
     #[arg(skip)]
     pub spawn: vmvault_proto::client::SpawnConfig,
+    /// The vaulttab line an `attach` comes from (`FILE:LINE`, from
+    /// `$VMVAULT_VAULTTAB_SOURCE`, which the generated units set): put in front of the
+    /// attach's warnings and errors.
+    #[arg(skip)]
+    pub vaulttab_source: Option<String>,
 }
 
 /// Actions, named as cryptsetup names them.
@@ -51,6 +58,17 @@ pub enum Command {
     /// Exit 0 if DEVICE is a LUKS device, 1 otherwise.
     #[command(name = "isLuks")]
     IsLuks(IsLuksArgs),
+    /// Open NAME as systemd-cryptsetup attaches it, from the vaulttab fields NAME, DEVICE,
+    /// KEYFILE and OPTIONS (the last two optional; what the vmvault@.service units run).
+    #[command(name = "attach")]
+    Attach(boot::AttachArgs),
+    /// Close NAME as systemd-cryptsetup detaches it (an inactive NAME is success).
+    #[command(name = "detach")]
+    Detach(boot::DetachArgs),
+    /// Tell the running vmvaultd to make NEWROOT its root (the initramfs hand-over,
+    /// before /run, /dev, /proc and /sys move into NEWROOT).
+    #[command(name = "switch-root")]
+    SwitchRoot(boot::SwitchRootArgs),
 }
 
 /// Device type (`--type`).
@@ -157,6 +175,21 @@ pub struct OpenArgs {
     /// Pass discards (TRIM) to the backing device.
     #[arg(long = "allow-discards")]
     pub allow_discards: bool,
+    /// How often a passphrase typed on a terminal is asked for (0 = until it is right).
+    #[arg(short = 'T', long = "tries", value_name = "N", default_value_t = 3)]
+    pub tries: u32,
+    /// Seconds to wait for a passphrase typed on a terminal (0 = no limit).
+    #[arg(
+        short = 't',
+        long = "timeout",
+        value_name = "SECS",
+        default_value_t = 0
+    )]
+    pub timeout: u64,
+    /// Detached LUKS header (path, UUID=, LABEL=, ...): the header and keyslots come
+    /// from it, the data from DEVICE at the header's data offset.
+    #[arg(long = "header", value_name = "PATH")]
+    pub header: Option<PathBuf>,
     /// Vault backend.
     #[arg(long = "backend", value_enum, default_value = "auto")]
     pub backend: BackendArg,
@@ -172,7 +205,7 @@ pub struct OpenArgs {
     /// Daemon options.
     #[command(flatten)]
     pub daemon: DaemonArgs,
-    /// The LUKS device or image.
+    /// The LUKS device or image (a path, UUID=, PARTUUID=, LABEL= or PARTLABEL=).
     pub device: PathBuf,
     /// Mapping name.
     pub name: Option<String>,
@@ -259,6 +292,28 @@ pub struct Output {
     pub stderr: Vec<String>,
 }
 
+/// A device as named on the command line: a path as it is; `UUID=`, `PARTUUID=`,
+/// `LABEL=`, `PARTLABEL=` through `/dev/disk/by-*` (exit 4 when no such device exists).
+pub(crate) fn resolve_device(name: &std::path::Path) -> Result<PathBuf, Failure> {
+    use vmvault_boot::vaulttab::DeviceSpec;
+    let Some(text) = name.to_str() else {
+        return Ok(name.to_path_buf());
+    };
+    match DeviceSpec::parse(text) {
+        Ok(DeviceSpec::Path(_)) | Err(_) => Ok(name.to_path_buf()),
+        Ok(spec) => spec.resolve().map_err(|e| {
+            fail(
+                ExitCode::WrongDevice,
+                format!(
+                    "Device {} does not exist or access denied (no {}).",
+                    e.spec,
+                    e.node.display()
+                ),
+            )
+        }),
+    }
+}
+
 pub(crate) fn read_volume(path: &PathBuf, out: &mut Output) -> Result<(Device, Volume), Failure> {
     let dev = Device::open(path)?;
     let vol = Volume::read(&dev)?;
@@ -312,16 +367,24 @@ fn run_inner(cli: &Cli, out: &mut Output) -> Result<(), Failure> {
             Ok(())
         }
         Command::Close(a) => activate::close(a, out),
+        Command::Attach(a) => boot::attach(cli, a, out),
+        Command::Detach(a) => boot::detach(a, out),
+        Command::SwitchRoot(a) => boot::switch_root(a, out),
         Command::Status(a) => activate::status(a, out),
         Command::Open(a) => {
             if !a.test_passphrase {
                 return activate::open(cli, a, out);
             }
-            let (dev, vol) = read_volume(&a.device, out)?;
+            // The keyslots are in the detached header when there is one.
+            let hdr = match &a.header {
+                Some(h) => resolve_device(h)?,
+                None => resolve_device(&a.device)?,
+            };
+            let (dev, vol) = read_volume(&hdr, out)?;
             if !a.device_type.accepts(vol.version()) {
                 return Err(fail(
                     ExitCode::WrongParameters,
-                    format!("Device {} is not a valid LUKS device.", a.device.display()),
+                    format!("Device {} is not a valid LUKS device.", hdr.display()),
                 ));
             }
             // As cryptsetup: testing the passphrase of one named keyslot (or with
