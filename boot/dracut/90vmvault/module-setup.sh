@@ -84,10 +84,11 @@ install() {
 
     inst_hook cmdline 30 "$moddir/parse-vmvault.sh"
     if dracut_module_included "systemd"; then
+        # Not vmvaultd.service/.socket: a daemon started by a unit of the initrd would be
+        # stopped at the switch to the real root. Without the socket, the first attach starts
+        # `vmvaultd --initrd` itself (@vmvaultd: spared at switch-root and shutdown).
         inst_multiple -o \
             "$systemdutildir"/system-generators/vmvault-generator \
-            "$systemdsystemunitdir"/vmvaultd.service \
-            "$systemdsystemunitdir"/vmvaultd.socket \
             "$systemdsystemunitdir"/cryptsetup.target \
             "$systemdsystemunitdir"/remote-cryptsetup.target \
             "$systemdsystemunitdir"/systemd-ask-password-console.path \
