@@ -299,6 +299,12 @@ fn read_tty(
         .read(true)
         .write(true)
         .open("/dev/tty")
+        .or_else(|_| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/console")
+        })
         .map_err(PassphraseError::NoTty)?;
     let fd = tty.as_raw_fd();
     // SAFETY: termios is plain data; tcgetattr fills it for an open descriptor.
