@@ -404,13 +404,14 @@ fn serve_queue(qid: u16, dev: &UblkDev, engine: &IoEngine) {
             return;
         }
     };
+    let dev_id = dev.dev_info.dev_id as i32;
     let handler = |q: &UblkQueue, tag: u16, _io: &UblkIOCtx| {
         let buf = &bufs[tag as usize];
         // SAFETY: the buffer of `tag` belongs to this thread between the completion of
         // its fetch and our commit below; the kernel copies to/from it only while it
         // owns the tag. `buf` stays allocated for the queue's whole life.
         let data = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr(), buf.len()) };
-        let res = handle(engine, q.get_iod(tag), data);
+        let res = handle(engine, q.get_iod(tag), data, dev_id);
         let _ = q.complete_io_cmd_unified(
             tag,
             BufDesc::Slice(buf.as_slice()),
@@ -420,12 +421,29 @@ fn serve_queue(qid: u16, dev: &UblkDev, engine: &IoEngine) {
     queue.wait_and_handle_io(handler);
 }
 
-/// Serves one request; returns the bytes done or `-errno`.
-fn handle(engine: &IoEngine, iod: &sys::ublksrv_io_desc, buf: &mut [u8]) -> i32 {
+/// Failed requests logged so far (all devices): the first [`LOGGED_ERRORS`] are logged,
+/// then one in 1000, so that a failing volume cannot flood the log.
+static ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// How many failed requests are logged one by one.
+const LOGGED_ERRORS: u64 = 32;
+
+/// Serves one request; returns the bytes done or `-errno`. A failure is logged (an error
+/// from the backing file or the vault is otherwise only an `I/O error` in the kernel log).
+fn handle(engine: &IoEngine, iod: &sys::ublksrv_io_desc, buf: &mut [u8], dev_id: i32) -> i32 {
     let op = iod.op_flags & 0xff;
     let off = iod.start_sector << 9;
     let len = (iod.nr_sectors as u64) << 9;
-    let err = |e: crate::io::IoError| -e.errno();
+    let err = |e: crate::io::IoError| {
+        let n = ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n < LOGGED_ERRORS || n.is_multiple_of(1000) {
+            tracing::error!(
+                "/dev/ublkb{dev_id}: request op {op} at byte {off} ({len} bytes) failed: {e} \
+                 ({} failed requests so far)",
+                n + 1
+            );
+        }
+        -e.errno()
+    };
     match op {
         sys::UBLK_IO_OP_READ => {
             let Some(dst) = buf.get_mut(..len as usize) else {
