@@ -405,7 +405,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, engine: &IoEngine) {
         }
     };
     let dev_id = dev.dev_info.dev_id as i32;
-    let handler = |q: &UblkQueue, tag: u16, _io: &UblkIOCtx| {
+    let handler = &|q: &UblkQueue, tag: u16, _io: &UblkIOCtx| {
         let buf = &bufs[tag as usize];
         // SAFETY: the buffer of `tag` belongs to this thread between the completion of
         // its fetch and our commit below; the kernel copies to/from it only while it
@@ -418,7 +418,29 @@ fn serve_queue(qid: u16, dev: &UblkDev, engine: &IoEngine) {
             Ok(UblkIORes::Result(res)),
         );
     };
-    queue.wait_and_handle_io(handler);
+    // libublk's loop returns on any error of io_uring_enter, also on EINTR: a signal that
+    // reaches this thread (systemd-shutdown's `kill(-1, SIGSTOP)` and `SIGCONT`, which
+    // spare no process, not even the root's @vmvaultd; a SIGTERM this thread happens to
+    // take) would end the queue while the device lives: the requests of this hardware
+    // queue then wait forever (this thread hangs dropping the queue's ring), or, once
+    // every queue has returned, the server thread deletes the device under its users
+    // (I/O errors on every request). Serve on until the driver stops the queue.
+    let mut early_returns = 0u64;
+    loop {
+        queue.wait_and_handle_io(handler);
+        if queue.is_stopping() {
+            break;
+        }
+        early_returns += 1;
+        if early_returns <= 8 || early_returns.is_multiple_of(1000) {
+            tracing::info!(
+                "/dev/ublkb{dev_id} queue {qid}: the wait was interrupted ({early_returns} \
+                 times so far); serving on"
+            );
+        }
+        // No busy loop should the error persist.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// Failed requests logged so far (all devices): the first [`LOGGED_ERRORS`] are logged,
