@@ -20,6 +20,8 @@
 //! MESSAGE` for warnings), after an RFC 3339 time stamp unless `JOURNAL_STREAM` is set
 //! (journald stamps lines itself). The level comes from `--log-level`, else `RUST_LOG`,
 //! else `info`.
+//! With `--initrd`, warnings and errors also go to the kernel log (`/dev/kmsg`): the
+//! initramfs daemon's stderr is a file in `/run/vmvault` that no journal collects.
 //!
 //! Socket activation: a listening socket passed by systemd (`LISTEN_PID`, `LISTEN_FDS`,
 //! descriptor 3; `boot/systemd/vmvaultd.socket`) is served instead of binding one; it
@@ -218,15 +220,32 @@ where
 }
 
 /// Sets up logging to stderr at `level` (a level or an `EnvFilter` directive), else
-/// `RUST_LOG`, else `info`. Fails on a `level` that does not parse.
-fn init_logging(level: Option<&str>) -> Result<(), String> {
+/// `RUST_LOG`, else `info`. Fails on a `level` that does not parse. With `kmsg` (the
+/// initramfs daemon, whose stderr is a file in `/run/vmvault` that nothing collects),
+/// warnings and errors also go to the kernel log (`/dev/kmsg`), when it can be opened.
+fn init_logging(level: Option<&str>, kmsg: bool) -> Result<(), String> {
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
     let filter = match level {
         Some(l) => EnvFilter::try_new(l).map_err(|e| format!("--log-level {l}: {e}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    let kmsg = kmsg
+        .then(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/kmsg")
+                .ok()
+        })
+        .flatten();
+    let writer = match kmsg {
+        Some(f) => BoxMakeWriter::new(
+            std::io::stderr.and(std::sync::Arc::new(f).with_max_level(Level::WARN)),
+        ),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(false)
         .event_format(LogFormat {
             timestamps: std::env::var_os("JOURNAL_STREAM").is_none(),
@@ -256,7 +275,7 @@ fn main() -> ExitCode {
         eprintln!("vmvaultd: --initrd: cannot re-execute /proc/self/exe as @vmvaultd: {e}");
         return ExitCode::from(4);
     }
-    if let Err(e) = init_logging(cli.log_level.as_deref()) {
+    if let Err(e) = init_logging(cli.log_level.as_deref(), cli.initrd) {
         eprintln!("vmvaultd: {e}");
         return ExitCode::from(1);
     }

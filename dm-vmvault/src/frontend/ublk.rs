@@ -404,28 +404,68 @@ fn serve_queue(qid: u16, dev: &UblkDev, engine: &IoEngine) {
             return;
         }
     };
-    let handler = |q: &UblkQueue, tag: u16, _io: &UblkIOCtx| {
+    let dev_id = dev.dev_info.dev_id as i32;
+    let handler = &|q: &UblkQueue, tag: u16, _io: &UblkIOCtx| {
         let buf = &bufs[tag as usize];
         // SAFETY: the buffer of `tag` belongs to this thread between the completion of
         // its fetch and our commit below; the kernel copies to/from it only while it
         // owns the tag. `buf` stays allocated for the queue's whole life.
         let data = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr(), buf.len()) };
-        let res = handle(engine, q.get_iod(tag), data);
+        let res = handle(engine, q.get_iod(tag), data, dev_id);
         let _ = q.complete_io_cmd_unified(
             tag,
             BufDesc::Slice(buf.as_slice()),
             Ok(UblkIORes::Result(res)),
         );
     };
-    queue.wait_and_handle_io(handler);
+    // libublk's loop returns on any error of io_uring_enter, also on EINTR: a signal that
+    // reaches this thread (systemd-shutdown's `kill(-1, SIGSTOP)` and `SIGCONT`, which
+    // spare no process, not even the root's @vmvaultd; a SIGTERM this thread happens to
+    // take) would end the queue while the device lives: the requests of this hardware
+    // queue then wait forever (this thread hangs dropping the queue's ring), or, once
+    // every queue has returned, the server thread deletes the device under its users
+    // (I/O errors on every request). Serve on until the driver stops the queue.
+    let mut early_returns = 0u64;
+    loop {
+        queue.wait_and_handle_io(handler);
+        if queue.is_stopping() {
+            break;
+        }
+        early_returns += 1;
+        if early_returns <= 8 || early_returns.is_multiple_of(1000) {
+            tracing::info!(
+                "/dev/ublkb{dev_id} queue {qid}: the wait was interrupted ({early_returns} \
+                 times so far); serving on"
+            );
+        }
+        // No busy loop should the error persist.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
-/// Serves one request; returns the bytes done or `-errno`.
-fn handle(engine: &IoEngine, iod: &sys::ublksrv_io_desc, buf: &mut [u8]) -> i32 {
+/// Failed requests logged so far (all devices): the first [`LOGGED_ERRORS`] are logged,
+/// then one in 1000, so that a failing volume cannot flood the log.
+static ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// How many failed requests are logged one by one.
+const LOGGED_ERRORS: u64 = 32;
+
+/// Serves one request; returns the bytes done or `-errno`. A failure is logged (an error
+/// from the backing file or the vault is otherwise only an `I/O error` in the kernel log).
+fn handle(engine: &IoEngine, iod: &sys::ublksrv_io_desc, buf: &mut [u8], dev_id: i32) -> i32 {
     let op = iod.op_flags & 0xff;
     let off = iod.start_sector << 9;
     let len = (iod.nr_sectors as u64) << 9;
-    let err = |e: crate::io::IoError| -e.errno();
+    let err = |e: crate::io::IoError| {
+        let n = ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n < LOGGED_ERRORS || n.is_multiple_of(1000) {
+            tracing::error!(
+                "/dev/ublkb{dev_id}: request op {op} at byte {off} ({len} bytes) failed: {e} \
+                 ({} failed requests so far)",
+                n + 1
+            );
+        }
+        -e.errno()
+    };
     match op {
         sys::UBLK_IO_OP_READ => {
             let Some(dst) = buf.get_mut(..len as usize) else {

@@ -18,6 +18,7 @@ lines on stdout, progress lines starting with '# '. Exit status: 0 when the run 
 every RESULT is PASS, 1 when a RESULT failed, 2 when the run did not finish.
 Stdlib only. env: QEMU (default qemu-system-x86_64), VMVAULT_VM_DIR,
 VMVAULT_BOOT_POWEROFF_WAIT (seconds the main boot may take to power off after the checks, 60),
+VMVAULT_BOOT_SYSRQ (the sysrq keys sent when the poweroff hangs, one after the other, `w`),
 VMVAULT_BOOT_APPEND (more kernel command line, e.g. systemd.journald.forward_to_console=1).
 """
 import argparse
@@ -225,11 +226,13 @@ def main():
                     # the poweroff hangs: the guest kernel's blocked tasks (sysrq w, through
                     # the emulated keyboard; sysrq_always_enabled is on the command line)
                     # go to the log before QEMU is killed
-                    con.say("# the poweroff hangs: sysrq-w (blocked tasks) into the log")
+                    keys = os.environ.get("VMVAULT_BOOT_SYSRQ", "w")
+                    con.say(f"# the poweroff hangs: sysrq-{keys} (w: blocked tasks) into the log")
                     try:
-                        qmp(qmp_path, [{"execute": "send-key", "arguments": {"keys": [
-                            {"type": "qcode", "data": k} for k in ("alt", "sysrq", "w")]}}])
-                        time.sleep(10)
+                        for key in keys:
+                            qmp(qmp_path, [{"execute": "send-key", "arguments": {"keys": [
+                                {"type": "qcode", "data": k} for k in ("alt", "sysrq", key)]}}])
+                            time.sleep(10)
                     except OSError as e:
                         con.say(f"# QMP send-key: {e}")
                 proc.kill()
