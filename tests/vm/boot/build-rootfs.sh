@@ -11,7 +11,8 @@
 #     (tests/vm/boot/rootfs/: vaulttab, fstab, key files, the in-VM check service) and the
 #     REAL `update-initramfs -u -k KVER` run in the chroot (/proc, /sys, /dev bound).
 #     Skipped when neither the deb nor tests/vm/boot/ changed (stamp .done-HASH).
-# Then make-disks.sh turns rootfs/ into the LUKS2 disk images.
+# Then stage 3 turns rootfs/ into the LUKS2 disk images (and keeps the root's ext4 image as
+# plain-root.img, the unencrypted root of run-boot.py's plain-root scenario).
 # env: VMVAULT_VM_DIR, VMVAULT_BOOT_DEB (a vmvault .deb; default: newest target/debian/vmvault_*.deb,
 #      built with .ci/build-deb unless VMVAULT_VM_NO_BUILD=1).
 set -euo pipefail
@@ -150,8 +151,8 @@ VS=$TGT/release/vaultsetup
 [ -x "$VS" ] || die "$VS missing (cargo build --release -p vaultsetup)"
 HOST_RUN_DIR=/run/vmvault-boot-build-$$
 export VMVAULT_RUN_DIR=$HOST_RUN_DIR
-luks_fill() {  # luks_fill NAME UUID EXT4-IMAGE KEY(passphrase text or @keyfile)
-  local n=$1 uuid=$2 fs=$3 key=$4 img=$D/$1.img kf dev st
+luks_fill() {  # luks_fill NAME UUID EXT4-IMAGE KEY(passphrase text or @keyfile) [KEEP-AS]
+  local n=$1 uuid=$2 fs=$3 key=$4 keep=${5:-} img=$D/$1.img kf dev st
   truncate -s $(( $(stat -c %s "$fs") + 16*1024*1024 )) "$img"
   if [ "${key#@}" != "$key" ]; then kf=${key#@}; else kf=$D/.pass; printf %s "$key" > "$kf"; fi
   cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
@@ -163,11 +164,14 @@ luks_fill() {  # luks_fill NAME UUID EXT4-IMAGE KEY(passphrase text or @keyfile)
   [ -b "$dev" ] || die "no plaintext device for $img: $st"
   dd if="$fs" of="$dev" bs=4M conv=fsync status=none || die "dd into $dev failed"
   "$VS" close "bootbuild-$n-$$" || die "vaultsetup close failed"
-  rm -f "$D/.pass" "$fs"
+  rm -f "$D/.pass"
+  if [ -n "$keep" ]; then mv "$fs" "$keep"; else rm -f "$fs"; fi
 }
 rsize=$(du -sm --apparent-size "$R" | cut -f1)
 mkfs.ext4 -q -F -b 4096 -L vmvault-root -d "$R" "$D/root.ext4" "$(( rsize * 13 / 10 + 96 ))M" || die "mkfs.ext4 -d of the root failed"
-luks_fill root "$ROOT_UUID" "$D/root.ext4" "$ROOT_PASS"
+# the same ext4 image is kept as the unencrypted root of the plain-root scenario (no extra
+# build time; ~400 MB of disk, sparse)
+luks_fill root "$ROOT_UUID" "$D/root.ext4" "$ROOT_PASS" "$D/plain-root.img"
 for n in data1 data2 hot; do
   mkdir -p "$D/fs-$n"; echo "vmvault boot test $n" > "$D/fs-$n/known"
   mkfs.ext4 -q -F -b 4096 -L "$n" -d "$D/fs-$n" "$D/$n.ext4" 24M || die "mkfs.ext4 $n failed"
@@ -184,7 +188,9 @@ printf %s "vmvault-nokey-13" | cryptsetup luksFormat -q --type luks2 --pbkdf pbk
 NOKEY_SHA=$(sha256sum "$D/nokey.img" | cut -d' ' -f1)
 cat > "$B/boot.json" <<JSON
 {"kver": "$KVER", "kernel": "$OUT/vmlinux-$KVER", "initrd": "$B/initrd.img-$KVER",
- "disks": {"root": "$D/root.img", "data1": "$D/data1.img", "data2": "$D/data2.img", "hot": "$D/hot.img", "nokey": "$D/nokey.img"},
+ "disks": {"root": "$D/root.img", "data1": "$D/data1.img", "data2": "$D/data2.img", "hot": "$D/hot.img", "nokey": "$D/nokey.img",
+           "plain-root": "$D/plain-root.img"},
+ "uuids": {"data1": "$DATA1_UUID", "data2": "$DATA2_UUID"},
  "nokey_sha256": "$NOKEY_SHA",
  "root_pass": "$ROOT_PASS", "data2_pass": "$DATA2_PASS", "token": "$TOKEN",
  "deb": "$(basename "$DEB")", "initramfs_secs": $INITRAMFS_SECS}

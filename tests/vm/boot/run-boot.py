@@ -9,6 +9,11 @@ Scenarios:
               once the in-VM checks print @@BOOT-HOTPLUG-READY, a disk with a vaulttab entry
               is hot-added over QMP (device_add of a virtio-blk drive); the checks print
               RESULT lines and power the VM off. Every disk has snapshot=on.
+  plain-root  the root is the same tree as an unencrypted ext4 disk (root=/dev/vda): the
+              initramfs attaches nothing (rd.vmvault=no), and systemd attaches data1 and data2
+              alone (vmvault.uuid=) through the socket-activated, hardened vmvaultd.service;
+              the data2 passphrase is answered at systemd's console prompt; the checks
+              (suite boot-socket) print RESULT lines and power the VM off. snapshot=on.
   wrong-pass  only wrong root passphrases: asked again up to tries=3 times, then the boot
               must stop with a clear message (then QEMU is killed); the disk images are
               attached writable and hashed before and after (nothing may be written).
@@ -167,7 +172,7 @@ def sha256(path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scenario", choices=["main", "wrong-pass"], default="main")
+    ap.add_argument("--scenario", choices=["main", "plain-root", "wrong-pass"], default="main")
     ap.add_argument("--timeout", type=float, default=600, help="whole boot, seconds")
     ap.add_argument("--boot-json", default=os.path.join(VM, "boot", "boot.json"))
     args = ap.parse_args()
@@ -182,14 +187,20 @@ def main():
     logpath = os.path.join(out, f"boot-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}.log")
     tmp = tempfile.mkdtemp(prefix="vmvault-boot-")
     qmp_path = os.path.join(tmp, "qmp.sock")
-    snap = "on" if args.scenario == "main" else "off"
+    snap = "off" if args.scenario == "wrong-pass" else "on"
     disks = ["root", "data1", "data2", "nokey"]
+    root = "root=/dev/mapper/root"
+    if args.scenario == "plain-root":
+        # vda: the plain ext4 root; only the data volumes, named by UUID for the generator
+        disks = ["plain-root", "data1", "data2"]
+        root = ("root=/dev/vda rd.vmvault=no vmvault_test.scenario=plain-root "
+                + " ".join(f"vmvault.uuid={cfg['uuids'][d]}" for d in ("data1", "data2")))
     cmd = [os.environ.get("QEMU", "qemu-system-x86_64"), "-accel", "tcg", "-machine", "q35",
            "-cpu", "max", "-smp", "2", "-m", "2048", "-nodefaults", "-no-user-config",
            "-display", "none", "-serial", "stdio", "-no-reboot",
            "-qmp", f"unix:{qmp_path},server=on,wait=off",
            "-kernel", cfg["kernel"], "-initrd", cfg["initrd"],
-           "-append", f"console=ttyS0 root=/dev/mapper/root ro sysrq_always_enabled=1 vmvault_test.token={cfg['token']} "
+           "-append", f"console=ttyS0 {root} ro sysrq_always_enabled=1 vmvault_test.token={cfg['token']} "
            f"vmvault_test.nokey_sha256={cfg['nokey_sha256']} "
            + os.environ.get("VMVAULT_BOOT_APPEND", ""),
            # a PCIe root port with a free slot for the hot-added disk
@@ -215,12 +226,14 @@ def main():
         try:
             if args.scenario == "main":
                 finished = run_main(con, res, cfg, qmp_path, left, t0)
+            elif args.scenario == "plain-root":
+                finished = run_plain(con, res, cfg, left, t0)
             else:
                 finished = run_wrong(con, res, left, t0)
         finally:
             try:
                 proc.wait(timeout=float(os.environ.get("VMVAULT_BOOT_POWEROFF_WAIT", "60"))
-                          if finished and args.scenario == "main" else 1)
+                          if finished and args.scenario != "wrong-pass" else 1)
             except subprocess.TimeoutExpired:
                 if finished:
                     # the poweroff hangs: the guest kernel's blocked tasks (sysrq w, through
@@ -238,6 +251,13 @@ def main():
                 proc.kill()
                 proc.wait()
             wall = time.monotonic() - t0
+        if args.scenario == "plain-root" and finished:
+            after = con.buf[con.buf.find("@@BOOT-DONE"):]
+            errors = re.findall(r"EXT4-fs error[^\n]*", con.buf)
+            ok = proc.returncode == 0 and "Power down" in after and not errors
+            res.add("boot-socket/clean-poweroff", ok,
+                    f"qemu rc={proc.returncode}, 'Power down': {'yes' if 'Power down' in after else 'no'}"
+                    + (f", ext4 errors: {errors[:3]}" if errors else ""))
         if args.scenario == "main" and finished:
             # shutdown: the volumes close after their file systems, root stays to the end
             # (systemd-shutdown remounts it read-only through the vault), then power off
@@ -270,8 +290,9 @@ def main():
                 f"{res.fails} FAIL, log {logpath}")
     if not finished:
         if con.fatal:
-            con.say(f"RESULT boot-{'initramfs' if args.scenario == 'main' else 'wrong-passphrase'}"
-                    f"/no-fatal-error FAIL the boot cannot go on: {con.fatal}")
+            suite = {"main": "boot-initramfs", "plain-root": "boot-socket"}.get(
+                args.scenario, "boot-wrong-passphrase")
+            con.say(f"RESULT {suite}/no-fatal-error FAIL the boot cannot go on: {con.fatal}")
         con.say("# the boot did not finish (timeout, crash or a step that never came)")
         return 2
     return 1 if res.fails else 0
@@ -319,6 +340,34 @@ def run_main(con, res, cfg, qmp_path, left, t0):
         res.add(f"{S}/device-add", False, f"QMP: {e}")
     m5 = con.wait(re.compile(r"@@BOOT-DONE"), m4.end(), left())
     if not m5:
+        return False
+    con.say(f"# in-VM checks done after {time.monotonic() - t0:.0f} s")
+    return True
+
+
+def run_plain(con, res, cfg, left, t0):
+    S = "boot-socket"
+    # The first passphrase prompt must be systemd's for data2: the initramfs attaches
+    # nothing (rd.vmvault=no), so it never asks for the root's.
+    either = re.compile(f"{SYSTEMD_PROMPT.pattern}|{INITRD_PROMPT.pattern}", re.I)
+    m = con.wait(either, 0, min(left(), 400))
+    if not m:
+        res.add(f"{S}/ask-password-prompt", False,
+                "no passphrase prompt on the console within 400 s")
+        return False
+    if not SYSTEMD_PROMPT.search(m.group(0)):
+        res.add(f"{S}/initramfs-attaches-nothing", False,
+                f"asked for another passphrase first: '{m.group(0)}'")
+        return False
+    off = re.search(r"vmvault: off on the kernel command line[^\n]*", con.buf[:m.start()])
+    res.add(f"{S}/initramfs-attaches-nothing", off is not None,
+            f"initramfs: '{off.group(0)}', no root prompt" if off
+            else "no 'vmvault: off on the kernel command line' message from local-top")
+    res.add(f"{S}/ask-password-prompt", True,
+            f"systemd's console agent asked for data2 after {time.monotonic() - t0:.0f} s")
+    con.type(cfg["data2_pass"] + "\n")
+    m2 = con.wait(re.compile(r"@@BOOT-DONE"), m.end(), left())
+    if not m2:
         return False
     con.say(f"# in-VM checks done after {time.monotonic() - t0:.0f} s")
     return True
