@@ -129,7 +129,7 @@ pub const SCRATCH_GPA: u64 = 0x20_0000_0000;
 pub const SCRATCH_MAX: u64 = 4 << 30;
 
 const _: () = assert!(SCRATCH_GPA >= super::WINDOW_GPA + super::WINDOW_MAX);
-const _: () = assert!(SCRATCH_GPA % (1 << 30) == 0);
+const _: () = assert!(SCRATCH_GPA.is_multiple_of(1 << 30));
 const _: () = assert!(HOST_ENTROPY_LEN as u64 <= super::TRANSFER_SIZE);
 
 /// Length of a keyslot area: `key_len * stripes` rounded up to [`AREA_SECTOR`].
