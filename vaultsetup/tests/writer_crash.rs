@@ -297,6 +297,82 @@ fn kill_case(
     }
 }
 
+/// Blanks the random members (salts, digest) so two volumes' metadata compare.
+fn skeleton(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "salt" || k == "digest" {
+                    *x = serde_json::Value::Null;
+                } else {
+                    skeleton(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(skeleton),
+        _ => {}
+    }
+}
+
+/// Our LUKS2 volume has cryptsetup's layout: the same JSON (member order included) up
+/// to salts and digest, and the same binary header fields up to salt, UUID, seqid and
+/// checksum.
+fn same_layout_as_cryptsetup(dir: &Path) {
+    let (ours, _, _) = new_volume(dir, LuksVersion::Luks2, false);
+    let theirs = dir.join("cryptsetup.img");
+    std::fs::File::create(&theirs)
+        .unwrap()
+        .set_len(20 << 20)
+        .unwrap();
+    let kf = dir.join("pw0");
+    std::fs::write(&kf, b"pw0").unwrap();
+    let st = Command::new("cryptsetup")
+        .args([
+            "luksFormat",
+            "-q",
+            "--batch-mode",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--label",
+            "vmvault",
+            "--key-file",
+        ])
+        .arg(&kf)
+        .arg(&theirs)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cryptsetup luksFormat failed");
+    let json = |img: &Path| {
+        let out = Command::new("cryptsetup")
+            .args(["luksDump", "--dump-json-metadata"])
+            .arg(img)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "luksDump {}", img.display());
+        let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        skeleton(&mut v);
+        serde_json::to_string(&v).unwrap()
+    };
+    assert_eq!(json(&ours), json(&theirs));
+    let (a, b) = (
+        std::fs::read(&ours).unwrap(),
+        std::fs::read(&theirs).unwrap(),
+    );
+    for base in [0usize, 0x4000] {
+        for r in [0..16, 24..104, 208..448, 512..4096] {
+            let r = base + r.start..base + r.end;
+            assert_eq!(
+                a[r.clone()],
+                b[r.clone()],
+                "binary header bytes {r:?} differ"
+            );
+        }
+    }
+    eprintln!("LUKS2 layout: same as cryptsetup luksFormat");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
@@ -312,6 +388,7 @@ fn main() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    same_layout_as_cryptsetup(dir.path());
     for (v, argon) in [
         (LuksVersion::Luks2, true),
         (LuksVersion::Luks2, false),

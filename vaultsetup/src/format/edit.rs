@@ -430,3 +430,242 @@ fn luks1_edit(
         after: keyslot_ids(&Volume::Luks1(new)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Device;
+    use crate::format::material::{AfParams, DigestParams, KdfParams};
+    use crate::format::plan::{plan, DeviceGeometry, LuksVersion, PlanOptions};
+    use crate::format::steps::new_volume_steps;
+
+    fn material(luks1: bool) -> KeyslotMaterial {
+        KeyslotMaterial {
+            key_size: 64,
+            af: AfParams::default(),
+            area_cipher: "aes-xts-plain64".into(),
+            area_key_size: 64,
+            kdf: KdfParams::Pbkdf2 {
+                hash: "sha256".into(),
+                iterations: 1000,
+                salt: vec![7; 32],
+            },
+            priority: None,
+            area: vec![if luks1 { 1 } else { 2 }; 64 * 4000],
+        }
+    }
+
+    /// Runs `p` on an in-memory image (wipes write 0xAA).
+    fn run(img: &mut [u8], p: &WritePlan) {
+        p.check().unwrap();
+        for s in &p.steps {
+            match s {
+                Step::Zero { offset, len } => {
+                    img[*offset as usize..(offset + len) as usize].fill(0)
+                }
+                Step::WipeArea { offset, len, .. } => {
+                    img[*offset as usize..(offset + len) as usize].fill(0xAA)
+                }
+                Step::WriteArea { offset, bytes, .. } | Step::WriteHeader { offset, bytes, .. } => {
+                    img[*offset as usize..*offset as usize + bytes.len()].copy_from_slice(bytes)
+                }
+                Step::Sync => {}
+            }
+        }
+    }
+
+    fn volume(v: LuksVersion) -> Vec<u8> {
+        let size = 20u64 << 20;
+        let p = plan(
+            &PlanOptions {
+                version: v,
+                ..Default::default()
+            },
+            &DeviceGeometry {
+                size,
+                optimal_sector_size: 4096,
+            },
+        )
+        .unwrap();
+        let d = DigestParams {
+            hash: "sha256".into(),
+            iterations: 1000,
+            salt: vec![3; 32],
+            digest: vec![4; if v == LuksVersion::Luks1 { 20 } else { 32 }],
+        };
+        let steps = new_volume_steps(&p, &[(0, material(v == LuksVersion::Luks1))], &d).unwrap();
+        let mut img = vec![0u8; size as usize];
+        run(&mut img, &steps);
+        img
+    }
+
+    fn read(img: &[u8]) -> Volume {
+        Volume::read(&Device::from_bytes(img.to_vec())).unwrap()
+    }
+
+    /// The step kinds: A area, S sync, P/Q primary/secondary LUKS2 header, H LUKS1
+    /// header, W wipe.
+    fn kinds(p: &WritePlan) -> String {
+        p.steps
+            .iter()
+            .map(|s| match s {
+                Step::Zero { .. } => 'Z',
+                Step::WriteArea { .. } => 'A',
+                Step::Sync => 'S',
+                Step::WriteHeader {
+                    which: HeaderSlot::Luks2(Copy::Primary),
+                    ..
+                } => 'P',
+                Step::WriteHeader {
+                    which: HeaderSlot::Luks2(Copy::Secondary),
+                    ..
+                } => 'Q',
+                Step::WriteHeader { .. } => 'H',
+                Step::WipeArea { .. } => 'W',
+            })
+            .collect()
+    }
+
+    #[test]
+    fn luks2_orders_and_sets() {
+        let mut img = volume(LuksVersion::Luks2);
+        let vol = read(&img);
+        let add = add_keyslot(&vol, Placement::default(), &material(false)).unwrap();
+        assert_eq!(kinds(&add.plan), "ASPSQS");
+        assert_eq!(
+            (add.before.clone(), add.after.clone()),
+            (vec![0], vec![0, 1])
+        );
+        let rm = remove_keyslot(&vol, 0).unwrap();
+        assert_eq!(kinds(&rm.plan), "PSQSWS");
+        let ch = change_keyslot(&vol, 0, Placement::default(), &material(false)).unwrap();
+        assert_eq!(kinds(&ch.plan), "ASPSQSWS");
+        assert_eq!(ch.after, vec![1]);
+        run(&mut img, &add.plan);
+        let Volume::Luks2(h) = read(&img) else {
+            panic!("luks2")
+        };
+        assert_eq!(h.bin.seqid, 2);
+        assert_eq!(h.meta.keyslots["1"].area.offset.0, 32768 + 258048);
+        assert_eq!(h.meta.digests["0"].keyslots, vec!["0", "1"]);
+        // Remove 0 then re-add: the freed (lowest) area is reused.
+        let rm = remove_keyslot(&read(&img), 0).unwrap();
+        run(&mut img, &rm.plan);
+        let Volume::Luks2(h) = read(&img) else {
+            panic!("luks2")
+        };
+        assert_eq!(h.meta.digests["0"].keyslots, vec!["1"]);
+        let add = add_keyslot(&read(&img), Placement::default(), &material(false)).unwrap();
+        run(&mut img, &add.plan);
+        let Volume::Luks2(h) = read(&img) else {
+            panic!("luks2")
+        };
+        assert_eq!(h.meta.keyslots["0"].area.offset.0, 32768);
+        // Change with every other id taken keeps the id, in a new area.
+        let ch = change_keyslot(
+            &read(&img),
+            1,
+            Placement {
+                slot: Some(1),
+                area_offset: None,
+            },
+            &material(false),
+        )
+        .unwrap();
+        assert_eq!(ch.after, vec![0, 1]);
+        run(&mut img, &ch.plan);
+        let Volume::Luks2(h) = read(&img) else {
+            panic!("luks2")
+        };
+        assert_eq!(h.meta.keyslots["1"].area.offset.0, 32768 + 2 * 258048);
+    }
+
+    #[test]
+    fn luks2_refuses_bad_areas() {
+        let vol = read(&volume(LuksVersion::Luks2));
+        for (off, what) in [
+            (0, "headers"),
+            (32768 + 4096, "keyslot 0"),
+            ((16 << 20) - 4096, "data segment"),
+        ] {
+            let at = Placement {
+                slot: Some(3),
+                area_offset: Some(off),
+            };
+            let e = add_keyslot(&vol, at, &material(false)).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("keyslot 3: area") && msg.contains(what),
+                "{msg}"
+            );
+        }
+        assert!(matches!(
+            add_keyslot(
+                &vol,
+                Placement {
+                    slot: Some(0),
+                    area_offset: None
+                },
+                &material(false)
+            ),
+            Err(FormatError::SlotInUse(0))
+        ));
+        assert!(matches!(
+            remove_keyslot(&vol, 5),
+            Err(FormatError::SlotInactive(5))
+        ));
+    }
+
+    #[test]
+    fn luks1_orders_and_sets() {
+        let mut img = volume(LuksVersion::Luks1);
+        let vol = read(&img);
+        let add = add_keyslot(&vol, Placement::default(), &material(true)).unwrap();
+        assert_eq!(kinds(&add.plan), "ASHS");
+        assert_eq!(
+            remove_keyslot(&vol, 0).map(|e| kinds(&e.plan)).unwrap(),
+            "HSWS"
+        );
+        let ch = change_keyslot(&vol, 0, Placement::default(), &material(true)).unwrap();
+        assert_eq!(kinds(&ch.plan), "ASHSWS");
+        assert_eq!(ch.after, vec![1]);
+        run(&mut img, &add.plan);
+        assert_eq!(edit_ids(&img), vec![0, 1]);
+        let bad = KeyslotMaterial {
+            kdf: KdfParams::Argon2 {
+                variant: crate::kdf::Argon2Variant::Argon2id,
+                time: 4,
+                memory_kib: 32,
+                lanes: 1,
+                salt: vec![0; 32],
+            },
+            ..material(true)
+        };
+        assert!(matches!(
+            add_keyslot(&read(&img), Placement::default(), &bad),
+            Err(FormatError::BadMaterial { slot: 2, .. })
+        ));
+    }
+
+    fn edit_ids(img: &[u8]) -> Vec<u32> {
+        keyslot_ids(&read(img))
+    }
+
+    #[test]
+    fn steps_past_the_data_offset_are_refused() {
+        let p = WritePlan {
+            limit: 4096,
+            steps: vec![
+                Step::Sync,
+                Step::Zero {
+                    offset: 4000,
+                    len: 97,
+                },
+            ],
+        };
+        assert!(matches!(
+            p.check(),
+            Err(FormatError::StepOutOfBounds { index: 1, .. })
+        ));
+    }
+}
