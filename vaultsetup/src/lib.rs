@@ -13,6 +13,7 @@ pub mod askpass;
 pub mod cli;
 pub mod device;
 pub mod dump;
+pub mod format;
 pub use vmvault_proto::exit;
 pub mod kdf;
 pub mod keyring;
