@@ -218,6 +218,28 @@ impl KeyslotParams {
     }
 }
 
+/// Bytes of a [`KeyslotParams`] in the window (the length `segs[0]` must have).
+pub const PARAMS_LEN: u64 = size_of::<KeyslotParams>() as u64;
+
+/// Copies keyslot parameters out of shared memory, reading every byte exactly once
+/// (volatile), so the copy is self-consistent whatever the host does meanwhile;
+/// validate the copy.
+///
+/// # Safety
+/// `src` must be valid for reads of [`PARAMS_LEN`] bytes (it may be concurrently
+/// written; no alignment needed).
+pub unsafe fn copy_params(src: *const u8) -> KeyslotParams {
+    let mut p = KeyslotParams::ZERO;
+    let dst = (&raw mut p).cast::<u8>();
+    for i in 0..PARAMS_LEN as usize {
+        // SAFETY: `i < PARAMS_LEN`: inside the source (contract of this function) and
+        // inside `p`; every bit pattern is valid for its integer and byte-array fields
+        // and the struct has no padding (the offset asserts below leave none).
+        unsafe { dst.add(i).write(core::ptr::read_volatile(src.add(i))) };
+    }
+    p
+}
+
 impl Default for KeyslotParams {
     fn default() -> Self {
         Self::ZERO
