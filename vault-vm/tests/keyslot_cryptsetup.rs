@@ -398,10 +398,9 @@ fn check_image(dir: &Path, img: &Path, luks2: bool) {
     );
     assert_eq!(r.status, keyslot::status::BAD_PASSPHRASE);
     assert_eq!(v.encrypt_probe(2, 7, slot.cipher), Err(status::SLOT_EMPTY));
-    assert!(
-        (0..p.scratch_len as usize).all(|i| unsafe { *v.scratch.add(i) } == 0),
-        "scratch wiped"
-    );
+    // SAFETY: the scratch allocation is at least scratch_len bytes and not in use now.
+    let scratch = unsafe { std::slice::from_raw_parts(v.scratch, p.scratch_len as usize) };
+    assert!(scratch.iter().all(|&b| b == 0), "scratch wiped");
 
     // The right one: the installed key is cryptsetup's volume key.
     let t = std::time::Instant::now();

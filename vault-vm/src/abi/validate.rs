@@ -559,7 +559,8 @@ mod tests {
         #[test]
         fn refuses_bad_params() {
             let u = req(kop::UNLOCK_KEYSLOT);
-            let cases: [(fn(&mut KeyslotParams), u32); 24] = [
+            type Case = (fn(&mut KeyslotParams), u32);
+            let cases: [Case; 24] = [
                 (|p| p.reserved = 1, status::BAD_FLAGS),
                 (|p| p.kdf = 0, kst::BAD_PARAMS),
                 (|p| p.kdf = 4, kst::BAD_PARAMS),
