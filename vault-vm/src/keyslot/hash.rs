@@ -24,7 +24,7 @@ pub enum Hash {
     Ripemd160,
 }
 
-/// Longest output of any [`Hash`].
+/// Longest output of any [`Hash`](enum@Hash).
 pub const MAX_OUTPUT: usize = 64;
 
 impl Hash {

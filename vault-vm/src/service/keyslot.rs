@@ -305,3 +305,244 @@ fn check_key(
 }
 
 const _: () = assert!(keyslot::MAX_DIGEST <= MAX_OUTPUT);
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use std::boxed::Box;
+    use std::vec;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::abi::keyslot::{hash, kdf, op as kop, KeyslotParams, PARAMS_LEN};
+    use crate::abi::{cipher_id, op, Request, MAX_SLOTS};
+    use crate::engine::CipherSpec;
+    use crate::service::{Counters, SlotCell};
+
+    const P: u64 = 0;
+    const PASS: u64 = 1024;
+    const AREA: u64 = 4096;
+
+    struct Fx {
+        slots: Box<[SlotCell; MAX_SLOTS]>,
+        window: Vec<u8>,
+        transfer: Vec<u8>,
+    }
+
+    impl Fx {
+        fn new() -> Fx {
+            Fx {
+                slots: Box::new([const { SlotCell::EMPTY }; MAX_SLOTS]),
+                window: vec![0u8; 1 << 19],
+                transfer: vec![0u8; crate::abi::TRANSFER_SIZE as usize],
+            }
+        }
+
+        fn run(&mut self, r: &Request) -> Response {
+            // SAFETY: buffers of the stated sizes, outliving the service; no scratch
+            // (Argon2 requests are refused).
+            let svc = unsafe {
+                Service::new(
+                    &self.slots,
+                    self.window.as_mut_ptr(),
+                    self.window.len() as u64,
+                    self.transfer.as_mut_ptr(),
+                    core::ptr::null_mut(),
+                )
+            };
+            svc.handle(r, &mut Counters::default())
+        }
+
+        fn keyslot(
+            &mut self,
+            opc: u32,
+            slot: u32,
+            gen: u32,
+            p: &KeyslotParams,
+            pass: &[u8],
+        ) -> u32 {
+            // SAFETY: plain old data of PARAMS_LEN bytes.
+            let b = unsafe {
+                core::slice::from_raw_parts(
+                    (p as *const KeyslotParams).cast::<u8>(),
+                    PARAMS_LEN as usize,
+                )
+            };
+            self.window[..b.len()].copy_from_slice(b);
+            self.window[PASS as usize..][..pass.len()].copy_from_slice(pass);
+            let mut r = Request {
+                op: opc,
+                slot,
+                cipher: xts(),
+                key_len: 64,
+                generation: gen,
+                nsegs: 3,
+                ..Request::ZERO
+            };
+            r.segs[0] = Segment {
+                offset: P,
+                len: PARAMS_LEN,
+            };
+            r.segs[1] = Segment {
+                offset: PASS,
+                len: pass.len() as u64,
+            };
+            r.segs[2] = Segment {
+                offset: AREA,
+                len: p.area_len(),
+            };
+            self.run(&r).status
+        }
+
+        fn import(&mut self, slot: u32, gen: u32, key: &[u8; 64]) -> u32 {
+            self.transfer[..64].copy_from_slice(key);
+            self.run(&Request {
+                op: op::IMPORT_KEY,
+                slot,
+                cipher: xts(),
+                key_len: 64,
+                generation: gen,
+                ..Request::ZERO
+            })
+            .status
+        }
+
+        fn digest(&mut self, slot: u32, gen: u32, p: &KeyslotParams) -> (u32, [u8; 32]) {
+            // SAFETY: as in `keyslot`.
+            let b = unsafe {
+                core::slice::from_raw_parts(
+                    (p as *const KeyslotParams).cast::<u8>(),
+                    PARAMS_LEN as usize,
+                )
+            };
+            self.window[..b.len()].copy_from_slice(b);
+            let mut r = Request {
+                op: kop::KEY_DIGEST,
+                slot,
+                cipher: xts(),
+                key_len: 64,
+                generation: gen,
+                nsegs: 2,
+                ..Request::ZERO
+            };
+            r.segs[0] = Segment {
+                offset: P,
+                len: PARAMS_LEN,
+            };
+            r.segs[1] = Segment {
+                offset: PASS,
+                len: 32,
+            };
+            let st = self.run(&r).status;
+            let mut d = [0u8; 32];
+            d.copy_from_slice(&self.window[PASS as usize..][..32]);
+            (st, d)
+        }
+    }
+
+    fn xts() -> u32 {
+        cipher_id(CipherSpec::parse("aes-xts-plain64").unwrap())
+    }
+
+    fn pbkdf2_params() -> KeyslotParams {
+        let mut p = KeyslotParams::ZERO;
+        p.kdf = kdf::PBKDF2;
+        p.kdf_hash = hash::SHA256;
+        p.time = 1000;
+        p.salt = [7; 64];
+        p.salt_len = 32;
+        p.area_cipher = xts();
+        p.area_key_len = 64;
+        p.af_stripes = 4000;
+        p.af_hash = hash::SHA256;
+        p.volume_key_len = 64;
+        p.digest_hash = hash::SHA256;
+        p.digest_iterations = 1000;
+        p.digest_len = 32;
+        p.digest_salt = [9; 64];
+        p.digest_salt_len = 32;
+        p
+    }
+
+    #[test]
+    fn seal_unlock_digest_and_slot_rules() {
+        let mut fx = Fx::new();
+        let key = [0x42u8; 64];
+        assert_eq!(fx.import(1, 5, &key), status::OK);
+        let mut p = pbkdf2_params();
+        let (st, d) = fx.digest(1, 5, &p);
+        assert_eq!(st, status::OK);
+        let mut want = [0u8; 32];
+        crate::keyslot::hash::Hash::Sha256.pbkdf2(&key, &[9; 32], 1000, &mut want);
+        assert_eq!(d, want);
+        p.digest[..32].copy_from_slice(&d);
+        // SEAL refuses another generation or cipher before any KDF.
+        assert_eq!(
+            fx.keyslot(kop::SEAL_KEYSLOT, 1, 4, &p, b"pw"),
+            status::SLOT_EMPTY
+        );
+        assert_eq!(
+            fx.keyslot(kop::SEAL_KEYSLOT, 2, 5, &p, b"pw"),
+            status::SLOT_EMPTY
+        );
+        assert_eq!(fx.keyslot(kop::SEAL_KEYSLOT, 1, 5, &p, b"pw"), status::OK);
+        // UNLOCK: busy slot, wrong passphrase, then the right one.
+        assert_eq!(
+            fx.keyslot(kop::UNLOCK_KEYSLOT, 1, 6, &p, b"pw"),
+            status::SLOT_BUSY
+        );
+        assert_eq!(
+            fx.keyslot(kop::UNLOCK_KEYSLOT, 2, 6, &p, b"px"),
+            kst::BAD_PASSPHRASE
+        );
+        assert_eq!(fx.keyslot(kop::UNLOCK_KEYSLOT, 2, 6, &p, b"pw"), status::OK);
+        assert_eq!(fx.digest(2, 6, &p), (status::OK, d));
+        // A corrupted area sector is a wrong passphrase, not a crash.
+        fx.window[AREA as usize + 700] ^= 1;
+        assert_eq!(
+            fx.keyslot(kop::UNLOCK_KEYSLOT, 3, 6, &p, b"pw"),
+            kst::BAD_PASSPHRASE
+        );
+        // Argon2 without a scratch region: KDF_LIMIT, nothing installed.
+        p.kdf = kdf::ARGON2ID;
+        p.kdf_hash = 0;
+        p.time = 1;
+        p.memory_kib = 64;
+        p.lanes = 1;
+        p.scratch_len = 64 * 1024;
+        assert_eq!(
+            fx.keyslot(kop::UNLOCK_KEYSLOT, 3, 6, &p, b"pw"),
+            kst::KDF_LIMIT
+        );
+        assert_eq!(fx.digest(3, 6, &pbkdf2_params()).0, status::SLOT_EMPTY);
+    }
+
+    #[test]
+    fn generate_installs_wipes_the_page_and_refuses_a_busy_slot() {
+        let mut fx = Fx::new();
+        let g = |slot| Request {
+            op: kop::GENERATE_KEY,
+            slot,
+            cipher: xts(),
+            key_len: 64,
+            generation: 3,
+            ..Request::ZERO
+        };
+        fx.transfer[..64].copy_from_slice(&[1; 64]);
+        let r = fx.run(&g(4));
+        assert_eq!(r.status, status::OK);
+        assert_ne!(r.aux[0], 0);
+        assert!(fx.transfer.iter().all(|&b| b == 0));
+        fx.transfer[..64].copy_from_slice(&[1; 64]);
+        assert_eq!(fx.run(&g(4)).status, status::SLOT_BUSY);
+        assert!(fx.transfer.iter().all(|&b| b == 0));
+        assert_eq!(fx.run(&g(5)).status, status::OK);
+        let p = pbkdf2_params();
+        assert_ne!(
+            fx.digest(4, 3, &p).1,
+            fx.digest(5, 3, &p).1,
+            "distinct keys"
+        );
+    }
+}
