@@ -157,13 +157,17 @@ pub unsafe extern "C" fn _start(
     // CPU detection runs cpuid (an exit each): do it once, now.
     let _ = vault_vm::engine::cpu_features();
     // SAFETY: the window and transfer page are mapped by the host at these addresses
-    // with these sizes (checked above) and do not overlap the image.
+    // with these sizes (checked above) and do not overlap the image. The scratch range
+    // is mapped by the page tables; the host puts a memslot of the request's
+    // `scratch_len` behind it for each Argon2 keyslot request (an access beyond it exits
+    // to the host, it never reaches vault-private memory).
     let svc = unsafe {
         Service::new(
             &SLOTS,
             abi::WINDOW_GPA as *mut u8,
             window_len,
             abi::TRANSFER_GPA as *mut u8,
+            abi::keyslot::SCRATCH_GPA as *mut u8,
         )
     };
     // SAFETY: ring `vcpu` is mapped shared memory laid out as `Ring`; all fields the host

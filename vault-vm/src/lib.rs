@@ -10,4 +10,5 @@ extern crate std;
 
 pub mod abi;
 pub mod engine;
+pub mod keyslot;
 pub mod service;

@@ -67,6 +67,9 @@ impl SoftBackend {
                 self.window.base_ptr(),
                 self.window.len(),
                 self.transfer.ptr(),
+                // No scratch mapping yet (issue 14's host side adds one): the vault
+                // refuses Argon2 keyslot requests with KDF_LIMIT on a null scratch.
+                std::ptr::null_mut(),
             )
         }
     }

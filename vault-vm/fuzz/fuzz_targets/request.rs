@@ -75,6 +75,8 @@ fn service(e: &Env) -> Service<'static> {
             e.mem.as_ptr().add(GUARD).cast_mut(),
             WINDOW as u64,
             e.transfer.as_ptr().cast_mut(),
+            // No scratch: Argon2 keyslot requests are refused (KDF_LIMIT).
+            std::ptr::null_mut(),
         )
     }
 }

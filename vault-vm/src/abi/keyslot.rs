@@ -11,7 +11,7 @@
 //! key length. `sector`, `iv_offset` and `sector_size` must be zero and `flags` must be
 //! zero. Segments are byte ranges of the data window (no sector alignment):
 //!
-//! | op                           | segs[0]            | segs[1]          | segs[2]                 |
+//! | op                           | `segs[0]`          | `segs[1]`        | `segs[2]`               |
 //! |------------------------------|--------------------|------------------|-------------------------|
 //! | [`op::UNLOCK_KEYSLOT`]       | [`KeyslotParams`]  | passphrase       | encrypted keyslot area  |
 //! | [`op::SEAL_KEYSLOT`]         | [`KeyslotParams`]  | passphrase       | area to write (output)  |
@@ -28,6 +28,33 @@
 //! them (the KDF output, the decrypted AF stripes, the merged key) stays in vault-private
 //! memory and is wiped. SEAL draws the AF stripes from the vault's random generator.
 //!
+//! # Validation (what the vault refuses)
+//!
+//! Request fields: `flags`, `sector`, `iv_offset`, `sector_size`, `reserved2` not zero →
+//! `BAD_FLAGS`; `nsegs` not exactly 3 (UNLOCK, SEAL), 2 (DIGEST) or 0 (GENERATE) →
+//! `TOO_MANY_SEGMENTS`; an unknown `cipher` → `BAD_CIPHER`; a `key_len` the cipher does
+//! not take → `BAD_KEY_LEN`; a segment past the window → `OUT_OF_WINDOW`/`OVERFLOW`
+//! (detail: the segment). `segs[0]` must be [`PARAMS_LEN`] long, the passphrase at most
+//! [`MAX_PASSPHRASE`], the area exactly [`KeyslotParams::area_len`], the digest output
+//! exactly `digest_len` → else [`status::BAD_PARAMS`] with the segment in `detail`.
+//!
+//! Parameters (copied out of the window first): `reserved` not zero → `BAD_FLAGS`;
+//! `volume_key_len` not the request's `key_len`, unknown KDF/hash/area cipher ids, an
+//! `area_key_len` the area cipher does not take, `salt_len`/`digest_salt_len` over
+//! [`MAX_SALT`], `digest_len` 0 or over [`MAX_DIGEST`], stripes 0 or over
+//! [`MAX_STRIPES`], zero iterations or passes, Argon2 lanes 0 or over 16, memory below
+//! 8 KiB per lane, an Argon2 salt under 8 bytes, `kdf_hash`/`memory_kib`/`lanes` set for
+//! the KDF that does not use them, or a non-zero `scratch_len` for PBKDF2 →
+//! [`status::BAD_PARAMS`]. PBKDF2 (keyslot or digest) over 100,000,000 iterations,
+//! Argon2 over 1000 passes, `memory_kib * 1024 > scratch_len` or `scratch_len >`
+//! [`SCRATCH_MAX`] → [`status::KDF_LIMIT`]. UNLOCK checks every field; SEAL ignores the
+//! digest fields; DIGEST reads only `volume_key_len`, `reserved` and the digest fields.
+//!
+//! Slots: UNLOCK and GENERATE need an empty slot (`SLOT_BUSY`), SEAL and DIGEST a key
+//! of the request's generation (`SLOT_EMPTY`) and cipher (`BAD_CIPHER`). UNLOCK answers
+//! `SLOT_BUSY` before running the KDF if the slot is taken. No slot lock is held while
+//! a KDF runs. GENERATE wipes the transfer page whatever its outcome.
+//!
 //! # Argon2 scratch memory
 //!
 //! Argon2's memory is a temporary memslot the host maps at [`SCRATCH_GPA`] for the
@@ -35,7 +62,10 @@
 //! [`SCRATCH_MAX`]); the host removes and wipes it afterwards. The page tables always
 //! cover the whole range with 2 MiB pages; without a memslot behind it an access exits
 //! to the host. The vault refuses ([`status::KDF_LIMIT`]) a cost whose memory exceeds
-//! `scratch_len`. Argon2 memory holds only passphrase-derived blocks, never key bytes.
+//! `scratch_len`. Argon2 memory holds only passphrase-derived blocks, never key bytes;
+//! the vault zeroes the blocks it used before it answers. One keyslot request uses the
+//! scratch at a time (the vault serializes Argon2 requests across its vCPUs). Argon2's
+//! lanes currently run one after the other on the serving vCPU.
 
 use core::mem::{offset_of, size_of};
 
@@ -216,6 +246,28 @@ impl KeyslotParams {
     pub const fn area_len(&self) -> u64 {
         area_len(self.volume_key_len, self.af_stripes)
     }
+}
+
+/// Bytes of a [`KeyslotParams`] in the window (the length `segs[0]` must have).
+pub const PARAMS_LEN: u64 = size_of::<KeyslotParams>() as u64;
+
+/// Copies keyslot parameters out of shared memory, reading every byte exactly once
+/// (volatile), so the copy is self-consistent whatever the host does meanwhile;
+/// validate the copy.
+///
+/// # Safety
+/// `src` must be valid for reads of [`PARAMS_LEN`] bytes (it may be concurrently
+/// written; no alignment needed).
+pub unsafe fn copy_params(src: *const u8) -> KeyslotParams {
+    let mut p = KeyslotParams::ZERO;
+    let dst = (&raw mut p).cast::<u8>();
+    for i in 0..PARAMS_LEN as usize {
+        // SAFETY: `i < PARAMS_LEN`: inside the source (contract of this function) and
+        // inside `p`; every bit pattern is valid for its integer and byte-array fields
+        // and the struct has no padding (the offset asserts below leave none).
+        unsafe { dst.add(i).write(core::ptr::read_volatile(src.add(i))) };
+    }
+    p
 }
 
 impl Default for KeyslotParams {

@@ -24,7 +24,7 @@
 pub mod keyslot;
 mod validate;
 
-pub use validate::{validate, Validated};
+pub use validate::{check_keyslot_params, validate, CheckedParams, Validated};
 
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicU32, AtomicU64};

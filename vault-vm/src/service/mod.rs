@@ -7,7 +7,7 @@
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::ptr;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use zeroize::Zeroize;
 
@@ -16,11 +16,14 @@ use crate::abi::{
 };
 use crate::engine::{CipherSpec, Geometry, SectorCipher};
 
+mod keyslot;
+
 const WRITER: u32 = 1 << 31;
 const FULL: u32 = 1 << 30;
 const READERS: u32 = FULL - 1;
 
-/// One key slot: a reader/writer spin lock word, the cipher id and the keyed cipher.
+/// One key slot: a reader/writer spin lock word, the cipher id, the keyed cipher and the
+/// raw key (for SEAL_KEYSLOT and KEY_DIGEST, which need the key itself).
 ///
 /// An all-zero `SlotCell` is a valid empty slot, so slot tables can live in zeroed
 /// memory (`.bss`, fresh `memfd_secret` pages).
@@ -30,6 +33,9 @@ pub struct SlotCell {
     cipher: AtomicU32,
     generation: AtomicU32,
     value: UnsafeCell<MaybeUninit<SectorCipher>>,
+    /// The key the cipher was keyed with (its first `key_len()` bytes), under the same
+    /// lock as `value`; zero when the slot is empty.
+    key: UnsafeCell<[u8; MAX_KEY_LEN]>,
 }
 
 // SAFETY: `value` is only written by the holder of the WRITER bit (no readers present)
@@ -44,6 +50,7 @@ impl SlotCell {
         cipher: AtomicU32::new(0),
         generation: AtomicU32::new(0),
         value: UnsafeCell::new(MaybeUninit::uninit()),
+        key: UnsafeCell::new([0; MAX_KEY_LEN]),
     };
 
     fn is_full(&self) -> bool {
@@ -88,12 +95,16 @@ pub mod selftest_aux {
     pub const VAES256: u64 = 3;
 }
 
-/// The request handler over a slot table, a data window and a transfer page.
+/// The request handler over a slot table, a data window, a transfer page and the Argon2
+/// scratch region.
 pub struct Service<'a> {
     slots: &'a [SlotCell; MAX_SLOTS],
     window: *mut u8,
     window_len: u64,
     transfer: *mut u8,
+    scratch: *mut u8,
+    /// Mixed into every random draw of this service (GENERATE_KEY, SEAL's stripes).
+    draws: AtomicU64,
 }
 
 // SAFETY: the raw pointers designate shared memory that outlives the service (contract of
@@ -118,18 +129,25 @@ impl<'a> Service<'a> {
     /// # Safety
     /// `window` must be valid for reads and writes of `window_len` bytes and `transfer`
     /// for [`abi::TRANSFER_SIZE`] bytes, for as long as the service is used; neither may
-    /// overlap `slots`.
+    /// overlap `slots`. `scratch` (64-byte aligned; the vault guest passes
+    /// [`abi::keyslot::SCRATCH_GPA`]) must be valid for reads and writes of the
+    /// `scratch_len` bytes that each Argon2 keyslot request names while that request
+    /// runs, must not overlap the slots, the window or the transfer page, and is used by
+    /// one keyslot request at a time (all services of a process share one lock for it).
     pub unsafe fn new(
         slots: &'a [SlotCell; MAX_SLOTS],
         window: *mut u8,
         window_len: u64,
         transfer: *mut u8,
+        scratch: *mut u8,
     ) -> Self {
         Service {
             slots,
             window,
             window_len,
             transfer,
+            scratch,
+            draws: AtomicU64::new(0),
         }
     }
 
@@ -171,6 +189,9 @@ impl<'a> Service<'a> {
             Validated::DropKey { slot, generation } => {
                 resp.status = self.drop_key(slot, Some(generation))
             }
+            Validated::Keyslot { .. }
+            | Validated::KeyDigest { .. }
+            | Validated::GenerateKey { .. } => self.keyslot(v, resp),
             Validated::Selftest => {
                 let (st, backend) = selftest();
                 resp.status = st;
@@ -242,6 +263,16 @@ impl<'a> Service<'a> {
         slot: usize,
         f: impl FnOnce(&SectorCipher, u32, u32) -> R,
     ) -> Result<R, u32> {
+        self.with_slot_key(slot, |c, _, id, gen| f(c, id, gen))
+    }
+
+    /// Runs `f` on the cipher and the raw key in `slot` under a read lock (`f` gets the
+    /// cipher, the key, the cipher id and the generation).
+    fn with_slot_key<R>(
+        &self,
+        slot: usize,
+        f: impl FnOnce(&SectorCipher, &[u8], u32, u32) -> R,
+    ) -> Result<R, u32> {
         let cell = &self.slots[slot];
         let mut s = cell.state.load(Ordering::Acquire);
         loop {
@@ -267,8 +298,11 @@ impl<'a> Service<'a> {
         // SAFETY: FULL was set and we hold a read lock: `value` is initialized and no
         // writer can touch it until the count drops.
         let cipher = unsafe { (*cell.value.get()).assume_init_ref() };
+        // SAFETY: as above; `key` is written only under WRITER.
+        let key = unsafe { &(&*cell.key.get())[..cipher.key_len()] };
         let r = f(
             cipher,
+            key,
             cell.cipher.load(Ordering::Relaxed),
             cell.generation.load(Ordering::Relaxed),
         );
@@ -277,35 +311,56 @@ impl<'a> Service<'a> {
     }
 
     fn import(&self, slot: usize, spec: CipherSpec, key_len: usize, generation: u32) -> u32 {
+        self.install(slot, spec, key_len, generation, |key| {
+            for (i, k) in key.iter_mut().enumerate() {
+                // SAFETY: key_len <= MAX_KEY_LEN < TRANSFER_SIZE; transfer page valid (new).
+                *k = unsafe { ptr::read_volatile(self.transfer.add(i)) };
+            }
+            self.wipe_transfer();
+            status::OK
+        })
+    }
+
+    /// Fills the empty `slot` with a key of `key_len` bytes for `spec`: takes the write
+    /// lock (else [`status::SLOT_BUSY`]), lets `fill` write the key straight into the
+    /// slot's storage, keys the cipher and publishes the slot as `generation`. If `fill`
+    /// returns an error status (or the cipher refuses the key) the slot is wiped and
+    /// left empty.
+    fn install(
+        &self,
+        slot: usize,
+        spec: CipherSpec,
+        key_len: usize,
+        generation: u32,
+        fill: impl FnOnce(&mut [u8]) -> u32,
+    ) -> u32 {
         let cell = &self.slots[slot];
-        if cell
-            .state
-            .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
+        if key_len > MAX_KEY_LEN
+            || cell
+                .state
+                .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
         {
             return status::SLOT_BUSY;
         }
-        let mut key = [0u8; MAX_KEY_LEN];
-        for (i, k) in key.iter_mut().enumerate().take(key_len) {
-            // SAFETY: key_len <= MAX_KEY_LEN < TRANSFER_SIZE; transfer page valid (new).
-            *k = unsafe { ptr::read_volatile(self.transfer.add(i)) };
+        // SAFETY: we hold WRITER on an empty slot: nobody else reads or writes it.
+        let key = unsafe { &mut *cell.key.get() };
+        let mut st = fill(&mut key[..key_len]);
+        if st == status::OK {
+            match SectorCipher::new(spec, &key[..key_len]) {
+                Ok(c) => {
+                    // SAFETY: as above.
+                    unsafe { (*cell.value.get()).write(c) };
+                    cell.cipher.store(abi::cipher_id(spec), Ordering::Relaxed);
+                    cell.generation.store(generation, Ordering::Relaxed);
+                    cell.state.store(FULL, Ordering::Release);
+                    return status::OK;
+                }
+                Err(_) => st = status::BAD_KEY_LEN,
+            }
         }
-        self.wipe_transfer();
-        let st = match SectorCipher::new(spec, &key[..key_len]) {
-            Ok(c) => {
-                // SAFETY: we hold WRITER on an empty slot: nobody else reads or writes it.
-                unsafe { (*cell.value.get()).write(c) };
-                cell.cipher.store(abi::cipher_id(spec), Ordering::Relaxed);
-                cell.generation.store(generation, Ordering::Relaxed);
-                cell.state.store(FULL, Ordering::Release);
-                status::OK
-            }
-            Err(_) => {
-                cell.state.store(0, Ordering::Release);
-                status::BAD_KEY_LEN
-            }
-        };
         key.zeroize();
+        cell.state.store(0, Ordering::Release);
         st
     }
 
@@ -392,6 +447,8 @@ unsafe fn wipe_slot_value(cell: &SlotCell) {
         // SAFETY: within the slot's value; exclusive access.
         unsafe { ptr::write_volatile(bytes.add(i), 0) };
     }
+    // SAFETY: exclusive access (contract of this function).
+    unsafe { (*cell.key.get()).zeroize() };
 }
 
 /// Known-answer self test of the engine. Returns a status and the backend it used.
@@ -546,6 +603,7 @@ mod tests {
                     self.window.as_mut_ptr(),
                     self.window.len() as u64,
                     self.transfer.as_mut_ptr(),
+                    core::ptr::null_mut(),
                 )
             }
         }
