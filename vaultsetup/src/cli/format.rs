@@ -405,8 +405,9 @@ pub fn prepare_target(
     })
 }
 
-/// "Operation aborted." — luksFormat's answer to anything but YES (exit 1).
-pub const ABORTED: &str = "Operation aborted.";
+/// "Operation aborted." — luksFormat's answer to anything but YES (exit 1). The
+/// trailing newline is cryptsetup's (an empty line follows the message).
+pub const ABORTED: &str = "Operation aborted.\n";
 
 /// cryptsetup's confirmation: "This will overwrite data on HEADER irrevocably."
 pub fn confirm(targets: &FormatTargets, batch_mode: bool) -> Result<(), Failure> {

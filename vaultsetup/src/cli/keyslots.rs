@@ -473,8 +473,9 @@ pub fn run_change_key(
     Err(not_wired("luksChangeKey"))
 }
 
-/// luksRemoveKey's and luksKillSlot's answer to anything but YES (exit 2).
-pub const NOT_WIPED: &str = "Operation aborted, the keyslot was NOT wiped.";
+/// luksRemoveKey's and luksKillSlot's answer to anything but YES (exit 2), with
+/// cryptsetup's trailing newline.
+pub const NOT_WIPED: &str = "Operation aborted, the keyslot was NOT wiped.\n";
 
 fn confirm_last(batch_mode: bool) -> Result<(), Failure> {
     yes_dialog(
