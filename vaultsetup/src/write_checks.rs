@@ -234,6 +234,67 @@ impl Target {
     }
 }
 
+/// LUKS2's encryption sector size when `--sector-size` is not given, as cryptsetup
+/// 2.6's `device_optimal_encryption_sector_size` and `_crypt_format_luks2` choose it:
+/// the device's logical block size, or its physical one when larger (at most 4096);
+/// for an image file its block size (`st_blksize`, at most 4096); back to 512 when the
+/// data offset or the data size is not a multiple of it. LUKS1 is always 512.
+pub fn optimal_sector_size(target: &Target, data_offset: u64) -> vmvault_proto::SectorSize {
+    use vmvault_proto::SectorSize;
+    let (logical, physical) = if target.block {
+        (
+            block_ioctl_u32(&target.file, BLKSSZGET),
+            block_ioctl_u32(&target.file, BLKPBSZGET),
+        )
+    } else {
+        let b = target.file.metadata().map(|m| m.blksize()).unwrap_or(512);
+        (u32::try_from(b).unwrap_or(4096).min(4096), 0)
+    };
+    let mut size = if logical >= 4096 {
+        if logical.is_multiple_of(4096) {
+            4096
+        } else {
+            512
+        }
+    } else if logical >= physical
+        || physical <= 512
+        || physical > 4096
+        || logical == 0
+        || !physical.is_multiple_of(logical)
+    {
+        logical
+    } else {
+        physical
+    };
+    let data = target.size.saturating_sub(data_offset);
+    if size == 0
+        || !data_offset.is_multiple_of(u64::from(size))
+        || !data.is_multiple_of(u64::from(size))
+    {
+        size = 512;
+    }
+    SectorSize::try_from(size).unwrap_or(SectorSize::B512)
+}
+
+/// `BLKSSZGET`: logical sector size (`_IO(0x12, 104)`, an `int`).
+const BLKSSZGET: libc::c_ulong = 0x1268;
+/// `BLKPBSZGET`: physical sector size (`_IO(0x12, 123)`, an `unsigned int`).
+const BLKPBSZGET: libc::c_ulong = 0x127b;
+
+/// A block device size ioctl that returns a 32-bit value (0 when it fails).
+fn block_ioctl_u32(file: &File, request: libc::c_ulong) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut v: libc::c_uint = 0;
+    // SAFETY: BLKSSZGET and BLKPBSZGET write one int-sized value to the pointer, which
+    // points at a live c_uint; the descriptor is open for the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), request as _, &mut v as *mut libc::c_uint) };
+    if r < 0 {
+        0
+    } else {
+        v
+    }
+}
+
 /// The data offset cryptsetup 2.6 gives a header on the device itself, in bytes, when
 /// no `--offset`/`--align-payload` is given: LUKS2 16 MiB (two metadata areas plus the
 /// default keyslots area; or 2 × `metadata_size` + `keyslots_size` rounded up to
@@ -302,6 +363,14 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.exit_code(), ExitCode::Busy);
         assert!(e.to_string().contains("vmvault volume root"), "{e}");
+        // An image of whole 4 KiB blocks gets 4096-byte sectors (as cryptsetup 2.6).
+        use vmvault_proto::SectorSize;
+        assert_eq!(optimal_sector_size(&t, 2 << 20), SectorSize::B4096);
+        assert_eq!(optimal_sector_size(&t, (2 << 20) + 512), SectorSize::B512);
+        let odd = d.path().join("odd");
+        std::fs::write(&odd, vec![0u8; (4 << 20) + 512]).unwrap();
+        let o = open_target(&odd).unwrap();
+        assert_eq!(optimal_sector_size(&o, 2 << 20), SectorSize::B512);
         let e = open_target(&d.path().join("missing")).unwrap_err();
         assert_eq!(e.exit_code(), ExitCode::WrongDevice);
         let e = open_target(d.path()).unwrap_err();

@@ -343,3 +343,48 @@ fn luks_format_on_a_tty_matches_cryptsetup() {
     );
     assert!(std::fs::read(&img).unwrap().iter().all(|&b| b == 0));
 }
+
+/// luksKillSlot of the last keyslot on a terminal: the same warning and abort as
+/// cryptsetup (exit 2, nothing wiped); with YES, the same passphrase prompt.
+#[test]
+fn kill_last_slot_on_a_tty_matches_cryptsetup() {
+    if !need("script", "kill_last_slot_on_a_tty_matches_cryptsetup")
+        || !need("cryptsetup", "kill_last_slot_on_a_tty_matches_cryptsetup")
+    {
+        return;
+    }
+    let d = tmp();
+    let img = luks_format(
+        d.path(),
+        "l2",
+        b"pw",
+        &[
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+        ],
+    );
+    let p = img.to_str().unwrap();
+    let before = sha256_file(&img);
+    let ours = env!("CARGO_BIN_EXE_vaultsetup");
+    let args = ["luksKillSlot", p, "0"];
+    let want = on_tty("cryptsetup", &args, &["no"]);
+    assert_eq!(want.0, 2, "{}", want.1);
+    assert_eq!(on_tty(ours, &args, &["no"]), want);
+    // YES, then a wrong passphrase: cryptsetup refuses it, we reach the vault step.
+    let (_, theirs) = on_tty("cryptsetup", &args, &["YES", "wrong"]);
+    let (rc, t) = on_tty(ours, &args, &["YES", "wrong"]);
+    assert_eq!(rc, 1, "{t}");
+    let prompt = "Enter any remaining passphrase: \n";
+    assert!(theirs.contains(prompt), "{theirs}");
+    let upto = |s: &str| s[..s.find(prompt).unwrap() + prompt.len()].to_string();
+    assert_eq!(upto(&t), upto(&theirs));
+    assert!(
+        t.ends_with("luksKillSlot: not yet wired to the vault.\n"),
+        "{t}"
+    );
+    assert_eq!(sha256_file(&img), before);
+}

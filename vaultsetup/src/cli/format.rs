@@ -21,7 +21,7 @@ use crate::kdf::Hash;
 use crate::passphrase::{read_new_passphrase, KeyInput};
 use crate::pbkdf_bench::{choose_cost, PbkdfCost, PbkdfRequest};
 use crate::secret::Passphrase;
-use crate::write_checks::{default_data_offset, open_target, Target};
+use crate::write_checks::{default_data_offset, open_target, optimal_sector_size, Target};
 
 /// cryptsetup's default LUKS cipher.
 pub const DEFAULT_CIPHER: &str = "aes-xts-plain64";
@@ -211,7 +211,7 @@ impl LuksFormatArgs {
         let xts = cipher.engine().mode == vault_vm::engine::Mode::Xts;
         let bits = match self.key_size {
             Some(b) => {
-                if b % 8 != 0 {
+                if !b.is_multiple_of(8) {
                     return Err(other(format!(
                         "Key size must be a multiple of 8 bits (--key-size {b})."
                     )));
@@ -294,7 +294,7 @@ impl LuksFormatArgs {
             }
         }
         if let Some(k) = keyslots_size {
-            if k == 0 || k % 4096 != 0 || k > LUKS2_MAX_KEYSLOTS_SIZE {
+            if k == 0 || !k.is_multiple_of(4096) || k > LUKS2_MAX_KEYSLOTS_SIZE {
                 return Err(other(format!(
                     "Unsupported LUKS2 metadata size options (--luks2-keyslots-size {k}: a multiple of 4096 up to 128 MiB)."
                 )));
@@ -378,6 +378,9 @@ pub struct FormatTargets {
     pub data: Option<Target>,
     /// The device as resolved (what prompts and messages name).
     pub device: PathBuf,
+    /// The encryption sector size: `--sector-size`, else LUKS1 512 and LUKS2
+    /// [`optimal_sector_size`] of the data device.
+    pub sector_size: SectorSize,
 }
 
 /// Resolves and opens the device (and the detached header), exclusively, and checks
@@ -387,7 +390,6 @@ pub fn prepare_target(
     opts: &FormatOptions,
 ) -> Result<FormatTargets, Failure> {
     let device = resolve_device(&args.device)?;
-    let sector = opts.sector_size.map_or(512, SectorSize::bytes);
     let (header, data) = match &opts.header {
         None => (open_target(&device)?, None),
         Some(h) => (
@@ -395,13 +397,18 @@ pub fn prepare_target(
             Some(open_target(&device)?),
         ),
     };
-    data.as_ref()
-        .unwrap_or(&header)
-        .check_size(opts.data_offset(), sector)?;
+    let data_target = data.as_ref().unwrap_or(&header);
+    let sector_size = match (opts.sector_size, opts.version) {
+        (Some(s), _) => s,
+        (None, LuksVersion::Luks1) => SectorSize::B512,
+        (None, LuksVersion::Luks2) => optimal_sector_size(data_target, opts.data_offset()),
+    };
+    data_target.check_size(opts.data_offset(), sector_size.bytes())?;
     Ok(FormatTargets {
         header,
         data,
         device,
+        sector_size,
     })
 }
 
