@@ -186,7 +186,8 @@ impl Device {
     }
 }
 
-fn block_device_size(file: &File) -> std::io::Result<u64> {
+/// Size of an open block device (seek to its end).
+pub(crate) fn block_device_size(file: &File) -> std::io::Result<u64> {
     use std::io::{Seek, SeekFrom};
     let mut f = file;
     let size = f.seek(SeekFrom::End(0))?;

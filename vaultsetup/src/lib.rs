@@ -21,9 +21,11 @@ pub mod keyslot;
 pub mod luks1;
 pub mod luks2;
 pub mod passphrase;
+pub mod pbkdf_bench;
 pub use vmvault_proto::secret;
 pub mod util;
 pub mod volume;
+pub mod write_checks;
 
 use std::path::Path;
 

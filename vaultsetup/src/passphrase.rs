@@ -71,6 +71,9 @@ pub enum PassphraseError {
         #[source]
         source: std::io::Error,
     },
+    /// The passphrase typed again at "Verify passphrase: " differs (exit 2).
+    #[error("Passphrases do not match.")]
+    Mismatch,
     /// The passphrase agent gave no passphrase (cancelled, timed out, failed).
     #[error("{program} gave no passphrase{}.", status.map(|s| format!(" ({s})")).unwrap_or_default())]
     Agent {
@@ -83,7 +86,11 @@ pub enum PassphraseError {
 
 impl HasExitCode for PassphraseError {
     fn exit_code(&self) -> ExitCode {
-        ExitCode::WrongParameters
+        match self {
+            // cryptsetup: -EPERM.
+            Self::Mismatch => ExitCode::NoPermission,
+            _ => ExitCode::WrongParameters,
+        }
     }
 }
 
@@ -245,6 +252,36 @@ pub fn read_passphrase_timed(
     read_tty(prompt, timeout)
 }
 
+/// cryptsetup's second prompt when a new passphrase is verified.
+pub const VERIFY_PROMPT: &str = "Verify passphrase: ";
+
+/// Reads a new passphrase (`luksFormat`, `luksAddKey`, `luksChangeKey`) as cryptsetup's
+/// `tools_get_key` does with `verify`: from a key file or a pipe as
+/// [`read_passphrase`] reads it (never verified: cryptsetup cannot verify non-tty
+/// input); on a terminal, `prompt` then [`VERIFY_PROMPT`], and
+/// [`PassphraseError::Mismatch`] when the two differ. With `verify` false it is
+/// [`read_passphrase`].
+pub fn read_new_passphrase(
+    input: &KeyInput,
+    prompt: &str,
+    verify: bool,
+) -> Result<Passphrase, PassphraseError> {
+    let first = read_passphrase(input, prompt)?;
+    if !verify || !is_interactive(input) {
+        return Ok(first);
+    }
+    let again = read_tty(VERIFY_PROMPT, None)?;
+    if !secrets_equal(first.as_bytes(), again.as_bytes()) {
+        return Err(PassphraseError::Mismatch);
+    }
+    Ok(first)
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Restores the terminal attributes when dropped.
 struct EchoGuard {
     fd: i32,
@@ -365,6 +402,9 @@ mod tests {
             read_key_from(&b""[..], 0, None, true),
             Err(PassphraseError::Empty)
         ));
+        assert!(secrets_equal(b"ab", b"ab"));
+        assert!(!secrets_equal(b"ab", b"ac"));
+        assert!(!secrets_equal(b"ab", b"abc"));
         let p = read_key_from(&b"\n"[..], 0, None, true).unwrap();
         assert!(p.is_empty());
         let big = vec![7u8; DEFAULT_KEYFILE_SIZE_MAX as usize + 1];

@@ -9,6 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod activate;
 pub mod boot;
+pub mod confirm;
+pub mod format;
+pub mod keyslots;
+pub mod newkey;
 
 use crate::device::Device;
 use crate::exit::{ExitCode, HasExitCode};
@@ -69,6 +73,21 @@ pub enum Command {
     /// before /run, /dev, /proc and /sys move into NEWROOT).
     #[command(name = "switch-root")]
     SwitchRoot(boot::SwitchRootArgs),
+    /// Format DEVICE as LUKS1/LUKS2 with a new volume key born in the vault.
+    #[command(name = "luksFormat")]
+    LuksFormat(format::LuksFormatArgs),
+    /// Add a keyslot (a new passphrase or key file) to DEVICE.
+    #[command(name = "luksAddKey")]
+    LuksAddKey(keyslots::LuksAddKeyArgs),
+    /// Change the passphrase of a keyslot of DEVICE.
+    #[command(name = "luksChangeKey")]
+    LuksChangeKey(keyslots::LuksChangeKeyArgs),
+    /// Remove the keyslot a passphrase opens from DEVICE.
+    #[command(name = "luksRemoveKey")]
+    LuksRemoveKey(keyslots::LuksRemoveKeyArgs),
+    /// Wipe keyslot SLOT of DEVICE.
+    #[command(name = "luksKillSlot")]
+    LuksKillSlot(keyslots::LuksKillSlotArgs),
 }
 
 /// Device type (`--type`).
@@ -371,6 +390,11 @@ fn run_inner(cli: &Cli, out: &mut Output) -> Result<(), Failure> {
         Command::Detach(a) => boot::detach(a, out),
         Command::SwitchRoot(a) => boot::switch_root(a, out),
         Command::Status(a) => activate::status(a, out),
+        Command::LuksFormat(a) => format::run(cli, a, out),
+        Command::LuksAddKey(a) => keyslots::run_add_key(cli, a, out),
+        Command::LuksChangeKey(a) => keyslots::run_change_key(cli, a, out),
+        Command::LuksRemoveKey(a) => keyslots::run_remove_key(cli, a, out),
+        Command::LuksKillSlot(a) => keyslots::run_kill_slot(cli, a, out),
         Command::Open(a) => {
             if !a.test_passphrase {
                 return activate::open(cli, a, out);
