@@ -9,5 +9,6 @@
 extern crate std;
 
 pub mod abi;
+pub mod argon2;
 pub mod engine;
 pub mod service;
