@@ -250,7 +250,8 @@ pub fn run_owner_with(
 
 /// Helps the job published on `job`, waiting up to `wait_spins` spin iterations for one
 /// to be published. Claims lanes slice by slice until the job ends and returns the number
-/// of lane-segments (and lane wipes) it did; 0 when no job came or it arrived too late.
+/// of lane-segments (and lane wipes) it did; 0 when no job came, it arrived too late, or
+/// the job has a single lane (nothing can run beside the owner).
 ///
 /// Never waits for anything but the owner's progress: the owner does every step it
 /// finds unclaimed and then advances, so a helper's waits end with the owner's job.
@@ -272,6 +273,12 @@ pub fn join(job: &Job, wait_spins: u64) -> u32 {
     }
 
     let (shape, mem) = job.shape();
+    if shape.lanes < 2 {
+        // One lane is one chain of blocks: a helper could only take turns with the
+        // owner, never run beside it. Leave at once.
+        job.participants.fetch_sub(1, Ordering::Release);
+        return 0;
+    }
     let path = CompressPath::detect();
     let end = shape.passes * SYNC_POINTS + 1;
     let mut count = 0u32;
