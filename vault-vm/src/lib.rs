@@ -9,6 +9,7 @@
 extern crate std;
 
 pub mod abi;
+pub mod argon2;
 pub mod engine;
 pub mod keyslot;
 pub mod service;
