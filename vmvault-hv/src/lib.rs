@@ -38,12 +38,14 @@ mod backend;
 mod config;
 mod error;
 mod keys;
+mod keyslot;
 pub mod kvm;
 mod layout;
 mod memory;
 mod pending;
 mod requests;
 mod ring;
+mod scratch;
 mod soft;
 #[cfg(feature = "test-api")]
 pub mod test_api;
@@ -60,7 +62,9 @@ pub use config::{BackendKind, CpuPinning, ParseTuningError, RunMode, Tuning, Vau
 pub use error::{HvError, Result, VaultFailure};
 pub use keys::SlotId;
 use keys::Slots;
+pub use keyslot::{EntropySource, KeyslotParams};
 pub use pending::Pending;
+pub use scratch::scratch_limit;
 pub use window::{Window, WindowBuf, WINDOW_GRANULE};
 
 /// The flat vault guest image (built by `build.rs`).
