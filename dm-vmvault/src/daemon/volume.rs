@@ -12,7 +12,7 @@ use vmvault_proto::keyring::KeyError;
 use vmvault_proto::protocol::{BackendChoice, FrontendKind, OpenRequest, VolumeStatus};
 use vmvault_proto::{ExitCode, Sectors};
 
-use crate::backend::{self, BackendError};
+use crate::backend::{self, BackendError, KeySource};
 use crate::frontend::mapper::{MapperDevice, MapperError};
 use crate::frontend::{self, BlockFrontend, CloseFailed, FrontendError, StartParams};
 use crate::io::{IoConfig, IoEngine, IoError};
@@ -101,7 +101,10 @@ impl VolumeError {
             | VolumeError::BackingSize(_) => ExitCode::WrongDevice,
             VolumeError::BadArgs(_) | VolumeError::Geometry(_) => ExitCode::WrongParameters,
             VolumeError::Key(KeyError::Memory(_)) => ExitCode::OutOfMemory,
-            VolumeError::Key(_) => ExitCode::NoPermission,
+            VolumeError::Key(_) | VolumeError::Backend(BackendError::NoKey) => {
+                ExitCode::NoPermission
+            }
+            VolumeError::Backend(BackendError::InProcessUnlock) => ExitCode::WrongParameters,
             VolumeError::Backend(_) | VolumeError::Io(_) => ExitCode::WrongDevice,
             VolumeError::Frontend(e) if e.is_busy() => ExitCode::Busy,
             VolumeError::Frontend(_) | VolumeError::Mapper(_) => ExitCode::WrongDevice,
@@ -140,6 +143,8 @@ struct Facts {
     backend: BackendChoice,
     protection: String,
     table: Table,
+    /// The LUKS keyslot the vault unlocked (keys from [`KeySource::Unlock`]).
+    keyslot: Option<u32>,
 }
 
 /// What [`check_request`] derived from an open request.
@@ -155,6 +160,8 @@ struct Engine {
     engine: Arc<IoEngine>,
     /// The vault slot of the key (0 for the in-process engine).
     slot: u32,
+    /// The LUKS keyslot the vault unlocked, if it did.
+    keyslot: Option<u32>,
     backend: BackendChoice,
     protection: String,
 }
@@ -344,6 +351,7 @@ fn check_size(
 /// backing file.
 fn key_engine(
     req: &OpenRequest,
+    key: &KeySource<'_>,
     checked: Checked,
     file: File,
     backing: &Path,
@@ -363,15 +371,14 @@ fn key_engine(
         req.backend,
         checked.spec,
         checked.geom,
-        req.key_serial,
+        key,
         req.key_size.bytes(),
     )?;
-    if !req.keep_key {
-        if let Err(e) = vmvault_proto::keyring::invalidate(req.key_serial) {
-            warnings.push(format!(
-                "could not invalidate keyring key {}: {e}",
-                req.key_serial
-            ));
+    if let KeySource::Keyring { serial } = key {
+        if !req.keep_key {
+            if let Err(e) = vmvault_proto::keyring::invalidate(*serial) {
+                warnings.push(format!("could not invalidate keyring key {serial}: {e}"));
+            }
         }
     }
     let backend = keyed.crypt.backend();
@@ -380,6 +387,7 @@ fn key_engine(
     Ok(Engine {
         engine,
         slot: keyed.slot,
+        keyslot: keyed.keyslot,
         backend,
         protection,
     })
@@ -453,8 +461,13 @@ impl Volume {
     /// Steps: check the request; open and check the backing device (cheap checks
     /// first, so a bad device does not import a key); key the backend and start the
     /// engine; start the frontend and the mapper over it.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the request, its key source and the daemon's context, each used once"
+    )]
     pub fn open(
         req: &OpenRequest,
+        key: &KeySource<'_>,
         backing_fd: Option<File>,
         mnt_root: &Path,
         own_devices: &[(u32, u32)],
@@ -466,7 +479,7 @@ impl Volume {
         let file = open_backing(req, backing_fd)?;
         let backing = check_backing(&file, req, mnt_root, own_devices)?;
         check_size(&file, &backing, req, checked.offset_bytes)?;
-        let eng = key_engine(req, checked, file, &backing, vaults, warnings)?;
+        let eng = key_engine(req, key, checked, file, &backing, vaults, warnings)?;
         let len = Sectors(eng.engine.size() / 512);
         let table = table_of(req, &backing, eng.slot, len);
         let devs = start_devices(req, &eng.engine, mnt_root, fuse_threads, warnings)?;
@@ -481,6 +494,7 @@ impl Volume {
             backend: eng.backend,
             protection: eng.protection,
             table,
+            keyslot: eng.keyslot,
         };
         Ok(Volume {
             facts,
@@ -488,6 +502,12 @@ impl Volume {
             front: Some(devs.front),
             mapper: devs.mapper,
         })
+    }
+
+    /// The LUKS keyslot the vault unlocked for this volume (`None`: the key came from
+    /// the keyring).
+    pub fn keyslot(&self) -> Option<u32> {
+        self.facts.keyslot
     }
 
     /// The volume's name.
