@@ -105,6 +105,24 @@ impl VolumeError {
                 ExitCode::NoPermission
             }
             VolumeError::Backend(BackendError::InProcessUnlock) => ExitCode::WrongParameters,
+            // A keyslot's KDF cost above what the vault or this host accepts: as
+            // cryptsetup's memory limit, 3.
+            VolumeError::Backend(BackendError::Vault(vmvault_hv::HvError::ScratchTooLarge {
+                ..
+            })) => ExitCode::OutOfMemory,
+            VolumeError::Backend(BackendError::Vault(vmvault_hv::HvError::Refused {
+                status,
+                ..
+            })) if *status == vault_vm::abi::keyslot::status::KDF_LIMIT => ExitCode::OutOfMemory,
+            VolumeError::Backend(BackendError::Vault(
+                vmvault_hv::HvError::BadKeyslot(_) | vmvault_hv::HvError::Unsupported(_),
+            )) => ExitCode::WrongParameters,
+            VolumeError::Backend(BackendError::Vault(vmvault_hv::HvError::Refused {
+                status,
+                ..
+            })) if *status == vault_vm::abi::keyslot::status::BAD_PARAMS => {
+                ExitCode::WrongParameters
+            }
             VolumeError::Backend(_) | VolumeError::Io(_) => ExitCode::WrongDevice,
             VolumeError::Frontend(e) if e.is_busy() => ExitCode::Busy,
             VolumeError::Frontend(_) | VolumeError::Mapper(_) => ExitCode::WrongDevice,
@@ -674,5 +692,47 @@ impl Volume {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmvault_hv::HvError;
+
+    #[test]
+    fn in_vault_unlock_errors_keep_cryptsetups_exit_codes() {
+        let v = |e| VolumeError::Backend(e);
+        let no_key = v(BackendError::NoKey);
+        assert_eq!(no_key.code(), ExitCode::NoPermission);
+        assert_eq!(no_key.to_string(), "No key available with this passphrase.");
+        assert_eq!(
+            v(BackendError::Vault(HvError::ScratchTooLarge {
+                requested: 1,
+                limit: 0
+            }))
+            .code(),
+            ExitCode::OutOfMemory
+        );
+        assert_eq!(
+            v(BackendError::Vault(HvError::Refused {
+                status: vault_vm::abi::keyslot::status::KDF_LIMIT,
+                detail: 0
+            }))
+            .code(),
+            ExitCode::OutOfMemory
+        );
+        assert_eq!(
+            v(BackendError::Vault(HvError::Unsupported("UNLOCK_KEYSLOT"))).code(),
+            ExitCode::WrongParameters
+        );
+        assert_eq!(
+            v(BackendError::InProcessUnlock).code(),
+            ExitCode::WrongParameters
+        );
+        assert_eq!(
+            v(BackendError::Vault(HvError::ShutDown)).code(),
+            ExitCode::WrongDevice
+        );
     }
 }
