@@ -726,6 +726,60 @@ mod tests {
         assert_eq!(reply.digest.as_bytes(), &[0, 0xff]);
     }
 
+    /// Truncated or byte-flipped keyslot command lines never panic the parser, and
+    /// whatever parses has payload lengths that are either accepted or refused by
+    /// `Payload::check`, never taken unchecked.
+    #[test]
+    fn mangled_keyslot_lines_never_panic() {
+        use crate::keyslot::tests::{argon, spec};
+        use crate::keyslot::Payload;
+        let cand = KeyslotCandidate {
+            keyslot: 1,
+            spec: spec(argon()),
+            area_len: 256_000,
+        };
+        let reqs = [
+            Request::UnlockKeyslot {
+                cipher: CipherSpec::parse("aes-xts-plain64").unwrap(),
+                backend: BackendChoice::Kvm,
+                keyslot: cand.clone(),
+                passphrase_len: 3,
+            },
+            Request::SealKeyslot {
+                handle: 1,
+                keyslot: cand.spec.clone(),
+                passphrase_len: 3,
+            },
+        ];
+        let mut parsed = 0;
+        for r in &reqs {
+            let line = serde_json::to_string(r).unwrap();
+            let b = line.as_bytes();
+            for i in 0..b.len() {
+                let _ = parse(std::str::from_utf8(&b[..i]).unwrap_or(""));
+                for sub in [b'"', b'9', b'}', b'-', b'x'] {
+                    let mut m = b.to_vec();
+                    m[i] = sub;
+                    if let Ok(Request::UnlockKeyslot {
+                        keyslot,
+                        passphrase_len,
+                        ..
+                    }) = parse(&String::from_utf8_lossy(&m))
+                    {
+                        parsed += 1;
+                        let ok =
+                            Payload::check(std::slice::from_ref(&keyslot), passphrase_len, false);
+                        if let Ok(p) = ok {
+                            assert_eq!(p.areas, vec![keyslot.spec.area_len()]);
+                            assert!(p.passphrase <= crate::keyslot::MAX_PASSPHRASE);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(parsed > 0);
+    }
+
     #[test]
     fn response_shapes() {
         let s = serde_json::to_string(&refusal(ExitCode::Busy, "busy")).unwrap();
