@@ -359,9 +359,8 @@ pub(crate) fn activate(
             return Ok(());
         }
     };
-    let keyring_spec = Some((spec, keep));
-    let (k, serial) = key_from_keyring(spec, &vol)?;
-    let (key, original) = (k, Some(serial));
+    // `--volume-key-keyring`: the key already exists outside the vault; hand it over.
+    let (key, serial) = key_from_keyring(spec, &vol)?;
     drop(dev);
     if key.len() != params.key.bytes() {
         return Err(fail(
@@ -402,16 +401,14 @@ pub(crate) fn activate(
     drop(staged);
     let (st, warnings) = resp.map_err(client_fail)?;
     push_warnings(&warnings, out);
-    if let (Some(serial), Some((spec, keep))) = (original, keyring_spec) {
-        if keep {
-            out.stderr.push(format!(
-                "WARNING: the volume key stays in the kernel keyring (key {serial}, {spec:?}) as --keep-keyring-key asked: it is outside the vault until you invalidate it (keyctl invalidate {serial})."
-            ));
-        } else if let Err(e) = keyring::invalidate(serial) {
-            out.stderr.push(format!(
-                "WARNING: could not invalidate keyring key {serial} ({spec:?}): {e}; the volume key is still in the keyring."
-            ));
-        }
+    if keep {
+        out.stderr.push(format!(
+            "WARNING: the volume key stays in the kernel keyring (key {serial}, {spec:?}) as --keep-keyring-key asked: it is outside the vault until you invalidate it (keyctl invalidate {serial})."
+        ));
+    } else if let Err(e) = keyring::invalidate(serial) {
+        out.stderr.push(format!(
+            "WARNING: could not invalidate keyring key {serial} ({spec:?}): {e}; the volume key is still in the keyring."
+        ));
     }
     verbose_opened(act, &st, out);
     Ok(())
