@@ -11,6 +11,61 @@ use crate::vault::{VaultError, VaultPool};
 use vmvault_proto::keyring::{self, KeyError};
 use vmvault_proto::protocol::BackendChoice;
 
+/// One keyslot the vault may unlock: its parameters and its encrypted area as read
+/// from the device (ciphertext only).
+pub struct UnlockCandidate {
+    /// The LUKS keyslot number.
+    pub keyslot: u32,
+    /// The vault's parameter block.
+    pub params: vmvault_hv::KeyslotParams,
+    /// The encrypted area.
+    pub area: Vec<u8>,
+}
+
+/// Shows the keyslot number only.
+impl std::fmt::Debug for UnlockCandidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnlockCandidate")
+            .field("keyslot", &self.keyslot)
+            .field("area_len", &self.area.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a volume's key comes from.
+pub enum KeySource<'a> {
+    /// A kernel keyring `user` key (the old hand-over: the key passed through the
+    /// client).
+    Keyring {
+        /// Its serial.
+        serial: i32,
+    },
+    /// Keyslots the vault unlocks with a passphrase; the first that opens keys the
+    /// volume.
+    Unlock {
+        /// The keyslots, in the order to try them.
+        keyslots: &'a [UnlockCandidate],
+        /// The passphrase (a locked, zeroized buffer).
+        passphrase: &'a vmvault_proto::secret::Passphrase,
+    },
+}
+
+/// Names the source, never the passphrase.
+impl std::fmt::Debug for KeySource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Keyring { serial } => write!(f, "Keyring({serial})"),
+            KeySource::Unlock { keyslots, .. } => {
+                write!(
+                    f,
+                    "Unlock({} keyslot(s), passphrase redacted)",
+                    keyslots.len()
+                )
+            }
+        }
+    }
+}
+
 /// Errors creating a volume's crypt backend.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -23,6 +78,12 @@ pub enum BackendError {
     /// The vault could not be started or refused the key.
     #[error("vault: {0}")]
     Vault(#[source] vmvault_hv::HvError),
+    /// The passphrase opens none of the keyslots (cryptsetup's message).
+    #[error("No key available with this passphrase.")]
+    NoKey,
+    /// Keyslots can only be unlocked in a vault, not by the in-process engine.
+    #[error("the in-process backend cannot unlock keyslots (the key would be in the daemon's heap); use kvm or soft")]
+    InProcessUnlock,
 }
 
 impl From<VaultError> for BackendError {
@@ -30,6 +91,7 @@ impl From<VaultError> for BackendError {
         match e {
             VaultError::Key(k) => BackendError::Key(k),
             VaultError::Hv(h) => BackendError::Vault(h),
+            VaultError::NoKey => BackendError::NoKey,
         }
     }
 }
@@ -40,6 +102,8 @@ pub struct Keyed {
     pub crypt: Arc<dyn Crypt>,
     /// Slot number for the table's key reference.
     pub slot: u32,
+    /// The LUKS keyslot that opened (keys from [`KeySource::Unlock`]).
+    pub keyslot: Option<u32>,
 }
 
 /// Shows the slot only: the backend holds the key.
@@ -52,18 +116,44 @@ impl std::fmt::Debug for Keyed {
     }
 }
 
-/// Keys a backend for one volume from keyring key `serial` (`key_len` bytes).
+/// The vault kind a backend choice names (`None`: the in-process engine).
+pub fn vault_kind(choice: BackendChoice) -> Option<BackendKind> {
+    match choice {
+        BackendChoice::InProcess => None,
+        BackendChoice::Kvm => Some(BackendKind::Kvm),
+        BackendChoice::Soft => Some(BackendKind::Soft),
+        BackendChoice::Auto => Some(BackendKind::Auto),
+    }
+}
+
+/// Keys a backend for one volume from `key` (`key_len` bytes).
 ///
 /// `auto` prefers the vault (kvm, else soft). The in-process engine is used only when
-/// asked for by name.
+/// asked for by name, and only with a keyring key.
 pub fn key_backend(
     vaults: &VaultPool,
     choice: BackendChoice,
     spec: CipherSpec,
     geom: Geometry,
-    serial: i32,
+    key: &KeySource<'_>,
     key_len: usize,
 ) -> Result<Keyed, BackendError> {
+    let serial = match key {
+        KeySource::Keyring { serial } => *serial,
+        KeySource::Unlock {
+            keyslots,
+            passphrase,
+        } => {
+            let kind = vault_kind(choice).ok_or(BackendError::InProcessUnlock)?;
+            let (vc, keyslot) = vaults.unlock(kind, spec, geom, keyslots, passphrase)?;
+            let slot = vc.slot();
+            return Ok(Keyed {
+                crypt: Arc::new(vc),
+                slot,
+                keyslot: Some(keyslot),
+            });
+        }
+    };
     match choice {
         BackendChoice::InProcess => {
             let key = keyring::read_key(serial, key_len)?;
@@ -71,6 +161,7 @@ pub fn key_backend(
             Ok(Keyed {
                 crypt: Arc::new(crypt),
                 slot: 0,
+                keyslot: None,
             })
         }
         BackendChoice::Kvm | BackendChoice::Soft | BackendChoice::Auto => {
@@ -84,6 +175,7 @@ pub fn key_backend(
             Ok(Keyed {
                 crypt: Arc::new(vc),
                 slot,
+                keyslot: None,
             })
         }
     }

@@ -511,6 +511,9 @@ pub enum VaultError {
     /// The vault failed or refused.
     #[error("vault: {0}")]
     Hv(HvError),
+    /// The passphrase opens none of the keyslots.
+    #[error("No key available with this passphrase.")]
+    NoKey,
 }
 
 /// A running vault and the buffer shares of its window.
@@ -653,6 +656,45 @@ impl VaultPool {
             bufs,
             member,
         })
+    }
+}
+
+impl VaultPool {
+    /// Unlocks the first of `keyslots` that `passphrase` opens, in the vault: the KDF,
+    /// the AF merge and the digest check run there and the key goes straight into a
+    /// slot. Returns the volume's crypt and the LUKS keyslot that opened. When none
+    /// opens: the first error other than a wrong passphrase, else [`VaultError::NoKey`].
+    pub fn unlock(
+        &self,
+        kind: BackendKind,
+        spec: CipherSpec,
+        geom: Geometry,
+        keyslots: &[crate::backend::UnlockCandidate],
+        passphrase: &vmvault_proto::secret::Passphrase,
+    ) -> Result<(VaultCrypt, u32), VaultError> {
+        let (vault, bufs) = self.get_shared(kind)?;
+        let mut first_err = None;
+        for k in keyslots {
+            match vault.unlock_keyslot(spec, &k.params, passphrase.as_bytes(), &k.area) {
+                Ok(slot) => {
+                    let member = bufs.join();
+                    let vc = VaultCrypt {
+                        vault,
+                        slot,
+                        geom,
+                        bufs,
+                        member,
+                    };
+                    return Ok((vc, k.keyslot));
+                }
+                Err(HvError::BadPassphrase) => {}
+                Err(e) => {
+                    tracing::warn!("keyslot {}: {e}", k.keyslot);
+                    first_err.get_or_insert(VaultError::Hv(e));
+                }
+            }
+        }
+        Err(first_err.unwrap_or(VaultError::NoKey))
     }
 }
 

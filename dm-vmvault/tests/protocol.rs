@@ -203,3 +203,132 @@ fn the_client_refuses_a_daemon_of_another_version() {
         assert_eq!(e.exit_code(), 4);
     }
 }
+
+/// A keyslot candidate for a 64-byte key with 4000 stripes (area 256000 bytes), as
+/// JSON, with `area_len` as given.
+fn candidate_json(area_len: u64) -> serde_json::Value {
+    serde_json::json!({
+        "keyslot": 0,
+        "spec": {
+            "kdf": {"type": "pbkdf2", "hash": "sha256", "iterations": 1000},
+            "salt": "11".repeat(32),
+            "area_cipher": "aes-xts-plain64",
+            "area_key_size": 512,
+            "stripes": 4000,
+            "af_hash": "sha256",
+            "volume_key_size": 512,
+            "digest_hash": "sha256",
+            "digest_iterations": 1000,
+            "digest_salt": "22".repeat(32),
+            "digest": "33".repeat(32),
+        },
+        "area_len": area_len,
+    })
+}
+
+fn open_unlock_line(img: &Path, area_len: u64, passphrase_len: u64) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&open_line(img, |m| {
+        m.remove("key_serial");
+        m.remove("keep_key");
+    }))
+    .unwrap();
+    let m = v.as_object_mut().unwrap();
+    m.insert("cmd".into(), "open_unlock".into());
+    m.insert(
+        "keyslots".into(),
+        serde_json::json!([candidate_json(area_len)]),
+    );
+    m.insert("passphrase_len".into(), passphrase_len.into());
+    v.to_string()
+}
+
+/// Issue 14: requests with a binary payload (keyslot areas, passphrase) keep the stream
+/// in step: a well-formed one is answered and the next line is read as a line; lengths
+/// that cannot be right, or a payload command that does not parse, close the
+/// connection (its payload must never be read as request lines); handles are the
+/// connection's own.
+#[test]
+fn keyslot_payloads_are_framed_and_bad_lengths_close_the_connection() {
+    if !require(&["fuse", "loop"]) {
+        return;
+    }
+    let t = TempDir::new("proto-payload");
+    let run = t.path().join("run");
+    let img = t.path().join("img");
+    sparse_image(&img, 8);
+    let d = start_daemon(&run);
+
+    // A well-formed open_unlock with its payload, then a ping on the same connection.
+    let s = UnixStream::connect(run.join("control")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    (&s).write_all(format!("{}\n", hello()).as_bytes()).unwrap();
+    r.read_line(&mut line).unwrap();
+    let mut msg = open_unlock_line(&img, 256_000, 9).into_bytes();
+    msg.push(b'\n');
+    msg.extend(std::iter::repeat_n(0x5a, 256_000));
+    msg.extend_from_slice(b"{\"cmd\":\"p");
+    msg.extend_from_slice(br#"{"cmd":"ping"}"#);
+    msg.push(b'\n');
+    (&s).write_all(&msg).unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    // Whatever the vault says (no key with this area, or no keyslot support yet), the
+    // open is refused and the passphrase is not in the answer.
+    assert_eq!(v["result"], "error", "{line}");
+    assert!(!line.contains("{\\\"cmd\\\":\\\"p"), "{line}");
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["result"], "ok", "the line after the payload: {line}");
+    assert_eq!(v["reply"]["pid"], d.pid(), "{line}");
+    drop((s, r));
+
+    // Area length not what the spec gives: refused, connection closed.
+    let (a, closed) = raw(&run, &[hello(), open_unlock_line(&img, 512, 1)]);
+    assert_refused(
+        &a[1],
+        1,
+        "area of 512 bytes, but key size and AF stripes give 256000",
+    );
+    assert!(closed, "connection left open after bad payload lengths");
+    // A passphrase above 8 MiB: the same.
+    let (a, closed) = raw(
+        &run,
+        &[hello(), open_unlock_line(&img, 256_000, (8 << 20) + 1)],
+    );
+    assert_refused(&a[1], 1, "passphrase is 8388609 bytes");
+    assert!(closed);
+    // A payload command that does not parse: closed too.
+    let (a, closed) = raw(
+        &run,
+        &[
+            hello(),
+            r#"{"cmd":"seal_keyslot","handle":"x","passphrase_len":3}"#.into(),
+        ],
+    );
+    assert_refused(&a[1], 1, "bad request");
+    assert!(
+        closed,
+        "connection left open after an unparsable payload command"
+    );
+    // Commands without payload keep the connection; handles belong to it.
+    let (a, closed) = raw(
+        &run,
+        &[
+            hello(),
+            r#"{"cmd":"drop_key","handle":1}"#.into(),
+            r#"{"cmd":"key_digest","handle":2,"keyslot":{}}"#.into(),
+            r#"{"cmd":"ping"}"#.into(),
+        ],
+    );
+    assert_refused(&a[1], 1, "no key handle 1 on this connection");
+    assert_refused(&a[2], 1, "bad request");
+    assert!(a[3].contains("\"pid\""), "{}", a[3]);
+    assert!(!closed);
+    let mut c = d.client();
+    assert!(c.list().unwrap().is_empty());
+    d.shutdown();
+}

@@ -102,6 +102,21 @@ pub enum UnlockError {
     /// Reading the keyslot area or the header from the device failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// The keyslot's area lies outside the keyslots area of the header (it would
+    /// overlap the header or the data).
+    #[error("Keyslot {slot} area [{offset}, +{len}) is outside the keyslots area [{start}, {end}): refusing it (corrupted or hostile header?).")]
+    AreaOutOfRange {
+        /// The keyslot.
+        slot: u32,
+        /// Byte offset of its area.
+        offset: u64,
+        /// Bytes of key material.
+        len: u64,
+        /// Start of the keyslots area (end of the header).
+        start: u64,
+        /// End of the keyslots area (start of the data, or of what follows).
+        end: u64,
+    },
 }
 
 impl HasExitCode for UnlockError {
@@ -140,6 +155,7 @@ pub struct Unlocked {
 }
 
 /// Everything needed to open one keyslot, format independent.
+#[derive(Debug)]
 struct SlotPlan {
     slot: u32,
     kdf: Kdf,
@@ -571,6 +587,300 @@ fn unlock_inner(
                 }
                 r => r,
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// In-vault unlock: the keyslots as typed parameters plus their encrypted areas, for the
+// daemon to unlock in the vault. This process runs no KDF, AF merge or digest.
+// ---------------------------------------------------------------------------------
+
+use vmvault_proto::keyslot::{HashAlg, HexBytes, KdfSpec, KeyslotCandidate, KeyslotSpec};
+use vmvault_proto::types::KeySize;
+
+/// One keyslot for the vault: its typed parameters and its encrypted area as read from
+/// the device (ciphertext only; not a secret of this process).
+pub struct VaultKeyslot {
+    /// Parameters and area length, for the protocol.
+    pub candidate: KeyslotCandidate,
+    /// The encrypted area.
+    pub area: Vec<u8>,
+}
+
+impl std::fmt::Debug for VaultKeyslot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultKeyslot")
+            .field("keyslot", &self.candidate.keyslot)
+            .field("area_len", &self.area.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keyslots to send, as cryptsetup picks them (see [`unlock`]).
+#[derive(Debug)]
+pub struct VaultPlans {
+    /// Keyslots that may open the data segment, in the order to try them; a keyslot
+    /// that cannot be sent (unsupported parameters, area out of range, KDF cost above
+    /// the limits) is the error it gives.
+    pub bound: Vec<Result<VaultKeyslot, UnlockError>>,
+    /// LUKS2 keyslots not bound to the data segment, each with its own digest: tried
+    /// only to tell "No usable keyslot" from a wrong passphrase.
+    pub unbound: Vec<Result<VaultKeyslot, UnlockError>>,
+}
+
+fn hash_alg(h: Hash) -> HashAlg {
+    match h {
+        Hash::Sha1 => HashAlg::Sha1,
+        Hash::Sha224 => HashAlg::Sha224,
+        Hash::Sha256 => HashAlg::Sha256,
+        Hash::Sha384 => HashAlg::Sha384,
+        Hash::Sha512 => HashAlg::Sha512,
+        Hash::Ripemd160 => HashAlg::Ripemd160,
+    }
+}
+
+/// A volume's digest as the vault checks it: PBKDF2 hash, iterations, salt, value.
+#[derive(Debug)]
+struct DigestPlan {
+    hash: Hash,
+    iterations: u32,
+    salt: Vec<u8>,
+    value: Vec<u8>,
+}
+
+/// The range keyslot areas must lie in: after the header, before the data (or the end
+/// of the keyslots area).
+fn keyslots_range(vol: &Volume) -> (u64, u64) {
+    match vol {
+        // The LUKS1 header is 592 bytes; key material starts in a later sector and
+        // ends before the payload (when the payload is on this device).
+        Volume::Luks1(h) => (
+            512,
+            match h.payload_offset {
+                0 => u64::MAX,
+                p => u64::from(p) * 512,
+            },
+        ),
+        Volume::Luks2(h) => {
+            let start = 2 * h.bin.hdr_size;
+            (start, start.saturating_add(h.meta.config.keyslots_size.0))
+        }
+    }
+}
+
+/// Reads `plan`'s area from `dev` (after the range and size checks) and types its
+/// parameters with `digest`.
+fn vault_keyslot(
+    dev: &Device,
+    vol: &Volume,
+    plan: &SlotPlan,
+    digest: &DigestPlan,
+    limits: &KdfLimits,
+) -> Result<VaultKeyslot, UnlockError> {
+    let slot = plan.slot;
+    let unsupported = |why: String| UnlockError::Unsupported { slot, why };
+    let key_size = KeySize::from_bytes(plan.key_len)
+        .map_err(|e| unsupported(format!("volume key size: {e}")))?;
+    let area_key_size = KeySize::from_bytes(plan.area_key_len)
+        .map_err(|e| unsupported(format!("area key size: {e}")))?;
+    let cipher_err = |source| UnlockError::Cipher {
+        slot,
+        spec: plan.area_cipher.clone(),
+        key_bits: plan.area_key_len * 8,
+        source,
+    };
+    CipherSpec::parse(&plan.area_cipher).map_err(cipher_err)?;
+    let area_cipher = vmvault_proto::CipherSpec::parse(&plan.area_cipher)
+        .map_err(|_| cipher_err(vault_vm::engine::EngineError::UnsupportedSpec))?;
+    plan.kdf
+        .check(limits)
+        .map_err(|source| UnlockError::Kdf { slot, source })?;
+    let (kdf, salt) = match &plan.kdf {
+        Kdf::Pbkdf2 {
+            hash,
+            iterations,
+            salt,
+        } => (
+            KdfSpec::Pbkdf2 {
+                hash: hash_alg(*hash),
+                iterations: *iterations,
+            },
+            salt,
+        ),
+        Kdf::Argon2 {
+            variant,
+            time,
+            memory_kib,
+            lanes,
+            salt,
+        } => (
+            match variant {
+                Argon2Variant::Argon2i => KdfSpec::Argon2i {
+                    time: *time,
+                    memory_kib: *memory_kib,
+                    lanes: *lanes,
+                },
+                Argon2Variant::Argon2id => KdfSpec::Argon2id {
+                    time: *time,
+                    memory_kib: *memory_kib,
+                    lanes: *lanes,
+                },
+            },
+            salt,
+        ),
+    };
+    let hex =
+        |what: &str, b: &[u8]| HexBytes::new(b).map_err(|e| unsupported(format!("{what}: {e}")));
+    let spec = KeyslotSpec {
+        kdf,
+        salt: hex("kdf salt", salt)?,
+        area_cipher,
+        area_key_size,
+        stripes: plan.stripes,
+        af_hash: hash_alg(plan.af_hash),
+        volume_key_size: key_size,
+        digest_hash: hash_alg(digest.hash),
+        digest_iterations: digest.iterations,
+        digest_salt: hex("digest salt", &digest.salt)?,
+        digest: hex("digest", &digest.value)?,
+    };
+    // Everything the vault would refuse is refused here, before any device read.
+    spec.to_params().map_err(|e| unsupported(e.to_string()))?;
+    let len = spec.area_len();
+    let (start, end) = keyslots_range(vol);
+    let area_end = plan.area_offset.checked_add(len);
+    if plan.area_offset < start || area_end.is_none_or(|e| e > end) {
+        return Err(UnlockError::AreaOutOfRange {
+            slot,
+            offset: plan.area_offset,
+            len,
+            start,
+            end,
+        });
+    }
+    if area_end.is_none_or(|e| e > dev.size()) {
+        return Err(UnlockError::AreaCutShort {
+            slot,
+            offset: plan.area_offset,
+            len,
+            size: dev.size(),
+        });
+    }
+    let mut area = vec![0u8; len as usize];
+    dev.read_exact_at(plan.area_offset, &mut area)?;
+    Ok(VaultKeyslot {
+        candidate: KeyslotCandidate {
+            keyslot: slot,
+            spec,
+            area_len: len,
+        },
+        area,
+    })
+}
+
+/// The digest of LUKS2 keyslot `slot` (with `segment`: only one that also covers that
+/// segment).
+fn luks2_digest(
+    h: &Luks2Header,
+    slot: u32,
+    segment: Option<&str>,
+) -> Result<DigestPlan, UnlockError> {
+    let id = slot.to_string();
+    let unsupported = |why: String| UnlockError::Unsupported { slot, why };
+    let Some(d) = h.meta.digests.values().find(|d| {
+        d.keyslots.contains(&id) && segment.is_none_or(|s| d.segments.iter().any(|x| x == s))
+    }) else {
+        return Err(unsupported(match segment {
+            Some(s) => format!("no digest binds this keyslot to data segment {s}"),
+            None => "no digest is assigned to this keyslot".into(),
+        }));
+    };
+    if d.kind != "pbkdf2" {
+        return Err(unsupported(format!(
+            "digest type {:?} is not supported",
+            d.kind
+        )));
+    }
+    let (Some(hash), Some(iterations), Some(salt), Some(digest)) =
+        (&d.hash, d.iterations, &d.salt, &d.digest)
+    else {
+        return Err(unsupported(
+            "digest is missing hash, iterations, salt or digest".into(),
+        ));
+    };
+    let value = b64(slot, "digest", digest)?;
+    if value.is_empty() || value.len() > 64 {
+        return Err(unsupported(format!(
+            "digest length {} outside 1..=64",
+            value.len()
+        )));
+    }
+    Ok(DigestPlan {
+        hash: Hash::from_name(hash).map_err(|source| UnlockError::Kdf { slot, source })?,
+        iterations,
+        salt: b64(slot, "digest salt", salt)?,
+        value,
+    })
+}
+
+/// The keyslots of `vol` (read from `dev`) for the vault to unlock, picked and ordered
+/// as [`unlock`] tries them, with their areas read from the device (bounds checked).
+/// KDF costs are checked against `opts.limits` here; the KDF itself runs in the vault.
+pub fn vault_plans(
+    dev: &Device,
+    vol: &Volume,
+    opts: &UnlockOptions,
+) -> Result<VaultPlans, UnlockError> {
+    let limits = opts.limits;
+    match vol {
+        Volume::Luks1(h) => {
+            let plans = luks1_plans(h, opts.keyslot)?;
+            let digest = DigestPlan {
+                hash: h.hash,
+                iterations: h.mk_digest_iter,
+                salt: h.mk_digest_salt.to_vec(),
+                value: h.mk_digest.to_vec(),
+            };
+            Kdf::Pbkdf2 {
+                hash: digest.hash,
+                iterations: digest.iterations,
+                salt: digest.salt.clone(),
+            }
+            .check(&limits)
+            .map_err(UnlockError::DigestKdf)?;
+            if plans.is_empty() {
+                return Err(UnlockError::NoActiveSlots);
+            }
+            let bound = plans
+                .into_iter()
+                .map(|p| p.and_then(|p| vault_keyslot(dev, vol, &p, &digest, &limits)))
+                .collect();
+            Ok(VaultPlans {
+                bound,
+                unbound: Vec::new(),
+            })
+        }
+        Volume::Luks2(h) => {
+            let Luks2Plans { plans, unbound } = luks2_plans(h, opts.keyslot, opts.allow_unbound)?;
+            if plans.is_empty() && unbound.is_empty() {
+                return Err(UnlockError::NoActiveSlots);
+            }
+            let seg = if opts.allow_unbound {
+                None
+            } else {
+                luks2_data_segment(h)
+            };
+            let build = |p: Result<SlotPlan, UnlockError>, seg: Option<&str>| {
+                p.and_then(|p| {
+                    let d = luks2_digest(h, p.slot, seg)?;
+                    vault_keyslot(dev, vol, &p, &d, &limits)
+                })
+            };
+            Ok(VaultPlans {
+                bound: plans.into_iter().map(|p| build(p, seg)).collect(),
+                unbound: unbound.into_iter().map(|p| build(p, None)).collect(),
+            })
         }
     }
 }

@@ -43,6 +43,12 @@ pub(crate) trait Backend: Send + Sync {
     fn transfer(&self) -> *mut u8;
     /// Sends a request to server `lane % vcpus()` and waits for the response.
     fn call(&self, lane: usize, req: &Request) -> Result<Response>;
+    /// Sends a keyslot request (UNLOCK_KEYSLOT, SEAL_KEYSLOT, KEY_DIGEST, GENERATE_KEY)
+    /// like [`Backend::call`], with `scratch_len` bytes of Argon2 scratch memory behind
+    /// `abi::keyslot::SCRATCH_GPA` while it runs (none for 0); the memory is wiped and
+    /// unmapped afterwards. One keyslot request at a time; a length above
+    /// [`crate::scratch::scratch_limit`] is refused before anything is mapped.
+    fn call_keyslot(&self, lane: usize, req: &Request, scratch_len: u64) -> Result<Response>;
     /// Test builds: like [`Backend::call`], with `racer` called in a loop from another
     /// thread on the request in shared memory while the vault serves it.
     #[cfg(feature = "test-api")]

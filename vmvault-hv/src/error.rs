@@ -42,7 +42,7 @@ pub enum HvError {
     #[error("the embedded vault guest image is invalid: {0}")]
     BadImage(&'static str),
     /// The vault answered a request with an error status.
-    #[error("the vault refused the request: {} (segment {detail})", status::name(*status))]
+    #[error("the vault refused the request: {} (segment {detail})", status_name(*status))]
     Refused {
         /// One of `vault_vm::abi::status`.
         status: u32,
@@ -88,6 +88,31 @@ pub enum HvError {
     /// The vault answered SELFTEST_FAILED: its engine gave a wrong known answer.
     #[error("the vault self test failed")]
     SelftestFailed,
+    /// The passphrase does not open the keyslot (the vault's BAD_PASSPHRASE).
+    #[error("no key available with this passphrase")]
+    BadPassphrase,
+    /// The vault answered BAD_OP to an operation this library knows: the vault image
+    /// predates it.
+    #[error("vault does not support {0} (BAD_OP)")]
+    Unsupported(&'static str),
+    /// A keyslot request asked for more Argon2 scratch memory than this host gives
+    /// (nothing was mapped).
+    #[error("the keyslot needs {requested} bytes of Argon2 memory; this host allows at most {limit} (half its RAM, at most 4 GiB)")]
+    ScratchTooLarge {
+        /// Bytes the keyslot parameters asked for.
+        requested: u64,
+        /// The largest scratch memory this host accepts.
+        limit: u64,
+    },
+    /// Keyslot parameters or buffers that cannot be right (checked before the vault
+    /// sees them); the text says which check failed.
+    #[error("invalid keyslot request: {0}")]
+    BadKeyslot(&'static str),
+}
+
+/// Name of a vault status code, keyslot statuses included.
+pub(crate) fn status_name(s: u32) -> &'static str {
+    vault_vm::abi::keyslot::status::name(s).unwrap_or_else(|| status::name(s))
 }
 
 /// Why a `kvm` vault stopped working ([`HvError::VaultFailed`]). The first cause is

@@ -57,7 +57,7 @@ impl Slots {
     }
 
     /// Reserves a free slot and a fresh generation for it.
-    fn alloc(&self) -> Result<(usize, u32)> {
+    pub(crate) fn alloc(&self) -> Result<(usize, u32)> {
         let mut slots = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let i = slots
             .iter()
@@ -66,6 +66,11 @@ impl Slots {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         slots[i] = Some(generation);
         Ok((i, generation))
+    }
+
+    /// Takes the transfer page (one import or key generation at a time).
+    pub(crate) fn transfer_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.import_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Frees slot `i` if it still holds `generation`.
@@ -86,7 +91,7 @@ impl Slots {
 }
 
 impl Vault {
-    fn check_key_len(spec: CipherSpec, len: usize) -> Result<()> {
+    pub(crate) fn check_key_len(spec: CipherSpec, len: usize) -> Result<()> {
         if abi::key_len_ok(spec, len) {
             Ok(())
         } else {

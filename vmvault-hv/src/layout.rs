@@ -22,6 +22,9 @@ const DATA: F = F::PRESENT
 const DOORBELL: F = TABLE.union(F::HUGE_PAGE);
 /// A 2 MiB page of the data window.
 const WINDOW: F = DATA.union(F::HUGE_PAGE);
+/// A 2 MiB page of the Argon2 scratch range: read-write data, never executable (the
+/// vCPUs run with EFER.NXE set).
+const SCRATCH: F = DATA.union(F::HUGE_PAGE).union(F::NO_EXECUTE);
 
 /// First PT page (maps guest RAM with 4 KiB pages).
 const PT_GPA: u64 = 0x4000;
@@ -29,8 +32,17 @@ const PT_GPA: u64 = 0x4000;
 const PD0_GPA: u64 = 0x3000;
 /// PDPT.
 const PDPT_GPA: u64 = 0x2000;
-/// First PD page of the window.
+/// First PD page of the window (up to 64 pages: one per GiB of [`abi::WINDOW_MAX`]).
 const WINDOW_PD_GPA: u64 = 0x8000;
+/// First PD page of the Argon2 scratch range (one per GiB of
+/// [`abi::keyslot::SCRATCH_MAX`]), after the window's.
+const SCRATCH_PD_GPA: u64 = WINDOW_PD_GPA + (abi::WINDOW_MAX >> 30) * abi::PAGE_SIZE;
+
+const _: () = assert!(
+    SCRATCH_PD_GPA + (abi::keyslot::SCRATCH_MAX >> 30) * abi::PAGE_SIZE <= abi::PAGE_TABLES_END
+);
+// The scratch range lies in the first PML4 entry, like everything else.
+const _: () = assert!(abi::keyslot::SCRATCH_GPA + abi::keyslot::SCRATCH_MAX <= 512 << 30);
 
 /// Checks the image header and returns it.
 pub fn parse_image(image: &[u8]) -> Result<ImageHeader> {
@@ -81,7 +93,10 @@ fn put(mem: &mut [u8], gpa: u64, addr: u64, flags: F) {
 /// `.bss` read-write, the stacks of the first `vcpus` vCPUs (guard page below each),
 /// the transfer page, the rings of the first `vcpus` vCPUs, the doorbell (a 2 MiB page
 /// without memslot) and the data window (2 MiB pages). Everything else, the page
-/// tables included, is not mapped.
+/// tables included, is not mapped. The Argon2 scratch range
+/// (`abi::keyslot::SCRATCH_GPA`, [`abi::keyslot::SCRATCH_MAX`] bytes) is always mapped
+/// with 2 MiB read-write, non-executable pages; a memslot is behind it only while a
+/// keyslot request runs.
 pub fn build(
     mem: &mut [u8],
     image: &[u8],
@@ -147,6 +162,21 @@ pub fn build(
             put(mem, pd + k * 8, gpa, WINDOW);
         }
     }
+    // Argon2 scratch: PDPT entries from SCRATCH_GPA, 2 MiB pages over SCRATCH_MAX.
+    let scratch_2m = abi::keyslot::SCRATCH_MAX / abi::WINDOW_ALIGN;
+    for j in 0..scratch_2m.div_ceil(512) {
+        let pd = SCRATCH_PD_GPA + j * abi::PAGE_SIZE;
+        put(
+            mem,
+            PDPT_GPA + ((abi::keyslot::SCRATCH_GPA >> 30) + j) * 8,
+            pd,
+            TABLE,
+        );
+        for k in 0..(scratch_2m - j * 512).min(512) {
+            let gpa = abi::keyslot::SCRATCH_GPA + (j * 512 + k) * abi::WINDOW_ALIGN;
+            put(mem, pd + k * 8, gpa, SCRATCH);
+        }
+    }
     Ok(())
 }
 
@@ -156,10 +186,15 @@ mod tests {
 
     /// Walks the 4-level tables like the MMU: `Some((writable, user))` if mapped.
     fn walk(mem: &[u8], va: u64) -> Option<(bool, bool)> {
+        walk_nx(mem, va).map(|(w, u, _)| (w, u))
+    }
+
+    /// Like [`walk`], with whether the page is non-executable (NX at any level).
+    fn walk_nx(mem: &[u8], va: u64) -> Option<(bool, bool, bool)> {
         let get =
             |gpa: u64| u64::from_le_bytes(mem[gpa as usize..gpa as usize + 8].try_into().unwrap());
         let mut table = abi::PAGE_TABLES_GPA;
-        let (mut w, mut u) = (true, true);
+        let (mut w, mut u, mut nx) = (true, true, false);
         for level in (0..4).rev() {
             let idx = (va >> (12 + 9 * level)) & 511;
             let e = get(table + idx * 8);
@@ -169,8 +204,9 @@ mod tests {
             }
             w &= flags.contains(F::WRITABLE);
             u &= flags.contains(F::USER_ACCESSIBLE);
+            nx |= flags.contains(F::NO_EXECUTE);
             if level == 0 || flags.contains(F::HUGE_PAGE) {
-                return Some((w, u));
+                return Some((w, u, nx));
             }
             table = e & 0x000f_ffff_ffff_f000;
         }
@@ -233,6 +269,31 @@ mod tests {
         assert_eq!(walk(&mem, abi::WINDOW_GPA), rw);
         assert_eq!(walk(&mem, abi::WINDOW_GPA + window - 1), rw);
         assert_eq!(walk(&mem, abi::WINDOW_GPA + window), None);
+        let (sgpa, smax) = (abi::keyslot::SCRATCH_GPA, abi::keyslot::SCRATCH_MAX);
+        let rw_nx = Some((true, true, true));
+        assert_eq!(walk_nx(&mem, sgpa - 1), None, "below the scratch range");
+        for va in [
+            sgpa,
+            sgpa + abi::WINDOW_ALIGN - 1,
+            sgpa + abi::WINDOW_ALIGN,
+            sgpa + (1 << 30),
+            sgpa + smax / 2 + 12345,
+            sgpa + smax - 1,
+        ] {
+            assert_eq!(walk_nx(&mem, va), rw_nx, "scratch address {va:#x}");
+        }
+        assert_eq!(walk_nx(&mem, sgpa + smax), None, "above the scratch range");
+        // Nothing else is non-executable: the window and the image are as before.
+        assert_eq!(walk_nx(&mem, abi::WINDOW_GPA), Some((true, true, false)));
+        assert_eq!(walk_nx(&mem, abi::IMAGE_GPA), Some((false, true, false)));
+        // The scratch PDs are 2 MiB leaf entries pointing at themselves.
+        for page in [0u64, 1, 511, 512, 2047] {
+            let va = sgpa + page * abi::WINDOW_ALIGN;
+            let pd = SCRATCH_PD_GPA + page * 8;
+            let e = u64::from_le_bytes(mem[pd as usize..pd as usize + 8].try_into().unwrap());
+            assert_eq!(e & 0x000f_ffff_ffe0_0000, va);
+            assert_eq!(F::from_bits_retain(e & !0x000f_ffff_ffe0_0000), SCRATCH);
+        }
         assert_eq!(
             &mem[abi::IMAGE_GPA as usize..abi::IMAGE_GPA as usize + 8],
             &IMAGE_MAGIC.to_le_bytes()
@@ -253,6 +314,7 @@ mod tests {
         assert_eq!(DATA.bits(), P | RW | US | ACCESSED | DIRTY);
         assert_eq!(DOORBELL.bits(), P | RW | US | PS);
         assert_eq!(WINDOW.bits(), P | RW | US | ACCESSED | DIRTY | PS);
+        assert_eq!(SCRATCH.bits(), WINDOW.bits() | (1 << 63));
         assert_eq!(
             (
                 TABLE.bits(),

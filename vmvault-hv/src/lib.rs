@@ -12,6 +12,13 @@
 //! (offset, length) ranges inside it. The vault validates every request on a private
 //! copy and answers bad ones with an error status.
 //!
+//! Volume keys can be born and unlocked in the vault: [`Vault::unlock_keyslot`] hands
+//! it a LUKS keyslot's parameters ([`KeyslotParams`]), the passphrase and the encrypted
+//! area, and the KDF, AF merge and digest check run there; [`Vault::generate_key`],
+//! [`Vault::seal_keyslot`] and [`Vault::key_digest`] serve `luksFormat`-like work. Argon2
+//! gets a temporary scratch memory region for the duration of one request (at most
+//! [`scratch_limit`] bytes), wiped and unmapped afterwards.
+//!
 //! Configuration is plain data: [`VaultConfig`] says which backend, how many vCPUs, how
 //! large a window and who runs the vCPUs ([`RunMode`]); its [`Tuning`] fine-tunes the
 //! `kvm` backend's vCPUs (idle spins of a polling vCPU thread and of a submitter running
@@ -38,12 +45,14 @@ mod backend;
 mod config;
 mod error;
 mod keys;
+mod keyslot;
 pub mod kvm;
 mod layout;
 mod memory;
 mod pending;
 mod requests;
 mod ring;
+mod scratch;
 mod soft;
 #[cfg(feature = "test-api")]
 pub mod test_api;
@@ -60,7 +69,9 @@ pub use config::{BackendKind, CpuPinning, ParseTuningError, RunMode, Tuning, Vau
 pub use error::{HvError, Result, VaultFailure};
 pub use keys::SlotId;
 use keys::Slots;
+pub use keyslot::{EntropySource, KeyslotParams};
 pub use pending::Pending;
+pub use scratch::scratch_limit;
 pub use window::{Window, WindowBuf, WINDOW_GRANULE};
 
 /// The flat vault guest image (built by `build.rs`).

@@ -13,13 +13,14 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vault_vm::abi::{self, op, status, Request, Response, MAX_SLOTS};
+use vault_vm::abi::{self, keyslot, op, status, Request, Response, MAX_SLOTS};
 use vault_vm::service::{Counters, Service, SlotCell};
 
 use crate::backend::Backend;
 use crate::error::{HvError, Result};
 use crate::memory::SharedMem;
 use crate::ring::{Alone, Beside};
+use crate::scratch::{scratch_size, Scratch};
 use crate::window::Window;
 use crate::BackendKind;
 
@@ -33,6 +34,8 @@ pub(crate) struct SoftBackend {
     window: Arc<Window>,
     lanes: Vec<Mutex<Counters>>,
     stopped: AtomicBool,
+    /// One keyslot request (and scratch mapping) at a time.
+    keyslot_lock: Mutex<()>,
 }
 
 impl SoftBackend {
@@ -52,14 +55,22 @@ impl SoftBackend {
                 .map(|_| Mutex::new(Counters::default()))
                 .collect(),
             stopped: AtomicBool::new(false),
+            keyslot_lock: Mutex::new(()),
         })
     }
 
-    fn service(&self) -> Service<'_> {
+    /// The in-process service; `scratch` is the Argon2 scratch memory of the keyslot
+    /// request being served (null when there is none).
+    fn service(&self, scratch: *mut u8) -> Service<'_> {
+        // The vault side gives `Service::new` the scratch base as a fifth argument;
+        // until that lands the service answers BAD_OP to keyslot requests and the
+        // pointer has no use.
+        let _ = scratch;
         // SAFETY: the secret mapping is page aligned, at least as large as the slot table
         // and zero-initialized, which is a valid table of empty slots; it lives as long as
         // `self`. Window and transfer page are live mappings of the stated sizes and do not
-        // overlap the slots.
+        // overlap the slots. `scratch` is null or a live mapping of the request's
+        // `scratch_len` bytes (see `call_keyslot`), distinct from all of them.
         unsafe {
             let slots = &*self.slots.ptr().cast::<[SlotCell; MAX_SLOTS]>();
             Service::new(
@@ -121,7 +132,22 @@ impl Backend for SoftBackend {
     }
 
     fn call(&self, lane: usize, req: &Request) -> Result<Response> {
-        self.serve(lane, req, Alone)
+        self.serve(lane, req, Alone, ptr::null_mut())
+    }
+
+    fn call_keyslot(&self, lane: usize, req: &Request, scratch_len: u64) -> Result<Response> {
+        let len = scratch_size(scratch_len)?;
+        let _one_at_a_time = self.keyslot_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let scratch = if len > 0 {
+            Some(Scratch::for_process(len)?)
+        } else {
+            None
+        };
+        let p = scratch.as_ref().map_or(ptr::null_mut(), Scratch::ptr);
+        let r = self.serve(lane, req, Alone, p);
+        // Wiped and unmapped.
+        drop(scratch);
+        r
     }
 
     #[cfg(feature = "test-api")]
@@ -131,16 +157,16 @@ impl Backend for SoftBackend {
         req: &Request,
         racer: crate::test_api::Racer<'_>,
     ) -> Result<Response> {
-        self.serve(lane, req, crate::test_api::Racing(racer))
+        self.serve(lane, req, crate::test_api::Racing(racer), ptr::null_mut())
     }
 
     fn shutdown(&self) -> Result<()> {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        self.service().drop_all();
+        self.service(ptr::null_mut()).drop_all();
         clear_vector_registers();
-        self.service().wipe_transfer();
+        self.service(ptr::null_mut()).wipe_transfer();
         self.slots.wipe();
         self.window.wipe();
         burn_stack::<{ 32 * 1024 }>();
@@ -150,7 +176,14 @@ impl Backend for SoftBackend {
 
 impl SoftBackend {
     /// Serves `req` on this thread (with `beside` running while the request is copied).
-    fn serve(&self, lane: usize, req: &Request, beside: impl Beside) -> Result<Response> {
+    /// `scratch`: the keyslot request's Argon2 memory, or null.
+    fn serve(
+        &self,
+        lane: usize,
+        req: &Request,
+        beside: impl Beside,
+        scratch: *mut u8,
+    ) -> Result<Response> {
         if self.stopped.load(Ordering::SeqCst) {
             return Err(HvError::ShutDown);
         }
@@ -164,12 +197,21 @@ impl SoftBackend {
         let mut counters = self.lanes[lane % self.lanes.len()]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let resp = self.service().handle(&copy, &mut counters);
+        let resp = self.service(scratch).handle(&copy, &mut counters);
         drop(counters);
         // The engine ran on this thread: no round key may stay in its vector registers,
         // which the kernel saves in the task's FPU state at the next context switch.
         clear_vector_registers();
-        if matches!(copy.op, op::IMPORT_KEY | op::DROP_KEY) {
+        if matches!(
+            copy.op,
+            keyslot::op::UNLOCK_KEYSLOT
+                | keyslot::op::SEAL_KEYSLOT
+                | keyslot::op::KEY_DIGEST
+                | keyslot::op::GENERATE_KEY
+        ) {
+            // Key copies, KDF output and AF stripes may have passed through the stack.
+            burn_stack::<{ 64 * 1024 }>();
+        } else if matches!(copy.op, op::IMPORT_KEY | op::DROP_KEY) {
             burn_stack::<{ 32 * 1024 }>();
         } else {
             burn_stack::<{ 8 * 1024 }>();

@@ -15,12 +15,16 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::exit::ExitCode;
+use crate::keyslot::{KeyslotCandidate, KeyslotSpec, Payload, MAX_AREA};
 use crate::protocol::{
-    Done, HelloReply, KeyRingReply, ListReply, OpenRequest, PingReply, Request, Response,
+    AreaReply, BackendChoice, DigestReply, Done, GeneratedKey, HelloReply, KeyHandle, KeyRingReply,
+    ListReply, OpenRequest, OpenUnlockRequest, PingReply, Request, Response, UnlockedVolume,
     VolumeStatus, VERSION,
 };
+use crate::secret::Passphrase;
 use crate::sock::{peer_uid, send_with_fd, socket_path};
 use crate::types::VolumeName;
+use crate::types::{CipherSpec, KeySize};
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +106,10 @@ pub enum ClientError {
     /// `vmvaultd` did not answer in time.
     #[error("cannot start vmvaultd: vmvaultd did not answer within 10 s")]
     Timeout,
+    /// The keyslot areas or passphrase given do not match the lengths of the request
+    /// (a bug of the caller); nothing was sent.
+    #[error("keyslot request: {0}")]
+    Payload(#[from] crate::keyslot::KeyslotError),
 }
 
 impl ClientError {
@@ -111,7 +119,7 @@ impl ClientError {
         match self {
             ClientError::Remote { code, .. } => *code,
             ClientError::NotRoot { .. } => ExitCode::NoPermission,
-            ClientError::Name(_) => ExitCode::WrongParameters,
+            ClientError::Name(_) | ClientError::Payload(_) => ExitCode::WrongParameters,
             _ => ExitCode::WrongDevice,
         }
     }
@@ -316,6 +324,176 @@ impl Client {
     /// Closes everything and stops the daemon.
     pub fn shutdown(&mut self) -> Result<(), ClientError> {
         let (Done {}, _) = self.call(&Request::Shutdown {}, None)?;
+        Ok(())
+    }
+
+    /// Sends `req` (with `fd` as `SCM_RIGHTS` if given), then the payload straight
+    /// from the caller's buffers: each area, then the passphrase (from its locked
+    /// buffer; no copy is made); returns the answer line.
+    fn exchange_payload(
+        &mut self,
+        req: &Request,
+        fd: Option<BorrowedFd<'_>>,
+        areas: &[&[u8]],
+        passphrase: Option<&Passphrase>,
+    ) -> Result<String, ClientError> {
+        let mut line = serde_json::to_string(req).map_err(|source| ClientError::Protocol {
+            path: self.path.clone(),
+            source,
+        })?;
+        line.push('\n');
+        self.send_line(line.as_bytes(), fd)?;
+        let err = |source| ClientError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        for a in areas {
+            self.writer.write_all(a).map_err(err)?;
+        }
+        if let Some(p) = passphrase {
+            self.writer.write_all(p.as_bytes()).map_err(err)?;
+        }
+        self.read_line()
+    }
+
+    fn decode<T: DeserializeOwned>(&self, line: &str) -> Result<(T, Vec<String>), ClientError> {
+        match serde_json::from_str(line).map_err(|source| ClientError::Protocol {
+            path: self.path.clone(),
+            source,
+        })? {
+            Response::Ok { reply, warnings } => Ok((reply, warnings)),
+            Response::Error { code, error } => Err(ClientError::Remote {
+                code,
+                message: error,
+            }),
+        }
+    }
+
+    /// Checks that `areas` match the keyslots' area lengths.
+    fn check_areas(keyslots: &[KeyslotCandidate], areas: &[&[u8]]) -> Result<(), ClientError> {
+        let lens: Vec<u64> = areas.iter().map(|a| a.len() as u64).collect();
+        let want: Vec<u64> = keyslots.iter().map(|k| k.area_len).collect();
+        if lens != want {
+            return Err(ClientError::Payload(crate::keyslot::KeyslotError::Length {
+                what: "keyslot areas given",
+                len: lens.iter().sum(),
+                min: want.iter().sum(),
+                max: want.iter().sum(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Opens a volume whose key the vault unlocks: `areas[i]` is the encrypted area of
+    /// `req.keyslots[i]`, `passphrase` the passphrase (`req.passphrase_len` is set from
+    /// it). With `backing`, the volume is opened on that descriptor
+    /// ([`Request::OpenFdUnlock`]). Wrong passphrase for every keyslot:
+    /// [`ClientError::Remote`] with code 2.
+    pub fn open_unlock(
+        &mut self,
+        mut req: OpenUnlockRequest,
+        areas: &[&[u8]],
+        passphrase: &Passphrase,
+        backing: Option<BorrowedFd<'_>>,
+    ) -> Result<(UnlockedVolume, Vec<String>), ClientError> {
+        req.passphrase_len = passphrase.len() as u64;
+        Payload::check(&req.keyslots, req.passphrase_len, false)?;
+        Self::check_areas(&req.keyslots, areas)?;
+        let r = match backing {
+            Some(_) => Request::OpenFdUnlock(req),
+            None => Request::OpenUnlock(req),
+        };
+        let line = self.exchange_payload(&r, backing, areas, Some(passphrase))?;
+        self.decode(&line)
+    }
+
+    /// Generates a key in the vault; returns its handle on this connection.
+    pub fn generate_key(
+        &mut self,
+        cipher: CipherSpec,
+        key_size: KeySize,
+        backend: BackendChoice,
+    ) -> Result<GeneratedKey, ClientError> {
+        let r = Request::GenerateKey {
+            cipher,
+            key_size,
+            backend,
+        };
+        Ok(self.call(&r, None)?.0)
+    }
+
+    /// Unlocks one keyslot into a handle of this connection.
+    pub fn unlock_keyslot(
+        &mut self,
+        cipher: CipherSpec,
+        backend: BackendChoice,
+        keyslot: KeyslotCandidate,
+        area: &[u8],
+        passphrase: &Passphrase,
+    ) -> Result<u64, ClientError> {
+        let passphrase_len = passphrase.len() as u64;
+        Payload::check(std::slice::from_ref(&keyslot), passphrase_len, false)?;
+        Self::check_areas(std::slice::from_ref(&keyslot), &[area])?;
+        let r = Request::UnlockKeyslot {
+            cipher,
+            backend,
+            keyslot,
+            passphrase_len,
+        };
+        let line = self.exchange_payload(&r, None, &[area], Some(passphrase))?;
+        let (KeyHandle { handle }, _) = self.decode(&line)?;
+        Ok(handle)
+    }
+
+    /// Seals the key of `handle` under `passphrase`; returns the area to write.
+    pub fn seal_keyslot(
+        &mut self,
+        handle: u64,
+        keyslot: KeyslotSpec,
+        passphrase: &Passphrase,
+    ) -> Result<Vec<u8>, ClientError> {
+        let want = keyslot.area_len();
+        let r = Request::SealKeyslot {
+            handle,
+            keyslot,
+            passphrase_len: passphrase.len() as u64,
+        };
+        Payload::check(&[], passphrase.len() as u64, true)?;
+        let line = self.exchange_payload(&r, None, &[], Some(passphrase))?;
+        let (AreaReply { area_len }, _) = self.decode(&line)?;
+        if area_len != want || area_len > MAX_AREA {
+            return Err(ClientError::Payload(
+                crate::keyslot::KeyslotError::AreaLength {
+                    keyslot: u32::MAX,
+                    got: area_len,
+                    want,
+                },
+            ));
+        }
+        let mut area = vec![0u8; area_len as usize];
+        std::io::Read::read_exact(&mut self.reader, &mut area).map_err(|source| {
+            ClientError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        Ok(area)
+    }
+
+    /// The LUKS digest of the key of `handle`.
+    pub fn key_digest(
+        &mut self,
+        handle: u64,
+        keyslot: KeyslotSpec,
+    ) -> Result<Vec<u8>, ClientError> {
+        let (DigestReply { digest }, _) =
+            self.call(&Request::KeyDigest { handle, keyslot }, None)?;
+        Ok(digest.as_bytes().to_vec())
+    }
+
+    /// Drops the key of `handle` from the vault.
+    pub fn drop_key(&mut self, handle: u64) -> Result<(), ClientError> {
+        let (Done {}, _) = self.call(&Request::DropKey { handle }, None)?;
         Ok(())
     }
 

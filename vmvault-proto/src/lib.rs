@@ -9,6 +9,8 @@
 //!   512-byte sectors, volume names), parsed once;
 //! - [`exit`]: cryptsetup's exit codes, one enum for the CLI and the protocol;
 //! - [`keyring`]: the keyctl(2)/add_key(2) layer of the key hand-over;
+//! - [`keyslot`]: typed LUKS keyslot parameters and the binary payload (keyslot areas,
+//!   passphrase) of the in-vault unlock commands;
 //! - [`secret`]: the one secret-buffer type (locked, undumpable, zeroized pages of its
 //!   own) and its newtypes for passphrases and keys;
 //! - [`sock`]: the control socket's path, `SO_PEERCRED` and `SCM_RIGHTS`.
@@ -20,6 +22,7 @@
 pub mod client;
 pub mod exit;
 pub mod keyring;
+pub mod keyslot;
 pub mod protocol;
 pub mod secret;
 pub mod sock;

@@ -21,7 +21,19 @@
 //! ← {"result":"ok","reply":{}}
 //!   (the daemon chroots into `path`: the initramfs hand-over, see [`Request::SwitchRoot`])
 //! ← {"result":"error","code":5,"error":"Device vol already exists."}
+//! → {"cmd":"open_unlock","name":"vol",...,"keyslots":[{"keyslot":0,"spec":{...},
+//!    "area_len":256000}],"passphrase_len":12}
+//!   <256000 area bytes><12 passphrase bytes>
+//! ← {"result":"ok","reply":{"keyslot":0,"volume":{"name":"vol",...}}}
+//!   (the vault unlocks the keyslots in order; the host never holds the volume key)
 //! ```
+//!
+//! Requests that carry keyslot areas or a passphrase ([`Request::OpenUnlock`],
+//! [`Request::OpenFdUnlock`], [`Request::UnlockKeyslot`], [`Request::SealKeyslot`]) are
+//! followed by a binary payload whose lengths the line names (see
+//! [`crate::keyslot`]); [`Request::SealKeyslot`]'s reply line is followed by the area.
+//! Key handles ([`Request::GenerateKey`], [`Request::UnlockKeyslot`]) belong to the
+//! connection: the daemon drops their keys on [`Request::DropKey`] or when it closes.
 //!
 //! Strict by design:
 //! - The first request on a connection is [`Request::Hello`] with [`VERSION`]; another
@@ -41,12 +53,16 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use crate::exit::ExitCode;
+use crate::keyslot::{HexBytes, KeyslotCandidate, KeyslotSpec};
 use crate::types::{CipherSpec, KeySize, SectorSize, Sectors, VolumeName};
 
 /// The protocol version this build speaks. Client and daemon must agree exactly.
 ///
-/// History: 1 the first typed protocol; 2 adds [`Request::SwitchRoot`].
-pub const VERSION: u32 = 2;
+/// History: 1 the first typed protocol; 2 adds [`Request::SwitchRoot`]; 3 adds the
+/// in-vault keyslot commands ([`Request::OpenUnlock`], [`Request::OpenFdUnlock`],
+/// [`Request::GenerateKey`], [`Request::UnlockKeyslot`], [`Request::SealKeyslot`],
+/// [`Request::KeyDigest`], [`Request::DropKey`]).
+pub const VERSION: u32 = 3;
 
 /// Longest request line the daemon reads (bytes, without the newline).
 pub const MAX_LINE: usize = 64 * 1024;
@@ -181,6 +197,80 @@ pub struct OpenRequest {
     pub volume_uuid: Option<String>,
 }
 
+/// Parameters of `open_unlock` and `open_fd_unlock`: the mapping as for `open`, and
+/// instead of a keyring key the keyslots to try and the passphrase's length (areas and
+/// passphrase follow the line, see [`crate::keyslot`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenUnlockRequest {
+    /// Volume name.
+    pub name: VolumeName,
+    /// Backing file or block device holding the ciphertext.
+    pub backing: PathBuf,
+    /// dm-crypt cipher specification of the data.
+    pub cipher: CipherSpec,
+    /// Key size (bits on the wire).
+    pub key_size: KeySize,
+    /// Encryption sector size.
+    pub sector_size: SectorSize,
+    /// Start of the encrypted data on the backing device.
+    pub offset: Sectors,
+    /// IV offset.
+    pub iv_offset: Sectors,
+    /// IVs count sector-size units instead of 512-byte units.
+    pub iv_large_sectors: bool,
+    /// Device length; `null` means to the end of the backing device. Must be present.
+    #[serde(deserialize_with = "required")]
+    pub size: Option<Sectors>,
+    /// Read-only mapping.
+    #[serde(default)]
+    pub readonly: bool,
+    /// Pass discards to the backing file.
+    #[serde(default)]
+    pub allow_discards: bool,
+    /// Crypt backend (a vault: `in-process` is refused, it would need the key).
+    pub backend: BackendChoice,
+    /// Frontend.
+    pub frontend: FrontendChoice,
+    /// What the client opened (e.g. `LUKS2`); informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_type: Option<String>,
+    /// The volume's uuid, for the device-mapper uuid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_uuid: Option<String>,
+    /// The keyslots to try, in order; the first that opens keys the volume.
+    pub keyslots: Vec<KeyslotCandidate>,
+    /// Bytes of passphrase after the areas.
+    pub passphrase_len: u64,
+}
+
+impl OpenUnlockRequest {
+    /// The mapping as an [`OpenRequest`] whose key fields are unused (`key_serial` 0,
+    /// `keep_key`: nothing in the keyring to invalidate).
+    pub fn mapping(&self) -> OpenRequest {
+        OpenRequest {
+            name: self.name.clone(),
+            backing: self.backing.clone(),
+            cipher: self.cipher.clone(),
+            key_size: self.key_size,
+            sector_size: self.sector_size,
+            offset: self.offset,
+            iv_offset: self.iv_offset,
+            iv_large_sectors: self.iv_large_sectors,
+            size: self.size,
+            readonly: self.readonly,
+            allow_discards: self.allow_discards,
+            backend: self.backend,
+            frontend: self.frontend,
+            key_serial: 0,
+            keep_key: true,
+            key_ring: None,
+            volume_type: self.volume_type.clone(),
+            volume_uuid: self.volume_uuid.clone(),
+        }
+    }
+}
+
 /// A request line. The doc of each variant names its reply type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
@@ -230,6 +320,59 @@ pub enum Request {
         /// The new root directory, absolute.
         path: PathBuf,
     },
+    /// Open a volume whose key the vault unlocks from a keyslot: the daemon opens
+    /// `backing` itself; the keyslot areas and the passphrase follow the line. Wrong
+    /// passphrase for every keyslot: refusal with code 2. Reply: [`UnlockedVolume`].
+    OpenUnlock(OpenUnlockRequest),
+    /// [`Request::OpenUnlock`] on the backing descriptor sent with the line (as
+    /// [`Request::OpenFd`]). Reply: [`UnlockedVolume`].
+    OpenFdUnlock(OpenUnlockRequest),
+    /// Generate a volume key in the vault (RDSEED/RDRAND mixed with host entropy); the
+    /// key stays there under a handle of this connection. Reply: [`GeneratedKey`].
+    GenerateKey {
+        /// The cipher the key is for.
+        cipher: CipherSpec,
+        /// Its size.
+        key_size: KeySize,
+        /// Which vault (`in-process` is refused).
+        backend: BackendChoice,
+    },
+    /// Unlock one keyslot into a handle of this connection (area and passphrase follow
+    /// the line). Reply: [`KeyHandle`].
+    UnlockKeyslot {
+        /// The cipher the key is for (the volume's).
+        cipher: CipherSpec,
+        /// Which vault (`in-process` is refused).
+        backend: BackendChoice,
+        /// The keyslot.
+        keyslot: KeyslotCandidate,
+        /// Bytes of passphrase after the area.
+        passphrase_len: u64,
+    },
+    /// Seal the key of `handle` under a passphrase (which follows the line) with the
+    /// parameters of `keyslot`; the reply line is followed by the area. Reply:
+    /// [`AreaReply`].
+    SealKeyslot {
+        /// A handle of this connection.
+        handle: u64,
+        /// The new keyslot's parameters.
+        keyslot: KeyslotSpec,
+        /// Bytes of passphrase after the line.
+        passphrase_len: u64,
+    },
+    /// The LUKS digest of the key of `handle` with the digest parameters of `keyslot`.
+    /// Reply: [`DigestReply`].
+    KeyDigest {
+        /// A handle of this connection.
+        handle: u64,
+        /// The digest parameters (`digest` gives only the length).
+        keyslot: KeyslotSpec,
+    },
+    /// Drop the key of `handle` from the vault. Reply: [`Done`].
+    DropKey {
+        /// A handle of this connection.
+        handle: u64,
+    },
 }
 
 /// What `status` reports about a volume (the fields `vaultsetup status --json` prints).
@@ -277,6 +420,60 @@ pub struct VolumeStatus {
     pub daemon_pid: u32,
     /// What the client said it opened (e.g. `LUKS2`), if it said.
     pub volume_type: Option<String>,
+}
+
+/// Reply to [`Request::OpenUnlock`] and [`Request::OpenFdUnlock`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlockedVolume {
+    /// The LUKS keyslot that opened.
+    pub keyslot: u32,
+    /// The volume.
+    pub volume: VolumeStatus,
+}
+
+/// Where the CPU's share of a generated key came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntropyKind {
+    /// RDSEED.
+    Rdseed,
+    /// RDRAND (RDSEED failed).
+    Rdrand,
+}
+
+/// Reply to [`Request::GenerateKey`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratedKey {
+    /// The key's handle on this connection.
+    pub handle: u64,
+    /// The CPU's entropy source.
+    pub entropy: EntropyKind,
+}
+
+/// Reply to [`Request::UnlockKeyslot`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyHandle {
+    /// The key's handle on this connection.
+    pub handle: u64,
+}
+
+/// Reply to [`Request::SealKeyslot`]; `area_len` bytes of area follow the line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AreaReply {
+    /// Bytes of area after the line.
+    pub area_len: u64,
+}
+
+/// Reply to [`Request::KeyDigest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestReply {
+    /// The digest.
+    pub digest: HexBytes,
 }
 
 /// Reply to [`Request::Hello`].
@@ -421,7 +618,7 @@ mod tests {
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"cmd":"switch_root","path":"/root"}"#);
         assert_eq!(parse(&s).unwrap(), r);
-        assert_eq!(VERSION, 2);
+        assert_eq!(VERSION, 3);
     }
 
     #[test]
@@ -444,6 +641,143 @@ mod tests {
         assert!(e.contains("sector size 4095"), "{e}");
         let e = parse(&OPEN.replace(r#""name":"v""#, r#""name":"../v""#)).unwrap_err();
         assert!(e.contains("invalid volume name"), "{e}");
+    }
+
+    #[test]
+    fn keyslot_commands_round_trip_and_are_strict() {
+        use crate::keyslot::tests::{argon, spec};
+        let cand = KeyslotCandidate {
+            keyslot: 3,
+            spec: spec(argon()),
+            area_len: 256_000,
+        };
+        let open = OPEN
+            .replace(r#""cmd":"open""#, r#""cmd":"open_unlock""#)
+            .replace(r#","key_serial":42}"#, "");
+        let line = format!(
+            r#"{open},"keyslots":[{}],"passphrase_len":5}}"#,
+            serde_json::to_string(&cand).unwrap()
+        );
+        let Request::OpenUnlock(o) = parse(&line).unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.keyslots, vec![cand.clone()]);
+        assert_eq!(o.passphrase_len, 5);
+        let m = o.mapping();
+        assert!(m.keep_key && m.key_ring.is_none() && m.key_serial == 0);
+        assert_eq!(m.name.as_str(), "v");
+        // A keyring key has no place in it; nor has an unknown field.
+        assert!(parse(&line.replace(
+            r#""passphrase_len":5"#,
+            r#""passphrase_len":5,"key_serial":1"#
+        ))
+        .is_err());
+        assert!(parse(&line.replace(r#","passphrase_len":5"#, "")).is_err());
+        let fd = line.replace(r#""cmd":"open_unlock""#, r#""cmd":"open_fd_unlock""#);
+        assert!(matches!(parse(&fd).unwrap(), Request::OpenFdUnlock(_)));
+
+        for r in [
+            Request::GenerateKey {
+                cipher: CipherSpec::parse("aes-xts-plain64").unwrap(),
+                key_size: KeySize::from_bits(512).unwrap(),
+                backend: BackendChoice::Soft,
+            },
+            Request::UnlockKeyslot {
+                cipher: CipherSpec::parse("aes-xts-plain64").unwrap(),
+                backend: BackendChoice::Auto,
+                keyslot: cand.clone(),
+                passphrase_len: 9,
+            },
+            Request::SealKeyslot {
+                handle: 7,
+                keyslot: cand.spec.clone(),
+                passphrase_len: 9,
+            },
+            Request::KeyDigest {
+                handle: 7,
+                keyslot: cand.spec.clone(),
+            },
+            Request::DropKey { handle: 7 },
+        ] {
+            let s = serde_json::to_string(&r).unwrap();
+            assert_eq!(parse(&s).unwrap(), r, "{s}");
+            let extra = format!("{},\"x\":1}}", &s[..s.len() - 1]);
+            assert!(parse(&extra).is_err(), "{extra}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Request::DropKey { handle: 7 }).unwrap(),
+            r#"{"cmd":"drop_key","handle":7}"#
+        );
+        let g: Response<GeneratedKey> =
+            serde_json::from_str(r#"{"result":"ok","reply":{"handle":1,"entropy":"rdseed"}}"#)
+                .unwrap();
+        assert_eq!(
+            g,
+            Response::ok(GeneratedKey {
+                handle: 1,
+                entropy: EntropyKind::Rdseed
+            })
+        );
+        let d: Response<DigestReply> =
+            serde_json::from_str(r#"{"result":"ok","reply":{"digest":"00ff"}}"#).unwrap();
+        let Response::Ok { reply, .. } = d else {
+            panic!()
+        };
+        assert_eq!(reply.digest.as_bytes(), &[0, 0xff]);
+    }
+
+    /// Truncated or byte-flipped keyslot command lines never panic the parser, and
+    /// whatever parses has payload lengths that are either accepted or refused by
+    /// `Payload::check`, never taken unchecked.
+    #[test]
+    fn mangled_keyslot_lines_never_panic() {
+        use crate::keyslot::tests::{argon, spec};
+        use crate::keyslot::Payload;
+        let cand = KeyslotCandidate {
+            keyslot: 1,
+            spec: spec(argon()),
+            area_len: 256_000,
+        };
+        let reqs = [
+            Request::UnlockKeyslot {
+                cipher: CipherSpec::parse("aes-xts-plain64").unwrap(),
+                backend: BackendChoice::Kvm,
+                keyslot: cand.clone(),
+                passphrase_len: 3,
+            },
+            Request::SealKeyslot {
+                handle: 1,
+                keyslot: cand.spec.clone(),
+                passphrase_len: 3,
+            },
+        ];
+        let mut parsed = 0;
+        for r in &reqs {
+            let line = serde_json::to_string(r).unwrap();
+            let b = line.as_bytes();
+            for i in 0..b.len() {
+                let _ = parse(std::str::from_utf8(&b[..i]).unwrap_or(""));
+                for sub in [b'"', b'9', b'}', b'-', b'x'] {
+                    let mut m = b.to_vec();
+                    m[i] = sub;
+                    if let Ok(Request::UnlockKeyslot {
+                        keyslot,
+                        passphrase_len,
+                        ..
+                    }) = parse(&String::from_utf8_lossy(&m))
+                    {
+                        parsed += 1;
+                        let ok =
+                            Payload::check(std::slice::from_ref(&keyslot), passphrase_len, false);
+                        if let Ok(p) = ok {
+                            assert_eq!(p.areas, vec![keyslot.spec.area_len()]);
+                            assert!(p.passphrase <= crate::keyslot::MAX_PASSPHRASE);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(parsed > 0);
     }
 
     #[test]

@@ -9,9 +9,16 @@
 //! hands them out with that line. Descriptors no line claims are closed.
 //!
 //! A line longer than [`MAX_LINE`] is not read further ([`Next::TooLong`]).
+//!
+//! A line may be followed by a binary payload (keyslot areas, a passphrase:
+//! [`vmvault_proto::keyslot`]) that the handler reads with [`ConnReader::read_exact`]. The
+//! reader's buffer is a locked, zeroized [`SecretBuf`] that never reallocates: payload
+//! bytes that arrived with the line pass through it and are zeroed as they are taken.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use vmvault_proto::secret::SecretBuf;
 
 pub use vmvault_proto::protocol::MAX_LINE;
 
@@ -35,7 +42,8 @@ pub enum Next {
 #[derive(Debug)]
 pub struct ConnReader {
     fd: RawFd,
-    buf: Vec<u8>,
+    /// Bytes read and not yet handed out (capacity `MAX_LINE + 1`, never grown).
+    buf: SecretBuf,
     /// Stream offset of `buf[0]`.
     base: u64,
     /// Descriptors with the stream offset of the last byte of the read that brought them.
@@ -48,7 +56,7 @@ impl ConnReader {
     pub fn new(sock: &impl AsRawFd) -> Self {
         ConnReader {
             fd: sock.as_raw_fd(),
-            buf: Vec::new(),
+            buf: SecretBuf::with_capacity(MAX_LINE + 1),
             base: 0,
             fds: VecDeque::new(),
             eof: false,
@@ -58,14 +66,14 @@ impl ConnReader {
     /// The next line.
     pub fn next_line(&mut self) -> Next {
         loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+            if let Some(i) = self.buf.as_slice().iter().position(|&b| b == b'\n') {
                 if i > MAX_LINE {
                     return Next::TooLong;
                 }
                 let start = self.base;
                 let end = self.base + i as u64;
-                let mut line: Vec<u8> = self.buf.drain(..=i).collect();
-                line.pop();
+                let line = self.buf.as_slice()[..i].to_vec();
+                self.buf.drain_front(i + 1);
                 self.base = end + 1;
                 let mut fds = Vec::new();
                 while self.fds.front().is_some_and(|(off, _)| *off <= end) {
@@ -92,16 +100,49 @@ impl ConnReader {
         }
     }
 
+    /// Fills `out` with the bytes that follow the last line (a payload): first those
+    /// already buffered (zeroed in the buffer as they are taken), then straight from
+    /// the socket. Descriptors sent with payload bytes are closed. Fails with
+    /// `UnexpectedEof` when the peer closes first.
+    pub fn read_exact(&mut self, out: &mut [u8]) -> std::io::Result<()> {
+        let have = self.buf.len().min(out.len());
+        out[..have].copy_from_slice(&self.buf.as_slice()[..have]);
+        self.buf.drain_front(have);
+        self.base += have as u64;
+        let mut done = have;
+        while done < out.len() {
+            // SAFETY: reading into the unfilled tail of `out`, which is live and
+            // writable for `out.len() - done` bytes.
+            let n =
+                unsafe { libc::read(self.fd, out[done..].as_mut_ptr().cast(), out.len() - done) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                self.eof = true;
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n as usize;
+            self.base += n as u64;
+        }
+        Ok(())
+    }
+
     /// One `recvmsg` of up to 16 KiB (never past [`MAX_LINE`] + 1 buffered bytes) and
     /// its descriptors.
     fn recv(&mut self) -> std::io::Result<usize> {
         let room = (MAX_LINE + 1 - self.buf.len().min(MAX_LINE)).min(16 * 1024);
         let old = self.buf.len();
-        self.buf.resize(old + room, 0);
         const SPACE: usize = 64; // >= CMSG_SPACE(MAX_FDS * 4)
         let mut cbuf = [0u64; SPACE / 8];
+        let spare = self.buf.spare_mut();
+        let room = room.min(spare.len());
         let mut iov = libc::iovec {
-            iov_base: self.buf[old..].as_mut_ptr().cast(),
+            iov_base: spare.as_mut_ptr().cast(),
             iov_len: room,
         };
         // SAFETY: an all-zero msghdr is valid; the fields set below point at live buffers.
@@ -114,11 +155,11 @@ impl ConnReader {
         // alive for the call; MSG_CMSG_CLOEXEC marks received descriptors close-on-exec.
         let n = unsafe { libc::recvmsg(self.fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
         if n < 0 {
-            self.buf.truncate(old);
             return Err(std::io::Error::last_os_error());
         }
         let n = n as usize;
-        self.buf.truncate(old + n);
+        self.buf.commit(n);
+        debug_assert_eq!(self.buf.len(), old + n);
         let last = (self.base + self.buf.len() as u64).saturating_sub(1);
         // SAFETY: walking the control buffer the kernel filled, with the CMSG macros
         // over the same `msg`; each SCM_RIGHTS payload is an array of ints, read
@@ -183,5 +224,41 @@ mod tests {
         assert!(matches!(r.next_line(), Next::TooLong));
         drop(b);
         drop(t.join());
+    }
+
+    #[test]
+    fn payloads_after_lines() {
+        let (a, b) = UnixStream::pair().unwrap();
+        // Line and payload in one write: the payload is partly buffered.
+        (&a).write_all(b"{\"cmd\":\"x\"}\nPAYLOAD-1next\n").unwrap();
+        let mut r = ConnReader::new(&b);
+        assert!(matches!(r.next_line(), Next::Line(l, _) if l == b"{\"cmd\":\"x\"}"));
+        let mut p = [0u8; 9];
+        r.read_exact(&mut p).unwrap();
+        assert_eq!(&p, b"PAYLOAD-1");
+        assert!(matches!(r.next_line(), Next::Line(l, _) if l == b"next"));
+        // A payload larger than the buffer, arriving later.
+        let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let want = big.clone();
+        let t = std::thread::spawn(move || {
+            (&a).write_all(b"line\n").unwrap();
+            (&a).write_all(&big).unwrap();
+            (&a).write_all(b"after\n").unwrap();
+            a
+        });
+        assert!(matches!(r.next_line(), Next::Line(l, _) if l == b"line"));
+        let mut got = vec![0u8; want.len()];
+        r.read_exact(&mut got).unwrap();
+        assert_eq!(got, want);
+        assert!(matches!(r.next_line(), Next::Line(l, _) if l == b"after"));
+        // The peer goes away in the middle of a payload.
+        let a = t.join().unwrap();
+        (&a).write_all(b"short").unwrap();
+        drop(a);
+        let mut p = [0u8; 10];
+        assert_eq!(
+            r.read_exact(&mut p).unwrap_err().kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
     }
 }

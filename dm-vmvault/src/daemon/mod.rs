@@ -15,6 +15,7 @@ pub mod busy;
 pub mod config;
 pub mod conn;
 pub mod host;
+pub mod keyslots;
 pub mod stale;
 pub mod volume;
 
@@ -31,8 +32,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use vmvault_proto::protocol::{
-    refusal, Done, HelloReply, KeyRingReply, ListReply, OpenRequest, PingReply, Request, Response,
-    VolumeStatus, VERSION,
+    refusal, Done, HelloReply, KeyRingReply, ListReply, OpenRequest, OpenUnlockRequest, PingReply,
+    Request, Response, UnlockedVolume, VolumeStatus, VERSION,
 };
 use vmvault_proto::sock::peer_uid;
 pub use vmvault_proto::sock::{socket_path, DEFAULT_RUN_DIR};
@@ -102,10 +103,12 @@ pub enum DaemonError {
 /// Lifetime of a `prepare_key` keyring if nobody uses it.
 const REQUEST_KEYRING_TIMEOUT_S: u32 = 60;
 
-/// Request keyrings prepared on one control connection; invalidated when it ends.
+/// Request keyrings prepared on one control connection, invalidated when it ends, and
+/// the vault key handles it holds, dropped when it ends.
 #[derive(Default)]
 struct ConnKeys {
     rings: Vec<i32>,
+    handles: keyslots::ConnHandles,
 }
 
 impl Drop for ConnKeys {
@@ -160,7 +163,14 @@ impl Daemon {
             .collect()
     }
 
-    fn open(&self, req: &OpenRequest, backing_fd: Option<File>) -> Response<VolumeStatus> {
+    /// Opens a volume keyed from `key`; the reply carries the LUKS keyslot the vault
+    /// unlocked, if it did.
+    fn open(
+        &self,
+        req: &OpenRequest,
+        backing_fd: Option<File>,
+        key: &crate::backend::KeySource<'_>,
+    ) -> Response<(VolumeStatus, Option<u32>)> {
         if self.terminating.load(Ordering::SeqCst) {
             return Response::err(
                 ExitCode::Busy,
@@ -202,6 +212,7 @@ impl Daemon {
         }
         let r = Volume::open(
             req,
+            key,
             backing_fd,
             &self.mnt_root,
             &own,
@@ -214,6 +225,7 @@ impl Daemon {
         match r {
             Ok(v) => {
                 let status = v.status();
+                let keyslot = v.keyslot();
                 st.volumes.insert(req.name.to_string(), v);
                 tracing::info!(
                     "opened {} on {} ({})",
@@ -222,7 +234,7 @@ impl Daemon {
                     status.backend.as_str()
                 );
                 Response::Ok {
-                    reply: status,
+                    reply: (status, keyslot),
                     warnings,
                 }
             }
@@ -374,8 +386,11 @@ impl Daemon {
         fd: Option<File>,
         conn: &mut ConnKeys,
     ) -> Response<VolumeStatus> {
+        let key = crate::backend::KeySource::Keyring {
+            serial: o.key_serial,
+        };
         let Some(ring) = o.key_ring else {
-            return self.open(o, fd);
+            return map_reply(self.open(o, fd, &key), |(s, _)| s);
         };
         let Some(i) = conn.rings.iter().position(|&r| r == ring) else {
             return Response::err(
@@ -384,14 +399,128 @@ impl Daemon {
             );
         };
         conn.rings.swap_remove(i);
-        let r = self.open(o, fd);
+        let r = self.open(o, fd, &key);
         let _ = vmvault_proto::keyring::invalidate(ring);
-        r
+        map_reply(r, |(s, _)| s)
+    }
+
+    /// `open_unlock`/`open_fd_unlock`: the vault unlocks the first keyslot the
+    /// passphrase opens and the volume is keyed from that slot.
+    fn open_unlock(
+        &self,
+        o: &OpenUnlockRequest,
+        fd: Option<File>,
+        rx: keyslots::Received,
+    ) -> Response<UnlockedVolume> {
+        let keyslots::Received { areas, passphrase } = rx;
+        let cands = match keyslots::candidates(&o.keyslots, areas) {
+            Ok(c) => c,
+            Err(e) => return Response::err(ExitCode::WrongParameters, e.to_string()),
+        };
+        let key = crate::backend::KeySource::Unlock {
+            keyslots: &cands,
+            passphrase: &passphrase,
+        };
+        let r = self.open(&o.mapping(), fd, &key);
+        drop(passphrase);
+        map_reply(r, |(volume, keyslot)| UnlockedVolume {
+            // Always set for an unlocked key; 0 only if the backend did not say.
+            keyslot: keyslot.unwrap_or_default(),
+            volume,
+        })
     }
 
     /// Serves one request after the hello; returns the answer line (each command
-    /// encodes its own reply type).
-    fn handle(&self, req: Request, mut fds: Vec<OwnedFd>, conn: &mut ConnKeys) -> String {
+    /// encodes its own reply type) and the bytes that follow it (the area of
+    /// `seal_keyslot`, else none). `rx` is the request's payload, already read.
+    fn handle(
+        &self,
+        req: Request,
+        mut fds: Vec<OwnedFd>,
+        conn: &mut ConnKeys,
+        rx: Option<keyslots::Received>,
+    ) -> (String, Vec<u8>) {
+        let (rx_unlock, rx_seal) = match &req {
+            Request::SealKeyslot { .. } => (None, rx),
+            _ => (rx, None),
+        };
+        let payload_missing = || {
+            encode(&refusal(
+                ExitCode::WrongParameters,
+                "internal error: the request's payload was not read",
+            ))
+        };
+        match req {
+            Request::OpenUnlock(o) => {
+                let Some(rx) = rx_unlock else {
+                    return (payload_missing(), Vec::new());
+                };
+                (encode(&self.open_unlock(&o, None, rx)), Vec::new())
+            }
+            Request::OpenFdUnlock(o) => {
+                let Some(rx) = rx_unlock else {
+                    return (payload_missing(), Vec::new());
+                };
+                if fds.len() != 1 {
+                    return (
+                        encode(&refusal(
+                            ExitCode::WrongParameters,
+                            format!(
+                                "open_fd_unlock: expected one backing descriptor with the request, got {}",
+                                fds.len()
+                            ),
+                        )),
+                        Vec::new(),
+                    );
+                }
+                let fd = fds.pop().map(File::from);
+                (encode(&self.open_unlock(&o, fd, rx)), Vec::new())
+            }
+            Request::GenerateKey {
+                cipher,
+                key_size,
+                backend,
+            } => (
+                encode(
+                    &conn
+                        .handles
+                        .generate(&self.vaults, &cipher, key_size, backend),
+                ),
+                Vec::new(),
+            ),
+            Request::UnlockKeyslot {
+                cipher,
+                backend,
+                keyslot,
+                ..
+            } => {
+                let Some(rx) = rx_unlock else {
+                    return (payload_missing(), Vec::new());
+                };
+                let r = conn
+                    .handles
+                    .unlock(&self.vaults, &cipher, backend, &keyslot, rx);
+                (encode(&r), Vec::new())
+            }
+            Request::SealKeyslot {
+                handle, keyslot, ..
+            } => {
+                let Some(rx) = rx_seal else {
+                    return (payload_missing(), Vec::new());
+                };
+                let (r, area) = conn.handles.seal(handle, &keyslot, rx);
+                (encode(&r), area)
+            }
+            Request::KeyDigest { handle, keyslot } => {
+                (encode(&conn.handles.digest(handle, &keyslot)), Vec::new())
+            }
+            Request::DropKey { handle } => (encode(&conn.handles.drop_key(handle)), Vec::new()),
+            req => (self.handle_plain(req, fds, conn), Vec::new()),
+        }
+    }
+
+    /// The requests without payload or trailing bytes.
+    fn handle_plain(&self, req: Request, mut fds: Vec<OwnedFd>, conn: &mut ConnKeys) -> String {
         match req {
             Request::Hello { .. } => encode(&refusal(
                 ExitCode::WrongParameters,
@@ -460,6 +589,16 @@ impl Daemon {
                 }
                 encode(&r)
             }
+            Request::OpenUnlock(_)
+            | Request::OpenFdUnlock(_)
+            | Request::GenerateKey { .. }
+            | Request::UnlockKeyslot { .. }
+            | Request::SealKeyslot { .. }
+            | Request::KeyDigest { .. }
+            | Request::DropKey { .. } => encode(&refusal(
+                ExitCode::WrongParameters,
+                "internal error: keyslot command routed to the plain handler",
+            )),
         }
     }
 
@@ -514,8 +653,37 @@ impl Daemon {
                 continue;
             }
             let req = serde_json::from_slice::<Request>(&line);
+            // A request with a payload: check its lengths and read it before anything
+            // else; if that fails the stream is out of step and the connection ends.
+            let mut rx = None;
+            if let (true, Ok(r)) = (hello, &req) {
+                match keyslots::payload_of(r) {
+                    None => {}
+                    Some(Err(e)) => {
+                        let r = refusal(
+                            ExitCode::WrongParameters,
+                            format!("bad request: {e}: closing the connection"),
+                        );
+                        let _ = writeln!(w, "{}", encode(&r));
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        break;
+                    }
+                    Some(Ok(p)) => match keyslots::read_payload(&mut reader, &p) {
+                        Ok(got) => rx = Some(got),
+                        Err(e) => {
+                            tracing::warn!("control connection: reading a request payload: {e}");
+                            break;
+                        }
+                    },
+                }
+            }
+            let mut trailer = Vec::new();
             let out = match (hello, req) {
-                (true, Ok(req)) => self.handle(req, fds, &mut conn),
+                (true, Ok(req)) => {
+                    let (line, t) = self.handle(req, fds, &mut conn, rx);
+                    trailer = t;
+                    line
+                }
                 (false, Ok(Request::Hello { version })) if version == VERSION => {
                     hello = true;
                     encode(&Response::ok(HelloReply {
@@ -545,12 +713,31 @@ impl Daemon {
                     let _ = writeln!(w, "{}", encode(&r));
                     break;
                 }
-                (true, Err(e)) => encode(&refusal(
-                    ExitCode::WrongParameters,
-                    format!("bad request: {e}"),
-                )),
+                (true, Err(e)) => {
+                    // A payload may follow a line we cannot read: never take it for
+                    // request lines (it may hold a passphrase).
+                    let cmd = serde_json::from_slice::<serde_json::Value>(&line)
+                        .ok()
+                        .and_then(|v| v.get("cmd").and_then(|c| c.as_str()).map(String::from));
+                    if cmd.is_some_and(|c| keyslots::PAYLOAD_COMMANDS.contains(&c.as_str())) {
+                        let r = refusal(
+                            ExitCode::WrongParameters,
+                            format!("bad request: {e}: closing the connection"),
+                        );
+                        let _ = writeln!(w, "{}", encode(&r));
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                        break;
+                    }
+                    encode(&refusal(
+                        ExitCode::WrongParameters,
+                        format!("bad request: {e}"),
+                    ))
+                }
             };
             if writeln!(w, "{out}").is_err() {
+                break;
+            }
+            if !trailer.is_empty() && w.write_all(&trailer).is_err() {
                 break;
             }
             if self.stop.load(Ordering::SeqCst) {
@@ -848,6 +1035,17 @@ pub fn run_with(cfg: DaemonConfig, activated: Option<UnixListener>) -> Result<()
 }
 
 /// One answer line.
+/// `r` with its reply mapped by `f`.
+fn map_reply<T, U>(r: Response<T>, f: impl FnOnce(T) -> U) -> Response<U> {
+    match r {
+        Response::Ok { reply, warnings } => Response::Ok {
+            reply: f(reply),
+            warnings,
+        },
+        Response::Error { code, error } => Response::Error { code, error },
+    }
+}
+
 fn encode<T: Serialize>(r: &Response<T>) -> String {
     serde_json::to_string(r).unwrap_or_else(|e| {
         format!(

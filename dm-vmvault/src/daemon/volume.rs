@@ -12,7 +12,7 @@ use vmvault_proto::keyring::KeyError;
 use vmvault_proto::protocol::{BackendChoice, FrontendKind, OpenRequest, VolumeStatus};
 use vmvault_proto::{ExitCode, Sectors};
 
-use crate::backend::{self, BackendError};
+use crate::backend::{self, BackendError, KeySource};
 use crate::frontend::mapper::{MapperDevice, MapperError};
 use crate::frontend::{self, BlockFrontend, CloseFailed, FrontendError, StartParams};
 use crate::io::{IoConfig, IoEngine, IoError};
@@ -101,7 +101,28 @@ impl VolumeError {
             | VolumeError::BackingSize(_) => ExitCode::WrongDevice,
             VolumeError::BadArgs(_) | VolumeError::Geometry(_) => ExitCode::WrongParameters,
             VolumeError::Key(KeyError::Memory(_)) => ExitCode::OutOfMemory,
-            VolumeError::Key(_) => ExitCode::NoPermission,
+            VolumeError::Key(_) | VolumeError::Backend(BackendError::NoKey) => {
+                ExitCode::NoPermission
+            }
+            VolumeError::Backend(BackendError::InProcessUnlock) => ExitCode::WrongParameters,
+            // A keyslot's KDF cost above what the vault or this host accepts: as
+            // cryptsetup's memory limit, 3.
+            VolumeError::Backend(BackendError::Vault(vmvault_hv::HvError::ScratchTooLarge {
+                ..
+            })) => ExitCode::OutOfMemory,
+            VolumeError::Backend(BackendError::Vault(vmvault_hv::HvError::Refused {
+                status,
+                ..
+            })) if *status == vault_vm::abi::keyslot::status::KDF_LIMIT => ExitCode::OutOfMemory,
+            VolumeError::Backend(BackendError::Vault(
+                vmvault_hv::HvError::BadKeyslot(_) | vmvault_hv::HvError::Unsupported(_),
+            )) => ExitCode::WrongParameters,
+            VolumeError::Backend(BackendError::Vault(vmvault_hv::HvError::Refused {
+                status,
+                ..
+            })) if *status == vault_vm::abi::keyslot::status::BAD_PARAMS => {
+                ExitCode::WrongParameters
+            }
             VolumeError::Backend(_) | VolumeError::Io(_) => ExitCode::WrongDevice,
             VolumeError::Frontend(e) if e.is_busy() => ExitCode::Busy,
             VolumeError::Frontend(_) | VolumeError::Mapper(_) => ExitCode::WrongDevice,
@@ -140,6 +161,8 @@ struct Facts {
     backend: BackendChoice,
     protection: String,
     table: Table,
+    /// The LUKS keyslot the vault unlocked (keys from [`KeySource::Unlock`]).
+    keyslot: Option<u32>,
 }
 
 /// What [`check_request`] derived from an open request.
@@ -155,6 +178,8 @@ struct Engine {
     engine: Arc<IoEngine>,
     /// The vault slot of the key (0 for the in-process engine).
     slot: u32,
+    /// The LUKS keyslot the vault unlocked, if it did.
+    keyslot: Option<u32>,
     backend: BackendChoice,
     protection: String,
 }
@@ -344,6 +369,7 @@ fn check_size(
 /// backing file.
 fn key_engine(
     req: &OpenRequest,
+    key: &KeySource<'_>,
     checked: Checked,
     file: File,
     backing: &Path,
@@ -363,15 +389,14 @@ fn key_engine(
         req.backend,
         checked.spec,
         checked.geom,
-        req.key_serial,
+        key,
         req.key_size.bytes(),
     )?;
-    if !req.keep_key {
-        if let Err(e) = vmvault_proto::keyring::invalidate(req.key_serial) {
-            warnings.push(format!(
-                "could not invalidate keyring key {}: {e}",
-                req.key_serial
-            ));
+    if let KeySource::Keyring { serial } = key {
+        if !req.keep_key {
+            if let Err(e) = vmvault_proto::keyring::invalidate(*serial) {
+                warnings.push(format!("could not invalidate keyring key {serial}: {e}"));
+            }
         }
     }
     let backend = keyed.crypt.backend();
@@ -380,6 +405,7 @@ fn key_engine(
     Ok(Engine {
         engine,
         slot: keyed.slot,
+        keyslot: keyed.keyslot,
         backend,
         protection,
     })
@@ -453,8 +479,13 @@ impl Volume {
     /// Steps: check the request; open and check the backing device (cheap checks
     /// first, so a bad device does not import a key); key the backend and start the
     /// engine; start the frontend and the mapper over it.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the request, its key source and the daemon's context, each used once"
+    )]
     pub fn open(
         req: &OpenRequest,
+        key: &KeySource<'_>,
         backing_fd: Option<File>,
         mnt_root: &Path,
         own_devices: &[(u32, u32)],
@@ -466,7 +497,7 @@ impl Volume {
         let file = open_backing(req, backing_fd)?;
         let backing = check_backing(&file, req, mnt_root, own_devices)?;
         check_size(&file, &backing, req, checked.offset_bytes)?;
-        let eng = key_engine(req, checked, file, &backing, vaults, warnings)?;
+        let eng = key_engine(req, key, checked, file, &backing, vaults, warnings)?;
         let len = Sectors(eng.engine.size() / 512);
         let table = table_of(req, &backing, eng.slot, len);
         let devs = start_devices(req, &eng.engine, mnt_root, fuse_threads, warnings)?;
@@ -481,6 +512,7 @@ impl Volume {
             backend: eng.backend,
             protection: eng.protection,
             table,
+            keyslot: eng.keyslot,
         };
         Ok(Volume {
             facts,
@@ -488,6 +520,12 @@ impl Volume {
             front: Some(devs.front),
             mapper: devs.mapper,
         })
+    }
+
+    /// The LUKS keyslot the vault unlocked for this volume (`None`: the key came from
+    /// the keyring).
+    pub fn keyslot(&self) -> Option<u32> {
+        self.facts.keyslot
     }
 
     /// The volume's name.
@@ -654,5 +692,47 @@ impl Volume {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmvault_hv::HvError;
+
+    #[test]
+    fn in_vault_unlock_errors_keep_cryptsetups_exit_codes() {
+        let v = |e| VolumeError::Backend(e);
+        let no_key = v(BackendError::NoKey);
+        assert_eq!(no_key.code(), ExitCode::NoPermission);
+        assert_eq!(no_key.to_string(), "No key available with this passphrase.");
+        assert_eq!(
+            v(BackendError::Vault(HvError::ScratchTooLarge {
+                requested: 1,
+                limit: 0
+            }))
+            .code(),
+            ExitCode::OutOfMemory
+        );
+        assert_eq!(
+            v(BackendError::Vault(HvError::Refused {
+                status: vault_vm::abi::keyslot::status::KDF_LIMIT,
+                detail: 0
+            }))
+            .code(),
+            ExitCode::OutOfMemory
+        );
+        assert_eq!(
+            v(BackendError::Vault(HvError::Unsupported("UNLOCK_KEYSLOT"))).code(),
+            ExitCode::WrongParameters
+        );
+        assert_eq!(
+            v(BackendError::InProcessUnlock).code(),
+            ExitCode::WrongParameters
+        );
+        assert_eq!(
+            v(BackendError::Vault(HvError::ShutDown)).code(),
+            ExitCode::WrongDevice
+        );
     }
 }

@@ -1,15 +1,19 @@
 //! `open DEVICE NAME`, `close NAME` and `status NAME` through vmvaultd.
 //!
 //! `open`: read the header, work out the segment's dm-crypt parameters, ask vmvaultd
-//! (started on demand) whether NAME is free, recover the volume key (passphrase/key file,
-//! or `--volume-key-keyring` checked against the LUKS digest), stage it as a
-//! possessor-only keyring key, link it into a request keyring of the daemon and send
-//! `open` with its serial. The daemon reads the key straight into the vault's transfer
-//! page and invalidates it; this process zeroizes its copy before talking to the daemon.
+//! (started on demand) whether NAME is free, then key the volume:
+//! - passphrase or key file: read the keyslots to try (typed parameters and their
+//!   encrypted areas, bounds checked) and send them with the passphrase (from its locked
+//!   buffer) in `open_fd_unlock`; the vault runs the KDF, the AF merge and the digest
+//!   check, so the volume key never exists in this process or the daemon's;
+//! - `--volume-key-keyring`: the key (checked against the LUKS digest) is staged as a
+//!   possessor-only keyring key, linked into a request keyring of the daemon and sent
+//!   as `open_fd` with its serial; the daemon reads it straight into the vault's
+//!   transfer page and invalidates it.
 
 use vmvault_proto::client::{connect_or_spawn, Client, ClientError};
 use vmvault_proto::protocol::{
-    BackendChoice, FrontendChoice, FrontendKind, OpenRequest, VolumeStatus,
+    BackendChoice, FrontendChoice, FrontendKind, OpenRequest, OpenUnlockRequest, VolumeStatus,
 };
 use vmvault_proto::VolumeName;
 
@@ -23,7 +27,7 @@ use crate::activation::{verify_volume_key, CryptParams, KeyCheck};
 use crate::device::Device;
 use crate::exit::{ExitCode, HasExitCode};
 use crate::keyring::{self, KeyringError, StagedKey};
-use crate::keyslot::{unlock, UnlockOptions};
+use crate::keyslot::{vault_plans, UnlockError, UnlockOptions, VaultKeyslot};
 use crate::passphrase::{is_interactive, read_passphrase_timed, KeyInput};
 use crate::secret::Passphrase;
 use crate::secret::VolumeKey;
@@ -310,15 +314,8 @@ pub(crate) fn activate(
         ));
     }
 
-    let keyring_spec = match &key {
-        KeySource::Keyring { spec, keep } => Some((*spec, *keep)),
-        KeySource::Passphrase { .. } => None,
-    };
-    let (key, original) = match key {
-        KeySource::Keyring { spec, .. } => {
-            let (k, serial) = key_from_keyring(spec, &vol)?;
-            (k, Some(serial))
-        }
+    let (spec, keep) = match key {
+        KeySource::Keyring { spec, keep } => (spec, keep),
         KeySource::Passphrase {
             ask,
             tries,
@@ -329,30 +326,41 @@ pub(crate) fn activate(
                 keyslot: key_slot,
                 ..Default::default()
             };
-            let mut attempt = 0u32;
-            let unlocked = loop {
-                attempt += 1;
-                let pass = ask(attempt)?;
-                match unlock(&dev, &vol, &pass, &opts) {
-                    Ok(u) => break u,
-                    Err(e) => {
-                        let last = !retry || (tries != 0 && attempt >= tries);
-                        if e.exit_code() == ExitCode::NoPermission && !last {
-                            // Before the next prompt, as cryptsetup prints it.
-                            eprintln!("{e}");
-                            continue;
-                        }
-                        return Err(e.into());
-                    }
-                }
+            let plans = vault_plans(&dev, &vol, &opts);
+            drop(dev);
+            let req = OpenUnlockRequest {
+                name: name.clone(),
+                backing,
+                cipher: params.cipher.clone(),
+                key_size: params.key,
+                sector_size: params.sector_size,
+                offset: params.offset,
+                iv_offset: params.iv_offset,
+                iv_large_sectors: params.iv_large_sectors,
+                size: Some(params.size),
+                readonly: act.readonly,
+                allow_discards: act.allow_discards,
+                backend: act.backend,
+                frontend: act.frontend,
+                volume_type: Some(format!("LUKS{}", vol.version())),
+                volume_uuid: Some(volume_uuid(&vol)),
+                keyslots: Vec::new(),
+                passphrase_len: 0,
             };
+            let ask = VaultAsk { ask, tries, retry };
+            let (keyslot, st, warnings) =
+                open_in_vault(&mut client, req, plans, ask, &backing_file, &params.cipher)?;
             if act.verbose {
                 out.stdout
-                    .push_str(&format!("Key slot {} unlocked.\n", unlocked.keyslot));
+                    .push_str(&format!("Key slot {keyslot} unlocked.\n"));
             }
-            (unlocked.key, None)
+            push_warnings(&warnings, out);
+            verbose_opened(act, &st, out);
+            return Ok(());
         }
     };
+    // `--volume-key-keyring`: the key already exists outside the vault; hand it over.
+    let (key, serial) = key_from_keyring(spec, &vol)?;
     drop(dev);
     if key.len() != params.key.bytes() {
         return Err(fail(
@@ -386,37 +394,153 @@ pub(crate) fn activate(
         keep_key: false,
         key_ring: Some(ring),
         volume_type: Some(format!("LUKS{}", vol.version())),
-        volume_uuid: Some(match &vol {
-            Volume::Luks1(h) => h.uuid.clone(),
-            Volume::Luks2(h) => h.bin.uuid.clone(),
-        }),
+        volume_uuid: Some(volume_uuid(&vol)),
         frontend: act.frontend,
     };
     let resp = client.open_fd(req, std::os::fd::AsFd::as_fd(&backing_file));
     drop(staged);
     let (st, warnings) = resp.map_err(client_fail)?;
-    for w in &warnings {
+    push_warnings(&warnings, out);
+    if keep {
+        out.stderr.push(format!(
+            "WARNING: the volume key stays in the kernel keyring (key {serial}, {spec:?}) as --keep-keyring-key asked: it is outside the vault until you invalidate it (keyctl invalidate {serial})."
+        ));
+    } else if let Err(e) = keyring::invalidate(serial) {
+        out.stderr.push(format!(
+            "WARNING: could not invalidate keyring key {serial} ({spec:?}): {e}; the volume key is still in the keyring."
+        ));
+    }
+    verbose_opened(act, &st, out);
+    Ok(())
+}
+
+/// The volume's uuid from its header.
+fn volume_uuid(vol: &Volume) -> String {
+    match vol {
+        Volume::Luks1(h) => h.uuid.clone(),
+        Volume::Luks2(h) => h.bin.uuid.clone(),
+    }
+}
+
+/// The daemon's warnings.
+fn push_warnings(warnings: &[String], out: &mut Output) {
+    for w in warnings {
         out.stderr.push(format!("WARNING: {w}"));
     }
-    if let (Some(serial), Some((spec, keep))) = (original, keyring_spec) {
-        if keep {
-            out.stderr.push(format!(
-                "WARNING: the volume key stays in the kernel keyring (key {serial}, {spec:?}) as --keep-keyring-key asked: it is outside the vault until you invalidate it (keyctl invalidate {serial})."
-            ));
-        } else if let Err(e) = keyring::invalidate(serial) {
-            out.stderr.push(format!(
-                "WARNING: could not invalidate keyring key {serial} ({spec:?}): {e}; the volume key is still in the keyring."
-            ));
-        }
-    }
+}
+
+/// With `-v`, the device line.
+fn verbose_opened(act: &Activation<'_>, st: &VolumeStatus, out: &mut Output) {
     if act.verbose {
         out.stdout.push_str(&format!(
-            "Device {name} is {} ({} backend).\n",
+            "Device {} is {} ({} backend).\n",
+            act.name,
             st.device.display(),
             st.backend.as_str()
         ));
     }
-    Ok(())
+}
+
+/// How [`open_in_vault`] asks for passphrases.
+struct VaultAsk<'a> {
+    ask: &'a mut AskFn<'a>,
+    /// Attempts when the passphrase is wrong (0 = until right); only with `retry`.
+    tries: u32,
+    /// Whether a wrong passphrase is asked for again.
+    retry: bool,
+}
+
+/// The daemon's refusal for a passphrase that opens no keyslot.
+fn is_no_key(e: &ClientError) -> bool {
+    matches!(e, ClientError::Remote { code: ExitCode::NoPermission, message }
+        if *message == UnlockError::NoKey.to_string())
+}
+
+/// Opens the volume with keys the vault unlocks: asks for the passphrase, sends it
+/// with the keyslots of `plans` in `open_fd_unlock`; a wrong passphrase is asked for
+/// again as with the host unlock (same message, same exit code 2 at the end). Returns
+/// the keyslot that opened, the status and the daemon's warnings.
+fn open_in_vault(
+    client: &mut Client,
+    mut req: OpenUnlockRequest,
+    plans: Result<crate::keyslot::VaultPlans, UnlockError>,
+    ask: VaultAsk<'_>,
+    backing_file: &std::fs::File,
+    cipher: &vmvault_proto::CipherSpec,
+) -> Result<(u32, VolumeStatus, Vec<String>), Failure> {
+    let VaultAsk { ask, tries, retry } = ask;
+    let mut attempt = 0u32;
+    // Errors of the header come after the first prompt, as they did.
+    let (bound, unbound) = match plans {
+        Ok(p) => (p.bound, p.unbound),
+        Err(e) => {
+            ask(1)?;
+            return Err(e.into());
+        }
+    };
+    let mut first_err = None;
+    let mut areas = Vec::new();
+    for k in bound {
+        match k {
+            Ok(VaultKeyslot { candidate, area }) => {
+                req.keyslots.push(candidate);
+                areas.push(area);
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    let unbound: Vec<VaultKeyslot> = unbound.into_iter().filter_map(Result::ok).collect();
+    let area_refs: Vec<&[u8]> = areas.iter().map(Vec::as_slice).collect();
+    loop {
+        attempt += 1;
+        let pass = ask(attempt)?;
+        if req.keyslots.is_empty() {
+            return Err(first_err.unwrap_or(UnlockError::NoActiveSlots).into());
+        }
+        let r = client.open_unlock(
+            req.clone(),
+            &area_refs,
+            &pass,
+            Some(std::os::fd::AsFd::as_fd(backing_file)),
+        );
+        let e = match r {
+            Ok((u, warnings)) => return Ok((u.keyslot, u.volume, warnings)),
+            Err(e) if is_no_key(&e) => e,
+            Err(e) => return Err(client_fail(e)),
+        };
+        drop(e);
+        if let Some(e) = first_err.take() {
+            return Err(e.into());
+        }
+        // Does the passphrase open a keyslot not bound to the data segment? Then no
+        // usable keyslot fits it (cryptsetup's answer, exit 1); its key is dropped.
+        for k in &unbound {
+            if !cipher.key_size_ok(k.candidate.spec.volume_key_size) {
+                continue;
+            }
+            if let Ok(h) = client.unlock_keyslot(
+                cipher.clone(),
+                req.backend,
+                k.candidate.clone(),
+                &k.area,
+                &pass,
+            ) {
+                let _ = client.drop_key(h);
+                return Err(UnlockError::NoUsableKeyslot.into());
+            }
+        }
+        drop(pass);
+        let e = UnlockError::NoKey;
+        let last = !retry || (tries != 0 && attempt >= tries);
+        if !last {
+            // Before the next prompt, as cryptsetup prints it.
+            eprintln!("{e}");
+            continue;
+        }
+        return Err(e.into());
+    }
 }
 
 /// Opens the backing device for the daemon: read-write unless `readonly`, close-on-exec.

@@ -28,8 +28,11 @@ pub(super) const CR4: Cr4Flags = Cr4Flags::PHYSICAL_ADDRESS_EXTENSION
     .union(Cr4Flags::OSXMMEXCPT_ENABLE)
     .union(Cr4Flags::OSXSAVE);
 
-/// EFER: long mode enabled and active.
-pub(super) const EFER: EferFlags = EferFlags::LONG_MODE_ENABLE.union(EferFlags::LONG_MODE_ACTIVE);
+/// EFER: long mode enabled and active, and no-execute pages enabled (the Argon2 scratch
+/// range is mapped non-executable).
+pub(super) const EFER: EferFlags = EferFlags::LONG_MODE_ENABLE
+    .union(EferFlags::LONG_MODE_ACTIVE)
+    .union(EferFlags::NO_EXECUTE_ENABLE);
 
 /// Bit 1 of RFLAGS, reserved, always 1 (no named flag in `x86_64`'s [`RFlags`]).
 const RFLAGS_RESERVED_1: RFlags = RFlags::from_bits_retain(1 << 1);
@@ -147,7 +150,7 @@ mod tests {
         assert_eq!(CR0.bits(), 0x8000_0033);
         assert_eq!(CR4.bits(), (1 << 5) | (1 << 9) | (1 << 10) | (1 << 18));
         assert_eq!(CR4.difference(Cr4Flags::OSXSAVE).bits(), 0x620);
-        assert_eq!(EFER.bits(), 0x500);
+        assert_eq!(EFER.bits(), 0xd00);
         assert_eq!(RFLAGS.bits(), 0x202);
         assert_eq!(XCR0_GUEST.bits(), 0xe7);
         assert_eq!(CODE_SELECTOR.0, 0x33);

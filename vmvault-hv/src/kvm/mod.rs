@@ -27,12 +27,19 @@ use crate::error::{HvError, Result, VaultFailure};
 use crate::layout;
 use crate::memory::SharedMem;
 use crate::ring::{request_bytes, Alone, Beside, RingClient, WaitMode};
+use crate::scratch::{scratch_size, Scratch};
 use crate::window::Window;
 
 /// Name of the guest RAM memfd (scanners look for `/memfd:vmvault-guest`).
 pub const GUEST_MEMFD_NAME: &CStr = c"vmvault-guest";
 /// Name of the data window memfd.
 pub const WINDOW_MEMFD_NAME: &CStr = c"vmvault-window";
+
+/// Memslot ids: guest RAM, the data window, and the Argon2 scratch memory of a keyslot
+/// request (present only while one runs).
+const GUEST_MEMSLOT: u32 = 0;
+const WINDOW_MEMSLOT: u32 = 1;
+const SCRATCH_MEMSLOT: u32 = 2;
 
 /// Idle spins of a vCPU before it sleeps (each spin scans the ring once and pauses,
 /// about 25 ns here: 4000 spins are about 100 µs): [`Tuning::DEFAULT_IDLE_SPINS`]; set
@@ -106,6 +113,8 @@ pub(crate) struct KvmBackend {
     vcpus: usize,
     cpus: Option<Vec<usize>>,
     stopped: AtomicBool,
+    /// One keyslot request (and scratch memslot) at a time.
+    keyslot_lock: Mutex<()>,
 }
 
 impl KvmBackend {
@@ -142,8 +151,13 @@ impl KvmBackend {
         let window = Window::new(wmem);
 
         for (slot, gpa, len, host) in [
-            (0u32, 0u64, abi::GUEST_RAM_SIZE, guest.ptr()),
-            (1, abi::WINDOW_GPA, window_len, window.base_ptr()),
+            (GUEST_MEMSLOT, 0u64, abi::GUEST_RAM_SIZE, guest.ptr()),
+            (
+                WINDOW_MEMSLOT,
+                abi::WINDOW_GPA,
+                window_len,
+                window.base_ptr(),
+            ),
         ] {
             let region = kvm_userspace_memory_region {
                 slot,
@@ -232,6 +246,7 @@ impl KvmBackend {
             vcpus,
             cpus,
             stopped: AtomicBool::new(false),
+            keyslot_lock: Mutex::new(()),
         };
         if let Some(e) = err {
             let _ = backend.shutdown();
@@ -329,6 +344,28 @@ impl Backend for KvmBackend {
     ) -> Result<Response> {
         let ticket = self.submit(lane, req)?;
         self.wait(ticket, crate::test_api::Racing(racer))
+    }
+
+    fn call_keyslot(&self, lane: usize, req: &Request, scratch_len: u64) -> Result<Response> {
+        let len = scratch_size(scratch_len)?;
+        let _one_at_a_time = self.keyslot_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if len == 0 {
+            return self.call(lane, req);
+        }
+        let scratch = Scratch::anonymous(len)?;
+        self.scratch_memslot(Some(&scratch))?;
+        let r = self.call(lane, req);
+        if let Err(e) = self.scratch_memslot(None) {
+            // The VM may still reach the memory: wipe it but never unmap it, and stop
+            // the vault (its address space is no longer what this backend says).
+            scratch.discard();
+            std::mem::forget(scratch);
+            let _ = self.shutdown();
+            return Err(e);
+        }
+        // Wiped (pages discarded) and unmapped.
+        drop(scratch);
+        r
     }
 
     fn submit(&self, lane: usize, req: &Request) -> Result<Ticket> {
@@ -468,6 +505,25 @@ impl KvmBackend {
 }
 
 impl KvmBackend {
+    /// Puts `scratch` behind `abi::keyslot::SCRATCH_GPA` (`Some`), or removes the
+    /// scratch memslot (`None`: size 0).
+    fn scratch_memslot(&self, scratch: Option<&Scratch>) -> Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot: SCRATCH_MEMSLOT,
+            flags: 0,
+            guest_phys_addr: abi::keyslot::SCRATCH_GPA,
+            memory_size: scratch.map_or(0, Scratch::len),
+            userspace_addr: scratch.map_or(0, |s| s.ptr() as u64),
+        };
+        // SAFETY: adding: the host range is a live mapping of `memory_size` bytes, which
+        // `call_keyslot` keeps until the memslot is removed again (or leaks when removal
+        // fails). Removing: size 0 deletes the memslot and touches no memory.
+        unsafe { self._vm.set_user_memory_region(region) }.map_err(|err| HvError::Kvm {
+            what: "KVM_SET_USER_MEMORY_REGION",
+            err,
+        })
+    }
+
     /// Waits for `ticket` (with `beside` running beside the wait: in test builds, a racer
     /// may rewrite the request).
     fn wait(&self, ticket: Ticket, beside: impl Beside) -> Result<Response> {

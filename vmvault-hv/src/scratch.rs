@@ -1,0 +1,230 @@
+//! The Argon2 scratch memory of one keyslot request: host memory mapped for the
+//! duration of the request (at `abi::keyslot::SCRATCH_GPA` in the `kvm` vault, passed to
+//! the in-process service by the `soft` backend), then wiped and unmapped.
+
+use std::ptr;
+
+use vault_vm::abi::{self, keyslot::SCRATCH_MAX};
+
+use crate::error::{HvError, Result};
+
+/// Granule of the scratch mapping (the guest maps the range with 2 MiB pages).
+pub(crate) const SCRATCH_ALIGN: u64 = abi::WINDOW_ALIGN;
+
+/// The largest scratch length this host accepts: [`SCRATCH_MAX`] or half the physical
+/// memory, whichever is smaller.
+pub fn scratch_limit() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let phys = if pages > 0 && size > 0 {
+        (pages as u64).saturating_mul(size as u64)
+    } else {
+        0
+    };
+    SCRATCH_MAX.min(phys / 2)
+}
+
+/// Checks a requested scratch length against [`scratch_limit`] and rounds it up to
+/// [`SCRATCH_ALIGN`]. Nothing is mapped yet.
+pub(crate) fn scratch_size(requested: u64) -> Result<u64> {
+    let limit = scratch_limit();
+    if requested > limit {
+        return Err(HvError::ScratchTooLarge { requested, limit });
+    }
+    Ok(requested.div_ceil(SCRATCH_ALIGN) * SCRATCH_ALIGN)
+}
+
+/// How a [`Scratch`] mapping was made (decides how it is wiped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Private anonymous memory: `MADV_DONTNEED` discards the pages (the kernel hands
+    /// out zeroed pages next time), then `munmap`.
+    Anonymous,
+    /// A `memfd_secret` mapping, every page faulted in by `mlock`: zeroed explicitly.
+    Secret,
+}
+
+/// A scratch mapping; wiped and unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    ptr: *mut u8,
+    len: usize,
+    kind: Kind,
+}
+
+// SAFETY: plain memory owned by this value; the vault (or the in-process service) uses
+// it only while the keyslot request that owns it runs.
+unsafe impl Send for Scratch {}
+
+impl Scratch {
+    /// Anonymous, `MAP_NORESERVE` memory of `len` bytes (a multiple of
+    /// [`SCRATCH_ALIGN`]): pages are only allocated where Argon2 writes.
+    pub fn anonymous(len: u64) -> Result<Self> {
+        let len = len as usize;
+        // SAFETY: a fresh private anonymous mapping; the kernel picks the address.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(HvError::os("mmap of the Argon2 scratch memory"));
+        }
+        // Keep it out of core dumps. Best effort.
+        // SAFETY: advice on our own mapping.
+        unsafe { libc::madvise(p, len, libc::MADV_DONTDUMP) };
+        Ok(Scratch {
+            ptr: p.cast(),
+            len,
+            kind: Kind::Anonymous,
+        })
+    }
+
+    /// Scratch memory for the in-process (`soft`) service: `memfd_secret` pages if the
+    /// kernel has them and lets us lock `len` bytes of them, else anonymous memory,
+    /// locked in RAM when the limits allow it.
+    pub fn for_process(len: u64) -> Result<Self> {
+        if let Some(s) = Self::secret(len as usize) {
+            return Ok(s);
+        }
+        let s = Self::anonymous(len)?;
+        // Best effort: no swap for passphrase-derived blocks.
+        // SAFETY: our own mapping.
+        unsafe { libc::mlock(s.ptr.cast(), s.len) };
+        Ok(s)
+    }
+
+    /// A `memfd_secret` mapping with every page locked (faulted) in, or `None`.
+    /// Locking first means a failed allocation is an error here, not a `SIGBUS` in the
+    /// middle of Argon2.
+    fn secret(len: usize) -> Option<Self> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: memfd_secret(2) takes one flags argument.
+        let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: ftruncate on an owned descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return None;
+        }
+        // SAFETY: new shared mapping of the whole file; the kernel picks the address.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: our own mapping of `len` bytes.
+        if unsafe { libc::mlock(p, len) } != 0 {
+            // SAFETY: unmapping what we just mapped; nothing was written.
+            unsafe { libc::munmap(p, len) };
+            return None;
+        }
+        // The mapping keeps the memory alive; the descriptor is not needed any more.
+        drop(fd);
+        Some(Scratch {
+            ptr: p.cast(),
+            len,
+            kind: Kind::Secret,
+        })
+    }
+
+    /// Host address of the scratch memory.
+    pub fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len as u64
+    }
+}
+
+impl Scratch {
+    /// Wipes the contents without unmapping (what `Drop` does before `munmap`).
+    pub fn discard(&self) {
+        match self.kind {
+            Kind::Secret => {
+                // SAFETY: the mapping is valid for len bytes and nobody uses it any more.
+                unsafe { ptr::write_bytes(self.ptr, 0, self.len) };
+                std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+            }
+            Kind::Anonymous => {
+                // SAFETY: our own private anonymous mapping; the pages are discarded
+                // (freed and later handed out zeroed), which is the wipe.
+                unsafe { libc::madvise(self.ptr.cast(), self.len, libc::MADV_DONTNEED) };
+            }
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.discard();
+        // SAFETY: unmapping our own mapping; nothing refers to it any more.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_round_up_and_the_cap_is_checked_before_mapping() {
+        assert_eq!(scratch_size(0).unwrap(), 0);
+        assert_eq!(scratch_size(1).unwrap(), SCRATCH_ALIGN);
+        assert_eq!(scratch_size(SCRATCH_ALIGN).unwrap(), SCRATCH_ALIGN);
+        assert_eq!(scratch_size(SCRATCH_ALIGN + 1).unwrap(), 2 * SCRATCH_ALIGN);
+        let limit = scratch_limit();
+        assert!(limit <= SCRATCH_MAX && limit > 0);
+        match scratch_size(limit + 1) {
+            Err(HvError::ScratchTooLarge {
+                requested,
+                limit: l,
+            }) => {
+                assert_eq!((requested, l), (limit + 1, limit));
+            }
+            other => panic!("expected ScratchTooLarge, got {other:?}"),
+        }
+        assert!(scratch_size(SCRATCH_MAX + 1).is_err());
+        assert!(scratch_size(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn mappings_are_usable_and_wiped() {
+        for s in [
+            Scratch::anonymous(2 * SCRATCH_ALIGN).unwrap(),
+            Scratch::for_process(SCRATCH_ALIGN).unwrap(),
+        ] {
+            assert_eq!(s.len() % SCRATCH_ALIGN, 0);
+            // SAFETY: inside our own mapping.
+            unsafe {
+                s.ptr().write_volatile(0xa5);
+                s.ptr().add(s.len() as usize - 1).write_volatile(0x5a);
+                assert_eq!(s.ptr().read_volatile(), 0xa5);
+            }
+            drop(s);
+        }
+    }
+}
