@@ -62,10 +62,6 @@ impl SoftBackend {
     /// The in-process service; `scratch` is the Argon2 scratch memory of the keyslot
     /// request being served (null when there is none).
     fn service(&self, scratch: *mut u8) -> Service<'_> {
-        // The vault side gives `Service::new` the scratch base as a fifth argument;
-        // until that lands the service answers BAD_OP to keyslot requests and the
-        // pointer has no use.
-        let _ = scratch;
         // SAFETY: the secret mapping is page aligned, at least as large as the slot table
         // and zero-initialized, which is a valid table of empty slots; it lives as long as
         // `self`. Window and transfer page are live mappings of the stated sizes and do not
@@ -78,9 +74,7 @@ impl SoftBackend {
                 self.window.base_ptr(),
                 self.window.len(),
                 self.transfer.ptr(),
-                // No scratch mapping yet (issue 14's host side adds one): the vault
-                // refuses Argon2 keyslot requests with KDF_LIMIT on a null scratch.
-                std::ptr::null_mut(),
+                scratch,
             )
         }
     }
