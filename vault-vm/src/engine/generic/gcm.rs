@@ -77,7 +77,7 @@ impl GcmKey {
     /// GHASH of whole blocks into `acc` (the GHASH state as a big-endian integer).
     fn ghash(&self, acc: &mut u128, data: &[u8]) {
         match self.aes.path {
-            // SAFETY (vector paths): `Path::for_backend` checked the CPU features.
+            // SAFETY: `Path::for_backend` chose the vector path after checking its CPU features.
             Path::Zmm => unsafe { simd::zmm::ghash(&self.pw, acc, data) },
             // SAFETY: as above.
             Path::Ymm => unsafe { simd::ymm::ghash(&self.pw, acc, data) },
@@ -95,7 +95,7 @@ impl GcmKey {
     /// CTR (32-bit counter from `ctr`) and GHASH of the ciphertext over whole blocks.
     fn blocks(&self, ctr: &[u8; 16], acc: &mut u128, buf: &mut [u8], enc: bool) {
         match (self.aes.path, &self.aes.key) {
-            // SAFETY (vector paths): `Path::for_backend` checked the CPU features.
+            // SAFETY: `Path::for_backend` chose the vector path after checking its CPU features.
             (Path::Zmm, AesKey::Hw(k)) => unsafe {
                 simd::zmm::gcm(k, &self.pw, ctr, acc, buf, enc)
             },
@@ -335,11 +335,10 @@ impl<'k> Gcm<'k> {
         let mut i = 0;
         if r != 0 {
             let n = (16 - r).min(buf.len());
-            for k in 0..n {
-                let input = buf[k];
-                let out = input ^ self.ks[r + k];
-                buf[k] = out;
-                self.part[r + k] = if enc { out } else { input };
+            for (k, x) in buf[..n].iter_mut().enumerate() {
+                let input = *x;
+                *x = input ^ self.ks[r + k];
+                self.part[r + k] = if enc { *x } else { input };
             }
             i = n;
             if r + n == 16 {

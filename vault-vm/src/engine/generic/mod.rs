@@ -283,8 +283,8 @@ impl Aes {
             return Ok(());
         }
         match (self.path, &self.key) {
-            // SAFETY (all three): `Path::for_backend` chose the path after checking the
-            // CPU features of its width; hardware keys go with every vector path.
+            // SAFETY: `Path::for_backend` chose the path after checking the CPU features
+            // of its width; hardware keys go with every vector path.
             (Path::Zmm, AesKey::Hw(k)) => unsafe { simd::zmm::cbc_dec(k, iv, buf) },
             // SAFETY: as above.
             (Path::Ymm, AesKey::Hw(k)) => unsafe { simd::ymm::cbc_dec(k, iv, buf) },
