@@ -76,13 +76,22 @@ impl GcmKey {
 
     /// GHASH of whole blocks into `acc` (the GHASH state as a big-endian integer).
     fn ghash(&self, acc: &mut u128, data: &[u8]) {
-        match self.aes.path {
-            // SAFETY: `Path::for_backend` chose the vector path after checking its CPU features.
-            Path::Zmm => unsafe { simd::zmm::ghash(&self.pw, acc, data) },
-            // SAFETY: as above.
-            Path::Ymm => unsafe { simd::ymm::ghash(&self.pw, acc, data) },
-            // SAFETY: as above.
-            Path::Xmm => unsafe { simd::xmm::ghash(&self.pw, acc, data) },
+        let path = self.aes.path;
+        match path {
+            Path::Zmm | Path::Ymm | Path::Xmm => {
+                let (head, tail) = data.split_at(path.head(data.len()));
+                // SAFETY: `Path::for_backend` chose the path after checking the CPU
+                // features of its width (which include the xmm kernels' features); the
+                // power table has the xmm pass's powers too.
+                unsafe {
+                    match path {
+                        Path::Zmm => simd::zmm::ghash(&self.pw, acc, head),
+                        Path::Ymm => simd::ymm::ghash(&self.pw, acc, head),
+                        _ => {}
+                    }
+                    simd::xmm::ghash(&self.pw, acc, tail);
+                }
+            }
             Path::Portable => {
                 for b in data.chunks_exact(16) {
                     let x = u128::from_be_bytes(b.try_into().expect("16-byte chunk"));
@@ -94,19 +103,24 @@ impl GcmKey {
 
     /// CTR (32-bit counter from `ctr`) and GHASH of the ciphertext over whole blocks.
     fn blocks(&self, ctr: &[u8; 16], acc: &mut u128, buf: &mut [u8], enc: bool) {
-        match (self.aes.path, &self.aes.key) {
-            // SAFETY: `Path::for_backend` chose the vector path after checking its CPU features.
-            (Path::Zmm, AesKey::Hw(k)) => unsafe {
-                simd::zmm::gcm(k, &self.pw, ctr, acc, buf, enc)
-            },
-            // SAFETY: as above.
-            (Path::Ymm, AesKey::Hw(k)) => unsafe {
-                simd::ymm::gcm(k, &self.pw, ctr, acc, buf, enc)
-            },
-            // SAFETY: as above.
-            (Path::Xmm, AesKey::Hw(k)) => unsafe {
-                simd::xmm::gcm(k, &self.pw, ctr, acc, buf, enc)
-            },
+        let path = self.aes.path;
+        match (path, &self.aes.key) {
+            (Path::Zmm | Path::Ymm | Path::Xmm, AesKey::Hw(k)) => {
+                let (head, tail) = buf.split_at_mut(path.head(buf.len()));
+                let next = inc32(ctr, (head.len() / 16) as u32);
+                let pw = &self.pw;
+                // SAFETY: `Path::for_backend` chose the path after checking the CPU
+                // features of its width (which include the xmm kernels' features); the
+                // power table has the xmm pass's powers too.
+                unsafe {
+                    match path {
+                        Path::Zmm => simd::zmm::gcm(k, pw, ctr, acc, head, enc),
+                        Path::Ymm => simd::ymm::gcm(k, pw, ctr, acc, head, enc),
+                        _ => {}
+                    }
+                    simd::xmm::gcm(k, pw, &next, acc, tail, enc);
+                }
+            }
             _ => {
                 if !enc {
                     self.ghash(acc, buf);

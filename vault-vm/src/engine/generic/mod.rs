@@ -158,6 +158,16 @@ impl Path {
         }
     }
 
+    /// Bytes of a `len`-byte buffer the path's own kernels take: whole passes for the
+    /// wide paths, whose short remainder runs on the xmm kernels (a 32-block pass for
+    /// a few blocks would waste most of its work), all of it for the others.
+    fn head(self, len: usize) -> usize {
+        match self {
+            Path::Zmm | Path::Ymm => len - len % (16 * self.pass()),
+            Path::Xmm | Path::Portable => 0,
+        }
+    }
+
     /// Blocks per GHASH reduction (0 for the portable path, which reduces every block).
     fn pass(self) -> usize {
         match self {
@@ -283,13 +293,21 @@ impl Aes {
             return Ok(());
         }
         match (self.path, &self.key) {
-            // SAFETY: `Path::for_backend` chose the path after checking the CPU features
-            // of its width; hardware keys go with every vector path.
-            (Path::Zmm, AesKey::Hw(k)) => unsafe { simd::zmm::cbc_dec(k, iv, buf) },
-            // SAFETY: as above.
-            (Path::Ymm, AesKey::Hw(k)) => unsafe { simd::ymm::cbc_dec(k, iv, buf) },
-            // SAFETY: as above.
-            (Path::Xmm, AesKey::Hw(k)) => unsafe { simd::xmm::cbc_dec(k, iv, buf) },
+            (Path::Zmm | Path::Ymm | Path::Xmm, AesKey::Hw(k)) => {
+                let (head, tail) = buf.split_at_mut(self.path.head(buf.len()));
+                // SAFETY: `Path::for_backend` chose the path after checking the CPU
+                // features of its width (which include the xmm kernels' features).
+                unsafe {
+                    match self.path {
+                        Path::Zmm if !head.is_empty() => simd::zmm::cbc_dec(k, iv, head),
+                        Path::Ymm if !head.is_empty() => simd::ymm::cbc_dec(k, iv, head),
+                        _ => {}
+                    }
+                    if !tail.is_empty() {
+                        simd::xmm::cbc_dec(k, iv, tail);
+                    }
+                }
+            }
             _ => {
                 let mut ct = [0u8; 16];
                 for b in buf.chunks_exact_mut(16) {
@@ -308,12 +326,19 @@ impl Aes {
     fn ecb(&self, buf: &mut [u8], enc: bool) -> Result<(), ModeError> {
         whole(buf)?;
         match (self.path, &self.key) {
-            // SAFETY: `Path::for_backend` checked the path's CPU features.
-            (Path::Zmm, AesKey::Hw(k)) => unsafe { simd::zmm::ecb(k, buf, enc) },
-            // SAFETY: as above.
-            (Path::Ymm, AesKey::Hw(k)) => unsafe { simd::ymm::ecb(k, buf, enc) },
-            // SAFETY: as above.
-            (Path::Xmm, AesKey::Hw(k)) => unsafe { simd::xmm::ecb(k, buf, enc) },
+            (Path::Zmm | Path::Ymm | Path::Xmm, AesKey::Hw(k)) => {
+                let (head, tail) = buf.split_at_mut(self.path.head(buf.len()));
+                // SAFETY: `Path::for_backend` chose the path after checking the CPU
+                // features of its width (which include the xmm kernels' features).
+                unsafe {
+                    match self.path {
+                        Path::Zmm => simd::zmm::ecb(k, head, enc),
+                        Path::Ymm => simd::ymm::ecb(k, head, enc),
+                        _ => {}
+                    }
+                    simd::xmm::ecb(k, tail, enc);
+                }
+            }
             _ => {
                 for b in buf.chunks_exact_mut(16) {
                     self.portable(b, enc);
@@ -347,12 +372,20 @@ impl Aes {
     /// them) over whole blocks, in place.
     fn ctr32(&self, ctr: &[u8; 16], buf: &mut [u8]) {
         match (self.path, &self.key) {
-            // SAFETY: `Path::for_backend` checked the path's CPU features.
-            (Path::Zmm, AesKey::Hw(k)) => unsafe { simd::zmm::ctr32(k, ctr, buf) },
-            // SAFETY: as above.
-            (Path::Ymm, AesKey::Hw(k)) => unsafe { simd::ymm::ctr32(k, ctr, buf) },
-            // SAFETY: as above.
-            (Path::Xmm, AesKey::Hw(k)) => unsafe { simd::xmm::ctr32(k, ctr, buf) },
+            (Path::Zmm | Path::Ymm | Path::Xmm, AesKey::Hw(k)) => {
+                let (head, tail) = buf.split_at_mut(self.path.head(buf.len()));
+                let next = inc32(ctr, (head.len() / 16) as u32);
+                // SAFETY: `Path::for_backend` chose the path after checking the CPU
+                // features of its width (which include the xmm kernels' features).
+                unsafe {
+                    match self.path {
+                        Path::Zmm => simd::zmm::ctr32(k, ctr, head),
+                        Path::Ymm => simd::ymm::ctr32(k, ctr, head),
+                        _ => {}
+                    }
+                    simd::xmm::ctr32(k, &next, tail);
+                }
+            }
             _ => {
                 let mut c = *ctr;
                 let mut ks = [0u8; 16];

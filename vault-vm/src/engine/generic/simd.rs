@@ -98,6 +98,21 @@ macro_rules! kernels {
             }
         }
 
+        /// A zeroed pass-sized scratch buffer, laid out as registers (aligned, and
+        /// wiped by [`wipe`] with a few vector stores).
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn scratch() -> [V; R] {
+            [bc(_mm_setzero_si128()); R]
+        }
+
+        /// The bytes of a scratch buffer.
+        fn scratch_bytes(s: &mut [V; R]) -> &mut [u8] {
+            // SAFETY: `[V; R]` is `P * 16` bytes of plain integer data, any byte pattern
+            // valid; the slice borrows `s` exclusively.
+            unsafe { core::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), P * 16) }
+        }
+
         /// Runs `body` over the whole passes of `buf` and over its tail (fewer than `P`
         /// blocks) copied into a zero-padded pass-sized buffer; `buf` is whole blocks.
         #[target_feature(enable = $feat)]
@@ -109,11 +124,12 @@ macro_rules! kernels {
             }
             let rest = chunks.into_remainder();
             if !rest.is_empty() {
-                let mut tmp = [0u8; P * 16];
+                let mut s = scratch();
+                let tmp = scratch_bytes(&mut s);
                 tmp[..rest.len()].copy_from_slice(rest);
                 body(tmp.as_mut_ptr(), rest.len() / 16);
                 rest.copy_from_slice(&tmp[..rest.len()]);
-                zeroize::Zeroize::zeroize(&mut tmp);
+                wipe(&mut s);
             }
         }
 
@@ -338,7 +354,8 @@ macro_rules! kernels {
             let rest = chunks.remainder();
             if !rest.is_empty() {
                 let m = rest.len() / 16;
-                let mut tmp = [0u8; P * 16];
+                let mut s = scratch();
+                let tmp = scratch_bytes(&mut s);
                 tmp[..rest.len()].copy_from_slice(rest);
                 // SAFETY: `tmp` is a pass; `pw[MAXP - m..]` has ≥ MAXP ≥ P entries.
                 unsafe { ghash_pass(pw[super::MAXP - m].as_ptr(), &mut a, tmp.as_ptr()) };
@@ -418,7 +435,8 @@ macro_rules! kernels {
             if !rest.is_empty() {
                 let n = rest.len();
                 let pm = pw[super::MAXP - n / 16].as_ptr();
-                let mut tmp = [0u8; P * 16];
+                let mut s = scratch();
+                let tmp = scratch_bytes(&mut s);
                 tmp[..n].copy_from_slice(rest);
                 // SAFETY: `tmp` is a pass; `pw` from `MAXP - m` has ≥ MAXP entries. The
                 // GHASH input is the ciphertext with the rest of the pass zero.
@@ -433,7 +451,7 @@ macro_rules! kernels {
                     }
                 }
                 rest.copy_from_slice(&tmp[..n]);
-                zeroize::Zeroize::zeroize(&mut tmp);
+                wipe(&mut s);
             }
             *acc = acc_store(a);
             wipe(&mut rk);
