@@ -168,6 +168,56 @@ macro_rules! kernels {
             }
         }
 
+        /// One GCM pass: CTR over the `P` blocks at `p` and, woven into its rounds (one
+        /// register's multiplications per round), GHASH of the pass at `g` with the powers
+        /// at `pw`. `g` may be `p` itself (decryption): every load precedes the stores.
+        ///
+        /// # Safety
+        /// `p` points to `P * 16` writable bytes, `g` (if any) and `pw` to `P * 16`
+        /// readable bytes.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        unsafe fn gcm_pass<const NR: usize>(
+            rk: &[V; 15],
+            base: &mut V,
+            p: *mut u8,
+            g: Option<*const u8>,
+            pw: *const u8,
+            acc: &mut __m128i,
+        ) {
+            let mut b = ctr_regs(base, rk[0]);
+            let z = bc(_mm_setzero_si128());
+            let (mut lo, mut mi, mut hi) = (z, z, z);
+            for r in 1..NR {
+                for x in b.iter_mut() {
+                    *x = enc(*x, rk[r]);
+                }
+                let j = r - 1;
+                if let (Some(g), true) = (g, j < R) {
+                    // SAFETY: within the `P * 16` bytes at `g` and at `pw` (caller).
+                    let (mut d, h) = unsafe { (rev(ld(g.add(j * B))), ld(pw.add(j * B))) };
+                    if j == 0 {
+                        d = vx(d, lane0(*acc));
+                    }
+                    lo = vx(lo, clm::<0x00>(d, h));
+                    hi = vx(hi, clm::<0x11>(d, h));
+                    mi = vx(mi, vx(clm::<0x01>(d, h), clm::<0x10>(d, h)));
+                }
+            }
+            // GHASH covers all R registers only if the rounds outnumber them.
+            const { assert!(R < 10) };
+            for (j, x) in b.iter().enumerate() {
+                // SAFETY: `j * B + B <= P * 16` bytes at `p` (caller).
+                unsafe {
+                    let d = ld(p.add(j * B));
+                    st(p.add(j * B), encl(*x, vx(rk[NR], d)));
+                }
+            }
+            if g.is_some() {
+                *acc = super::reduce(fold(lo), fold(mi), fold(hi));
+            }
+        }
+
         /// GHASH of one pass of blocks at `p` (any count up to `P`, the rest of the pass
         /// zero) with the powers starting at `pw`: `acc = (acc ^ X1)·H^n ^ ... ^ Xn·H`.
         ///
@@ -416,22 +466,27 @@ macro_rules! kernels {
             let mut rk = load_keys(&k.enc);
             let mut base = counter_base(ctr);
             let mut a = acc_load(*acc);
-            let mut chunks = buf.chunks_exact_mut(P * 16);
             let full = pw[super::MAXP - P].as_ptr();
-            for c in &mut chunks {
-                let p = c.as_mut_ptr();
-                // SAFETY: `c` is a pass; `pw` from `MAXP - P` has ≥ P entries.
+            let passes = buf.len() / (P * 16);
+            let start = buf.as_mut_ptr();
+            // Encryption hashes each pass's ciphertext while the next pass runs its
+            // rounds; decryption hashes the pass it decrypts (its loads come first).
+            let mut pending: Option<*const u8> = None;
+            for i in 0..passes {
+                // SAFETY: pass `i` lies inside `buf`; the previous pass too; `pw` from
+                // `MAXP - P` has ≥ P entries.
                 unsafe {
-                    if ENC {
-                        ctr_pass::<NR>(&rk, &mut base, p);
-                        ghash_pass(full, &mut a, p);
-                    } else {
-                        ghash_pass(full, &mut a, p);
-                        ctr_pass::<NR>(&rk, &mut base, p);
-                    }
+                    let p = start.add(i * P * 16);
+                    let g = if ENC { pending } else { Some(p.cast_const()) };
+                    gcm_pass::<NR>(&rk, &mut base, p, g, full, &mut a);
+                    pending = Some(p.cast_const());
                 }
             }
-            let rest = chunks.into_remainder();
+            if let (true, Some(q)) = (ENC, pending) {
+                // SAFETY: `q` is the last pass of `buf`.
+                unsafe { ghash_pass(full, &mut a, q) };
+            }
+            let rest = &mut buf[passes * P * 16..];
             if !rest.is_empty() {
                 let n = rest.len();
                 let pm = pw[super::MAXP - n / 16].as_ptr();
