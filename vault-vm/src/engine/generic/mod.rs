@@ -506,3 +506,6 @@ const _: () = {
     send_sync::<Aes>();
     send_sync::<GcmKey>();
 };
+
+#[cfg(test)]
+mod tests;
