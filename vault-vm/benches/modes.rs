@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p vault-vm --bench modes` (env `MODES_BENCH_MS` sets the time per
 //! measurement, default 150 ms; each case is measured in 3 alternating rounds and the best
-//! round counts). Without `--bench` (as `cargo test --benches` runs it) it is a smoke run:
+//! round counts). The last lines time the GCM key setup (AES key expansion, H and its
+//! powers) against OpenSSL's keyed context setup. Without `--bench` (as `cargo test --benches` runs it) it is a smoke run:
 //! the default backend, two sizes, a few milliseconds.
 //!
 //! Both sides key once and set up each message anew: the engine builds a `Gcm`/`Ctr` on
@@ -281,6 +282,33 @@ fn main() {
                     e / best_o
                 );
             }
+        }
+    }
+    // Key setup: AES expansion plus H and its powers (what C_EncryptInit costs when the
+    // PKCS#11 layer does not keep a `GcmKey` per key object), against OpenSSL's keyed
+    // GCM context setup.
+    if filters.is_empty() || filters.iter().any(|f| "setup".contains(f.as_str())) {
+        let mut ctx = CipherCtx::new().unwrap();
+        let o = measure(budget, 1, || {
+            ctx.encrypt_init(Some(Cipher::aes_256_gcm()), Some(&key), Some(&iv[..12]))
+                .unwrap();
+        });
+        for b in &backends {
+            let e = measure(budget, 1, || {
+                let gk = GcmKey::new(Aes::with_backend(black_box(&key), *b).unwrap().unwrap());
+                black_box(&gk);
+            });
+            let path = Aes::with_backend(&key, *b).unwrap().unwrap().path();
+            println!(
+                "{:<16} {:>8} {:<9} {:<5} {:>7.0}ns {:>7.0}ns {:>5.2}x",
+                "GCM key setup",
+                "-",
+                b.name(),
+                path.name(),
+                1e9 / e,
+                1e9 / o,
+                e / o
+            );
         }
     }
     clear_vector_registers();

@@ -41,7 +41,12 @@ impl fmt::Debug for GcmKey {
 impl Drop for GcmKey {
     fn drop(&mut self) {
         self.h.zeroize();
-        self.pw.zeroize();
+        // One 16-byte volatile store per power (`zeroize` would store byte by byte).
+        for e in self.pw.iter_mut() {
+            // SAFETY: `e` is a valid, exclusive reference to a 16-byte array.
+            unsafe { core::ptr::write_volatile(e, [0u8; 16]) };
+        }
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     }
 }
 

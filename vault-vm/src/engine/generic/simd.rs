@@ -58,10 +58,17 @@ pub(super) unsafe fn powers(h: u128, pw: &mut [[u8; 16]; PW_LEN], n: usize) {
     // SAFETY: 16-byte arrays; unaligned loads and stores.
     unsafe {
         let h1 = _mm_loadu_si128(hb.as_ptr().cast());
+        // H^1..H^4 in a chain, then four independent chains H^i = H^(i-4) · H^4.
         let mut x = h1;
-        for i in 1..=n {
+        let mut h4 = h1;
+        for i in 1..=n.min(4) {
             _mm_storeu_si128(pw[MAXP - i].as_mut_ptr().cast(), x);
+            h4 = x;
             x = gfmul(x, h1);
+        }
+        for i in 5..=n {
+            let y = _mm_loadu_si128(pw[MAXP - (i - 4)].as_ptr().cast());
+            _mm_storeu_si128(pw[MAXP - i].as_mut_ptr().cast(), gfmul(y, h4));
         }
     }
 }
