@@ -107,7 +107,7 @@ impl GcmKey {
     }
 
     /// CTR (32-bit counter from `ctr`) and GHASH of the ciphertext over whole blocks.
-    fn blocks(&self, ctr: &[u8; 16], acc: &mut u128, buf: &mut [u8], enc: bool) {
+    pub(super) fn blocks(&self, ctr: &[u8; 16], acc: &mut u128, buf: &mut [u8], enc: bool) {
         let path = self.aes.path;
         match (path, &self.aes.key) {
             (Path::Zmm | Path::Ymm | Path::Xmm, AesKey::Hw(k)) => {

@@ -13,11 +13,24 @@
 //! let n = kw::wrap_pad(&aes, &key_to_wrap, &mut out)?; // RFC 5649
 //! ```
 //!
+//! PKCS#11 mechanisms and what serves them here:
+//!
+//! | mechanism | API |
+//! |---|---|
+//! | `CKM_AES_ECB` | [`Aes::ecb_encrypt`], [`Aes::ecb_decrypt`] |
+//! | `CKM_AES_CBC` | [`Aes::cbc_encrypt`], [`Aes::cbc_decrypt`] (the IV is the chaining value) |
+//! | `CKM_AES_CBC_PAD` | the CBC calls; the PKCS#11 layer adds and checks the PKCS#7 padding |
+//! | `CKM_AES_CTR` | [`Ctr`]: `cb` is the counter block, `ulCounterBits` the counter width |
+//! | `CKM_AES_GCM` | [`GcmKey`] + [`Gcm`]: `pIv`, `pAAD`, `ulTagBits / 8` |
+//! | `CKM_AES_XTS` | not here: [`super::SectorCipher`] (XTS over whole data units) |
+//! | `CKM_AES_KEY_WRAP` | [`kw::wrap`], [`kw::unwrap`] ([`kw::wrap_iv`] for a given IV) |
+//! | `CKM_AES_KEY_WRAP_KWP` | [`kw::wrap_pad`], [`kw::unwrap_pad`] ([`kw::wrap_pad_aiv`]) |
+//!
 //! Paths ([`Path`], chosen from the key's [`Backend`] and the CPU): `zmm` (VAES +
 //! VPCLMULQDQ on AVX-512, 32 blocks in flight), `ymm` (VAES + VPCLMULQDQ on AVX2, 16
 //! blocks), `xmm` (AES-NI + PCLMULQDQ, 8 blocks) and `portable` (the `soft` backend's
 //! `aes` crate and a constant-time bitwise GHASH; also used by a hardware key when the CPU
-//! lacks SSSE3 or PCLMULQDQ). The vector kernels are in [`simd`]: one source for the
+//! lacks SSSE3 or PCLMULQDQ). The vector kernels are in `simd.rs`: one source for the
 //! three widths. CBC encryption is serial (AES-NI on xmm); CBC decryption, ECB, CTR and
 //! GCM run a whole pass of blocks in flight, GCM with one GHASH reduction per pass.
 //!
