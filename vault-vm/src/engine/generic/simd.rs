@@ -124,17 +124,17 @@ macro_rules! kernels {
         /// blocks) copied into a zero-padded pass-sized buffer; `buf` is whole blocks.
         #[target_feature(enable = $feat)]
         #[inline]
-        fn passes(buf: &mut [u8], mut body: impl FnMut(*mut u8, usize)) {
+        fn passes(buf: &mut [u8], mut body: impl FnMut(*mut u8)) {
             let mut chunks = buf.chunks_exact_mut(P * 16);
             for c in &mut chunks {
-                body(c.as_mut_ptr(), P);
+                body(c.as_mut_ptr());
             }
             let rest = chunks.into_remainder();
             if !rest.is_empty() {
                 let mut s = scratch();
                 let tmp = scratch_bytes(&mut s);
                 tmp[..rest.len()].copy_from_slice(rest);
-                body(tmp.as_mut_ptr(), rest.len() / 16);
+                body(tmp.as_mut_ptr());
                 rest.copy_from_slice(&tmp[..rest.len()]);
                 wipe(&mut s);
             }
@@ -287,7 +287,7 @@ macro_rules! kernels {
             let mut rk = load_keys(&k.enc);
             let mut base = counter_base(ctr);
             // SAFETY: `passes` hands pass-sized buffers.
-            passes(buf, |p, _| unsafe { ctr_pass::<NR>(&rk, &mut base, p) });
+            passes(buf, |p| unsafe { ctr_pass::<NR>(&rk, &mut base, p) });
             wipe(&mut rk);
         }
 
@@ -311,7 +311,7 @@ macro_rules! kernels {
         #[inline]
         fn ecb_nr<const NR: usize, const ENC: bool>(k: &RoundKeys, buf: &mut [u8]) {
             let mut rk = load_keys(if ENC { &k.enc } else { &k.dec });
-            passes(buf, |p, _| {
+            passes(buf, |p| {
                 // SAFETY: `p` points to `P * 16` bytes (`passes`).
                 unsafe {
                     let mut b = [rk[0]; R];
@@ -358,7 +358,7 @@ macro_rules! kernels {
             let mut rk = load_keys(&k.dec);
             // SAFETY: 16-byte array; unaligned load.
             let mut prev = unsafe { _mm_loadu_si128(iv.as_ptr().cast()) };
-            passes(buf, |p, _| {
+            passes(buf, |p| {
                 // SAFETY: `p` points to `P * 16` bytes (`passes`); every load happens
                 // before the first store of the pass.
                 unsafe {
