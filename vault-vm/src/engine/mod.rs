@@ -50,6 +50,8 @@ mod soft;
 mod vaes;
 mod vaes256;
 
+pub mod generic;
+
 pub use regs::{clear_vector_registers, VectorState};
 
 use keys::{AesKey, RoundKeys};
