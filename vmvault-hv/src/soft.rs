@@ -208,7 +208,7 @@ impl SoftBackend {
         } else if matches!(copy.op, op::IMPORT_KEY | op::DROP_KEY) {
             burn_stack::<{ 32 * 1024 }>();
         } else {
-            burn_stack::<{ 8 * 1024 }>();
+            burn_stack::<{ 16 * 1024 }>();
         }
         debug_assert!(resp.status != status::OK || resp.id == req.id);
         Ok(resp)
