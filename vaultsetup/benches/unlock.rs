@@ -25,7 +25,6 @@ use vmvault_proto::secret::Passphrase;
 use vmvault_proto::CipherSpec;
 
 #[path = "../../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 const PASS: &[u8] = b"benchmark passphrase";

@@ -70,14 +70,17 @@ impl Scratch {
     pub fn anonymous(len: u64) -> Result<Self> {
         let len = len as usize;
         const HUGE: usize = 2 << 20;
-        // Over-allocate by one huge page to align the start, then trim the ends.
+        // Over-allocate by one huge page to align the start, then trim the ends. Mapped
+        // without access first: in a process under `mlockall(MCL_FUTURE)` (the daemon)
+        // an accessible mapping is faulted in at once, in 4 KiB pages, before the
+        // huge-page advice below could apply; `mprotect` faults it in after it.
         let map_len = len + HUGE;
         // SAFETY: a fresh private anonymous mapping; the kernel picks the address.
         let p = unsafe {
             libc::mmap(
                 ptr::null_mut(),
                 map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
@@ -105,8 +108,16 @@ impl Scratch {
         unsafe {
             libc::madvise(p, len, libc::MADV_DONTDUMP);
             libc::madvise(p, len, libc::MADV_HUGEPAGE);
-            libc::madvise(p, len, libc::MADV_POPULATE_WRITE);
         }
+        // SAFETY: our own mapping of `len` bytes.
+        if unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_WRITE) } != 0 {
+            let e = HvError::os("mprotect of the Argon2 scratch memory");
+            // SAFETY: our own mapping, unused.
+            unsafe { libc::munmap(p, len) };
+            return Err(e);
+        }
+        // SAFETY: as above.
+        unsafe { libc::madvise(p, len, libc::MADV_POPULATE_WRITE) };
         Ok(Scratch {
             ptr: p.cast(),
             len,
