@@ -23,10 +23,15 @@ use core::sync::atomic::Ordering;
 use vault_vm::abi::{
     self, op, Request, Ring, RingEntry, ENTRY_DONE, ENTRY_SUBMITTED, RING_ENTRIES,
 };
+use vault_vm::argon2::{CompressPath, Job};
 use vault_vm::service::{Counters, Service, SlotCell};
 
 /// The key slots. `.bss` of the image: vault-private memory.
 static SLOTS: [SlotCell; abi::MAX_SLOTS] = [SlotCell::EMPTY; abi::MAX_SLOTS];
+
+/// The Argon2 job board every vCPU shares (UNLOCK/SEAL own it, KDF_JOIN helps). `.bss`
+/// too: only atomics and the scratch address, never a password-derived byte.
+static JOB: Job = Job::new();
 
 /// Test builds only: the host asked to keep the vector registers (positive control of
 /// the register residency test, [`abi::BOOT_KEEP_VECTOR_REGS`]).
@@ -156,6 +161,7 @@ pub unsafe extern "C" fn _start(
     }
     // CPU detection runs cpuid (an exit each): do it once, now.
     let _ = vault_vm::engine::cpu_features();
+    let _ = CompressPath::detect();
     // SAFETY: the window and transfer page are mapped by the host at these addresses
     // with these sizes (checked above) and do not overlap the image. The scratch range
     // is mapped by the page tables; the host puts a memslot of the request's
@@ -164,6 +170,7 @@ pub unsafe extern "C" fn _start(
     let svc = unsafe {
         Service::new(
             &SLOTS,
+            &JOB,
             abi::WINDOW_GPA as *mut u8,
             window_len,
             abi::TRANSFER_GPA as *mut u8,

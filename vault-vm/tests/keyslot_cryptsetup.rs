@@ -13,6 +13,7 @@ use std::process::Command;
 
 use vault_vm::abi::keyslot::{self, hash, kdf, KeyslotParams, PARAMS_LEN};
 use vault_vm::abi::{self, cipher_id, op, status, Request, Response, Segment, MAX_SLOTS};
+use vault_vm::argon2::Job;
 use vault_vm::engine::{CipherSpec, Geometry, SectorCipher};
 use vault_vm::service::{Counters, Service, SlotCell};
 
@@ -200,6 +201,7 @@ fn volume_key(img: &Path, pass: &Path) -> Vec<u8> {
 /// A vault in process: slots, a 1 MiB window, a transfer page and a scratch region.
 struct Vault {
     slots: Box<[SlotCell; MAX_SLOTS]>,
+    job: Job,
     window: Vec<u8>,
     transfer: Vec<u8>,
     scratch: *mut u8,
@@ -220,6 +222,7 @@ impl Vault {
         assert!(!scratch.is_null());
         Vault {
             slots: Box::new([const { SlotCell::EMPTY }; MAX_SLOTS]),
+            job: Job::new(),
             window: vec![0u8; 1 << 20],
             transfer: vec![0u8; abi::TRANSFER_SIZE as usize],
             scratch,
@@ -234,6 +237,7 @@ impl Vault {
         let svc = unsafe {
             Service::new(
                 &self.slots,
+                &self.job,
                 self.window.as_mut_ptr(),
                 self.window.len() as u64,
                 self.transfer.as_mut_ptr(),

@@ -48,7 +48,18 @@ pub(crate) trait Backend: Send + Sync {
     /// `abi::keyslot::SCRATCH_GPA` while it runs (none for 0); the memory is wiped and
     /// unmapped afterwards. One keyslot request at a time; a length above
     /// [`crate::scratch::scratch_limit`] is refused before anything is mapped.
-    fn call_keyslot(&self, lane: usize, req: &Request, scratch_len: u64) -> Result<Response>;
+    ///
+    /// `joins` are KDF_JOIN requests (with their lanes) to run on other vCPUs at the same
+    /// time, each from its own thread ([`with_joins`]), all answered before the scratch
+    /// goes away. Returns the keyslot request's response and the lane-segments the
+    /// joins computed.
+    fn call_keyslot(
+        &self,
+        lane: usize,
+        req: &Request,
+        scratch_len: u64,
+        joins: &[(usize, Request)],
+    ) -> Result<(Response, u64)>;
     /// Test builds: like [`Backend::call`], with `racer` called in a loop from another
     /// thread on the request in shared memory while the vault serves it.
     #[cfg(feature = "test-api")]
@@ -79,4 +90,44 @@ pub(crate) trait Backend: Send + Sync {
             "this backend has no vCPU register state".into(),
         ))
     }
+}
+
+/// Runs `owner` (the keyslot request) on this thread while every request of `joins`
+/// (KDF_JOIN, on another lane each) goes through `call` on a thread of its own, so the
+/// vCPUs serving them run at the same time as the owner's: in caller mode the joining
+/// thread runs its ring's vCPU itself, in thread mode it wakes that vCPU's thread.
+/// Waits for all of them. The owner never waits for a join (its Argon2 completes alone),
+/// and a join waits a bounded time for the owner's computation, so this always returns.
+///
+/// Returns the owner's result and the lane-segments the joins computed (their
+/// `aux[0]`); a failed join only adds nothing (the owner's answer is what counts).
+pub(crate) fn with_joins(
+    joins: &[(usize, Request)],
+    call: impl Fn(usize, &Request) -> Result<Response> + Sync,
+    owner: impl FnOnce() -> Result<Response>,
+) -> Result<(Response, u64)> {
+    if joins.is_empty() {
+        return owner().map(|r| (r, 0));
+    }
+    std::thread::scope(|s| {
+        let call = &call;
+        let helpers: Vec<_> = joins
+            .iter()
+            .map(|(lane, req)| {
+                std::thread::Builder::new()
+                    .name("vault-kdf-join".into())
+                    .spawn_scoped(s, move || call(*lane, req))
+            })
+            .collect();
+        let r = owner();
+        let mut segments = 0;
+        for h in helpers.into_iter().flatten() {
+            if let Ok(Ok(resp)) = h.join() {
+                if resp.status == vault_vm::abi::status::OK {
+                    segments += resp.aux[0];
+                }
+            }
+        }
+        r.map(|resp| (resp, segments))
+    })
 }

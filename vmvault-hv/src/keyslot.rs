@@ -59,6 +59,7 @@ fn op_name(opcode: u32) -> &'static str {
         keyslot::op::SEAL_KEYSLOT => "SEAL_KEYSLOT",
         keyslot::op::KEY_DIGEST => "KEY_DIGEST",
         keyslot::op::GENERATE_KEY => "GENERATE_KEY",
+        keyslot::op::KDF_JOIN => "KDF_JOIN",
         _ => "an unknown operation",
     }
 }
@@ -131,6 +132,14 @@ fn check_params(p: &KeyslotParams) -> Result<()> {
     Ok(())
 }
 
+/// The lanes of an Argon2 KDF (0 for PBKDF2: nothing to run in parallel).
+fn argon2_lanes(p: &KeyslotParams) -> u32 {
+    match p.kdf {
+        keyslot::kdf::ARGON2I | keyslot::kdf::ARGON2ID => p.lanes,
+        _ => 0,
+    }
+}
+
 fn check_passphrase(passphrase: &[u8]) -> Result<()> {
     if passphrase.len() as u64 > keyslot::MAX_PASSPHRASE {
         return Err(HvError::BadKeyslot("passphrase longer than 8 MiB"));
@@ -146,13 +155,48 @@ impl Vault {
         Ok(b)
     }
 
-    /// Sends a keyslot request with the scratch memory `scratch_len` asks for.
-    fn call_keyslot(&self, req: &mut Request, scratch_len: u64) -> Result<Response> {
+    /// Sends a keyslot request with the scratch memory `scratch_len` asks for. An
+    /// Argon2 KDF of `kdf_lanes` > 1 lanes gets KDF_JOIN requests on up to
+    /// `kdf_lanes - 1` other vCPUs, so its lanes run in parallel.
+    fn call_keyslot(
+        &self,
+        req: &mut Request,
+        scratch_len: u64,
+        kdf_lanes: u32,
+    ) -> Result<Response> {
         req.id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let resp = self.backend.call_keyslot(Self::lane(), req, scratch_len)?;
+        let vcpus = self.vcpus();
+        let lane = Self::lane() % vcpus;
+        let helpers = if scratch_len > 0 {
+            (kdf_lanes as usize).min(vcpus).saturating_sub(1)
+        } else {
+            0
+        };
+        let joins: Vec<(usize, Request)> = (1..=helpers)
+            .map(|k| {
+                let j = Request {
+                    op: keyslot::op::KDF_JOIN,
+                    id: self
+                        .next_id
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    ..Request::ZERO
+                };
+                ((lane + k) % vcpus, j)
+            })
+            .collect();
+        let (resp, segments) = self.backend.call_keyslot(lane, req, scratch_len, &joins)?;
+        self.kdf_joined
+            .fetch_add(segments, std::sync::atomic::Ordering::Relaxed);
         check_keyslot(req.op, resp)
+    }
+
+    /// Argon2 lane-segments (one lane's part of one slice of one pass) that vCPUs
+    /// lent by KDF_JOIN computed beside the vCPU serving an UNLOCK or SEAL, since the
+    /// vault was opened. Stays 0 with one vCPU, one-lane KDFs or PBKDF2.
+    pub fn kdf_joined_segments(&self) -> u64 {
+        self.kdf_joined.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` with a freshly reserved slot; frees the reservation when `f` fails.
@@ -212,7 +256,7 @@ impl Vault {
                 params.volume_key_len,
                 &segs,
             );
-            self.call_keyslot(&mut req, params.scratch_len)
+            self.call_keyslot(&mut req, params.scratch_len, argon2_lanes(params))
         });
         drop(pass);
         r.map(|(id, _)| id)
@@ -244,7 +288,7 @@ impl Vault {
             params.volume_key_len,
             &segs,
         );
-        let r = self.call_keyslot(&mut req, params.scratch_len);
+        let r = self.call_keyslot(&mut req, params.scratch_len, argon2_lanes(params));
         drop(pass);
         r?;
         Ok(abuf.to_vec())
@@ -267,7 +311,7 @@ impl Vault {
             &segs,
         );
         // The digest is PBKDF2 only: no scratch memory.
-        self.call_keyslot(&mut req, 0)?;
+        self.call_keyslot(&mut req, 0, 0)?;
         Ok(dbuf.to_vec())
     }
 
@@ -298,7 +342,7 @@ impl Vault {
                     key_len as u32,
                     &[],
                 );
-                self.call_keyslot(&mut req, 0)
+                self.call_keyslot(&mut req, 0, 0)
             })
         });
         // The vault wiped the page; make sure of it whatever happened.

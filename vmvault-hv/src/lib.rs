@@ -112,6 +112,8 @@ pub struct Vault {
     /// Which key slots hold a key, of which import.
     slots: Slots,
     next_id: AtomicU64,
+    /// Argon2 lane-segments computed by KDF_JOIN helpers ([`Vault::kdf_joined_segments`]).
+    kdf_joined: AtomicU64,
 }
 
 impl std::fmt::Debug for Vault {
@@ -153,6 +155,7 @@ impl Vault {
             backend,
             slots: Slots::new(),
             next_id: AtomicU64::new(1),
+            kdf_joined: AtomicU64::new(0),
         })
     }
 

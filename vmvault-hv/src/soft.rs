@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vault_vm::abi::{self, keyslot, op, status, Request, Response, MAX_SLOTS};
+use vault_vm::argon2::Job;
 use vault_vm::service::{Counters, Service, SlotCell};
 
-use crate::backend::Backend;
+use crate::backend::{with_joins, Backend};
 use crate::error::{HvError, Result};
 use crate::memory::SharedMem;
 use crate::ring::{Alone, Beside};
@@ -36,6 +37,10 @@ pub(crate) struct SoftBackend {
     stopped: AtomicBool,
     /// One keyslot request (and scratch mapping) at a time.
     keyslot_lock: Mutex<()>,
+    /// This vault's Argon2 job board, shared by the services of all its lanes (the
+    /// threads serving a keyslot request and its KDF_JOINs); never shared with another
+    /// vault of the process. Atomics only, no password-derived bytes.
+    job: Job,
 }
 
 impl SoftBackend {
@@ -56,6 +61,7 @@ impl SoftBackend {
                 .collect(),
             stopped: AtomicBool::new(false),
             keyslot_lock: Mutex::new(()),
+            job: Job::new(),
         })
     }
 
@@ -71,6 +77,7 @@ impl SoftBackend {
             let slots = &*self.slots.ptr().cast::<[SlotCell; MAX_SLOTS]>();
             Service::new(
                 slots,
+                &self.job,
                 self.window.base_ptr(),
                 self.window.len(),
                 self.transfer.ptr(),
@@ -129,7 +136,13 @@ impl Backend for SoftBackend {
         self.serve(lane, req, Alone, ptr::null_mut())
     }
 
-    fn call_keyslot(&self, lane: usize, req: &Request, scratch_len: u64) -> Result<Response> {
+    fn call_keyslot(
+        &self,
+        lane: usize,
+        req: &Request,
+        scratch_len: u64,
+        joins: &[(usize, Request)],
+    ) -> Result<(Response, u64)> {
         let len = scratch_size(scratch_len)?;
         let _one_at_a_time = self.keyslot_lock.lock().unwrap_or_else(|e| e.into_inner());
         let scratch = if len > 0 {
@@ -138,7 +151,14 @@ impl Backend for SoftBackend {
             None
         };
         let p = scratch.as_ref().map_or(ptr::null_mut(), Scratch::ptr);
-        let r = self.serve(lane, req, Alone, p);
+        // The joins reach the scratch only through the job board, while the owner's
+        // computation runs; `with_joins` returns after all of them.
+        let joins = if p.is_null() { &[][..] } else { joins };
+        let r = with_joins(
+            joins,
+            |l, j| self.serve(l, j, Alone, ptr::null_mut()),
+            || self.serve(lane, req, Alone, p),
+        );
         // Wiped and unmapped.
         drop(scratch);
         r
@@ -202,8 +222,10 @@ impl SoftBackend {
                 | keyslot::op::SEAL_KEYSLOT
                 | keyslot::op::KEY_DIGEST
                 | keyslot::op::GENERATE_KEY
+                | keyslot::op::KDF_JOIN
         ) {
-            // Key copies, KDF output and AF stripes may have passed through the stack.
+            // Key copies, KDF output and AF stripes (a join: Argon2 blocks) may have
+            // passed through the stack.
             burn_stack::<{ 64 * 1024 }>();
         } else if matches!(copy.op, op::IMPORT_KEY | op::DROP_KEY) {
             burn_stack::<{ 32 * 1024 }>();

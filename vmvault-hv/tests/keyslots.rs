@@ -113,6 +113,62 @@ fn argon2id_round_trip_kvm() {
     round_trip(BackendKind::Kvm, kdf::ARGON2ID);
 }
 
+/// Argon2id with 4 lanes on a 2-vCPU vault: the KDF_JOIN helper computes lanes beside
+/// the serving vCPU (its count grows), the result is unchanged (the unlocked key has the
+/// sealed key's digest and encrypts alike), and a wrong passphrase still fails. The
+/// 1-vCPU vault gets no join and the same digest path.
+fn four_lanes(backend: BackendKind) {
+    for vcpus in [2, 1] {
+        let Some(vault) = common::open(backend, vcpus) else {
+            return;
+        };
+        let (key, _) = vault.generate_key(spec(), 64).unwrap();
+        let mut p = params(kdf::ARGON2ID);
+        p.lanes = 4;
+        let digest = vault.key_digest(key, &p).unwrap();
+        p.digest[..32].copy_from_slice(&digest);
+        let area = vault.seal_keyslot(key, &p, b"four lanes").unwrap();
+        let after_seal = vault.kdf_joined_segments();
+        let unlocked = vault
+            .unlock_keyslot(spec(), &p, b"four lanes", &area)
+            .unwrap_or_else(|e| panic!("{backend:?} {vcpus} vCPUs: {e}"));
+        assert_eq!(vault.key_digest(unlocked, &p).unwrap(), digest);
+        assert_eq!(
+            encrypt_sector(&vault, key),
+            encrypt_sector(&vault, unlocked)
+        );
+        let joined = vault.kdf_joined_segments();
+        if vcpus == 1 {
+            assert_eq!(joined, 0, "{backend:?}: no join with one vCPU");
+        } else {
+            assert!(
+                after_seal > 0 && joined > after_seal,
+                "{backend:?}: the joins computed lanes (seal {after_seal}, total {joined})"
+            );
+            println!(
+                "{backend:?}: joins computed {after_seal} + {} lane-segments",
+                joined - after_seal
+            );
+        }
+        assert!(matches!(
+            vault.unlock_keyslot(spec(), &p, b"four lanez", &area),
+            Err(HvError::BadPassphrase)
+        ));
+        vault.drop_key(unlocked).unwrap();
+        vault.drop_key(key).unwrap();
+    }
+}
+
+#[test]
+fn argon2id_four_lanes_soft() {
+    four_lanes(BackendKind::Soft);
+}
+
+#[test]
+fn argon2id_four_lanes_kvm() {
+    four_lanes(BackendKind::Kvm);
+}
+
 /// Works before and after the vault side: the cap is checked before any request.
 #[test]
 fn scratch_above_the_limit_is_refused_before_mapping() {

@@ -4,7 +4,7 @@
 //!
 //! # Requests
 //!
-//! All four use the ordinary [`Request`](super::Request) in a ring entry. `slot` and
+//! All use the ordinary [`Request`](super::Request) in a ring entry. `slot` and
 //! `generation` name the vault slot the operation installs into (UNLOCK, GENERATE: the
 //! slot must be empty) or reads from (SEAL, DIGEST: the slot must hold a key of that
 //! generation). `cipher` and `key_len` are, as for IMPORT_KEY, the volume's cipher and
@@ -17,11 +17,24 @@
 //! | [`op::SEAL_KEYSLOT`]         | [`KeyslotParams`]  | passphrase       | area to write (output)  |
 //! | [`op::KEY_DIGEST`]           | [`KeyslotParams`]  | digest (output)  | —                       |
 //! | [`op::GENERATE_KEY`]         | —                  | —                | —                       |
+//! | [`op::KDF_JOIN`]             | —                  | —                | —                       |
 //!
 //! GENERATE_KEY takes [`HOST_ENTROPY_LEN`] bytes of host entropy (`getrandom`) from the
 //! transfer page, mixes them with the CPU's RDSEED (RDRAND as the fallback) and wipes
 //! the page; [`Response::aux`](super::Response)`[0]` reports the source
 //! ([`entropy_source`]).
+//!
+//! KDF_JOIN lends the receiving vCPU to the Argon2 computation of an UNLOCK or SEAL
+//! running on another vCPU of the same vault: it waits a bounded time (a few
+//! milliseconds of spinning) for one to start, computes lanes beside it until it ends
+//! and answers OK with [`Response::aux`](super::Response)`[0]` = the lane-segments it
+//! computed (0: no computation came, it came with one lane, or it was over). It names
+//! no slot and no segment: every field but `op` and `id` must be zero. It never reads
+//! or writes a key or a slot, and it touches the scratch memory only for the lanes it
+//! claims of a running computation (Argon2 blocks, passphrase-derived only). The host
+//! sends it to other rings together with an Argon2 UNLOCK/SEAL of more than one lane,
+//! so that their vCPUs run at the same time; the computation completes on the serving
+//! vCPU alone when no join comes.
 //!
 //! The passphrase and the encrypted area are host data (the host read them from the
 //! user and the device): the vault may read them in place. Everything derived from
@@ -30,7 +43,10 @@
 //!
 //! # Validation (what the vault refuses)
 //!
-//! Request fields: `flags`, `sector`, `iv_offset`, `sector_size`, `reserved2` not zero →
+//! KDF_JOIN: any field but `op` and `id` not zero (the segments included) →
+//! `BAD_FLAGS`, except `nsegs` → `TOO_MANY_SEGMENTS`.
+//!
+//! Other requests: `flags`, `sector`, `iv_offset`, `sector_size`, `reserved2` not zero →
 //! `BAD_FLAGS`; `nsegs` not exactly 3 (UNLOCK, SEAL), 2 (DIGEST) or 0 (GENERATE) →
 //! `TOO_MANY_SEGMENTS`; an unknown `cipher` → `BAD_CIPHER`; a `key_len` the cipher does
 //! not take → `BAD_KEY_LEN`; a segment past the window → `OUT_OF_WINDOW`/`OVERFLOW`
@@ -65,7 +81,7 @@
 //! `scratch_len`. Argon2 memory holds only passphrase-derived blocks, never key bytes;
 //! the vault zeroes the blocks it used before it answers. One keyslot request uses the
 //! scratch at a time (the vault serializes Argon2 requests across its vCPUs). Argon2's
-//! lanes currently run one after the other on the serving vCPU.
+//! lanes run on the serving vCPU and on the vCPUs that KDF_JOIN requests lent to it.
 
 use core::mem::{offset_of, size_of};
 
@@ -81,6 +97,9 @@ pub mod op {
     pub const KEY_DIGEST: u32 = 9;
     /// Generate a key in the request's slot from RDSEED/RDRAND mixed with host entropy.
     pub const GENERATE_KEY: u32 = 10;
+    /// Compute Argon2 lanes of the UNLOCK/SEAL running on another vCPU (no slot, no
+    /// segments, every other field zero); `aux[0]`: lane-segments computed.
+    pub const KDF_JOIN: u32 = 11;
 }
 
 /// Status codes of keyslot requests (continuing [`super::status`]).

@@ -106,6 +106,8 @@ pub enum Validated {
         /// Generation to tag the slot with.
         generation: u32,
     },
+    /// KDF_JOIN: help the Argon2 computation of another vCPU.
+    KdfJoin,
     /// Run the self test.
     Selftest,
     /// Report counters.
@@ -156,8 +158,30 @@ pub fn validate(req: &Request, window_len: u64) -> Result<Validated, Refusal> {
         | keyslot::op::SEAL_KEYSLOT
         | keyslot::op::KEY_DIGEST
         | keyslot::op::GENERATE_KEY => validate_keyslot(req, window_len),
+        keyslot::op::KDF_JOIN => validate_kdf_join(req),
         _ => Err((status::BAD_OP, 0)),
     }
+}
+
+/// KDF_JOIN names nothing: every field but `op` and `id` must be zero.
+fn validate_kdf_join(req: &Request) -> Result<Validated, Refusal> {
+    if req.nsegs != 0 {
+        return Err((status::TOO_MANY_SEGMENTS, 0));
+    }
+    let fields = [
+        u64::from(req.slot),
+        u64::from(req.cipher),
+        u64::from(req.sector_size),
+        u64::from(req.flags),
+        u64::from(req.key_len),
+        u64::from(req.generation),
+        req.sector,
+        req.iv_offset,
+    ];
+    if fields.iter().any(|&f| f != 0) || req.segs.iter().any(|s| s.offset != 0 || s.len != 0) {
+        return Err((status::BAD_FLAGS, 0));
+    }
+    Ok(Validated::KdfJoin)
 }
 
 /// Checks segment `i` of `req` against the window (no alignment rule).
@@ -466,6 +490,34 @@ mod tests {
                 len: 256_000,
             };
             r
+        }
+
+        /// KDF_JOIN passes only with every field but `op` and `id` zero.
+        #[test]
+        fn kdf_join_names_nothing() {
+            let mut j = Request::ZERO;
+            j.op = kop::KDF_JOIN;
+            j.id = 77;
+            assert!(matches!(validate(&j, WIN), Ok(Validated::KdfJoin)));
+            type Poke = fn(&mut Request);
+            let cases: [(Poke, u32); 11] = [
+                (|r| r.slot = 1, status::BAD_FLAGS),
+                (|r| r.cipher = 1, status::BAD_FLAGS),
+                (|r| r.sector_size = 512, status::BAD_FLAGS),
+                (|r| r.flags = 1, status::BAD_FLAGS),
+                (|r| r.key_len = 64, status::BAD_FLAGS),
+                (|r| r.generation = 1, status::BAD_FLAGS),
+                (|r| r.sector = 1, status::BAD_FLAGS),
+                (|r| r.iv_offset = 1, status::BAD_FLAGS),
+                (|r| r.reserved2 = 1, status::BAD_FLAGS),
+                (|r| r.segs[3].len = 1, status::BAD_FLAGS),
+                (|r| r.nsegs = 1, status::TOO_MANY_SEGMENTS),
+            ];
+            for (i, (poke, want)) in cases.into_iter().enumerate() {
+                let mut r = j;
+                poke(&mut r);
+                assert_eq!(validate(&r, WIN).map(|_| ()), Err((want, 0)), "case {i}");
+            }
         }
 
         /// Status of validating `r` and, if that passes, checking `p`.

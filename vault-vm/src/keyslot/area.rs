@@ -13,6 +13,7 @@ use super::hash::Hash;
 use super::kdf::{Kdf, MAX_PBKDF2_ITERATIONS};
 use crate::abi::keyslot::{status, KeyslotParams, AREA_SECTOR, MAX_DIGEST, MAX_SALT, MAX_STRIPES};
 use crate::abi::{cipher_from_id, key_len_ok, status as base, MAX_KEY_LEN};
+use crate::argon2::Job;
 use crate::engine::{CipherSpec, Geometry, SectorCipher};
 
 const SECTOR: usize = AREA_SECTOR as usize;
@@ -148,13 +149,19 @@ impl SlotSpec {
     /// wiped; the cipher wipes its own copy when dropped).
     ///
     /// # Safety
-    /// As [`Kdf::derive`] for `scratch` and `self.scratch_len`.
-    unsafe fn area_cipher(&self, passphrase: &[u8], scratch: *mut u8) -> Result<SectorCipher, u32> {
+    /// As [`Kdf::derive`] for `job`, `scratch` and `self.scratch_len`.
+    unsafe fn area_cipher(
+        &self,
+        job: &Job,
+        passphrase: &[u8],
+        scratch: *mut u8,
+    ) -> Result<SectorCipher, u32> {
         let mut k = [0u8; MAX_KEY_LEN];
         let out = &mut k[..self.area_key_len];
         // SAFETY: contract of this function.
         let r = unsafe {
             self.kdf.derive(
+                job,
                 passphrase,
                 &self.salt[..self.salt_len],
                 scratch,
@@ -174,16 +181,17 @@ impl SlotSpec {
     ///
     /// # Safety
     /// `area` must be valid for reads of `area_len` bytes (it may change meanwhile: it
-    /// is host data, read once per byte); `scratch` as for [`Kdf::derive`].
+    /// is host data, read once per byte); `job` and `scratch` as for [`Kdf::derive`].
     pub unsafe fn unlock(
         &self,
+        job: &Job,
         digest: &DigestSpec,
         passphrase: &[u8],
         area: *const u8,
         scratch: *mut u8,
     ) -> Result<Merge, u32> {
         // SAFETY: contract of this function.
-        let cipher = unsafe { self.area_cipher(passphrase, scratch) }?;
+        let cipher = unsafe { self.area_cipher(job, passphrase, scratch) }?;
         let geom = Geometry::new(SECTOR as u32, false, 0).map_err(|_| base::ENGINE_ERROR)?;
         let mut merge = Merge::new(self.key_len, self.stripes, self.af_hash);
         let mut buf = [0u8; SECTOR];
@@ -216,14 +224,15 @@ impl SlotSpec {
     /// before taking any slot lock).
     ///
     /// # Safety
-    /// As [`Kdf::derive`] for `scratch`.
+    /// As [`Kdf::derive`] for `job` and `scratch`.
     pub unsafe fn seal_cipher(
         &self,
+        job: &Job,
         passphrase: &[u8],
         scratch: *mut u8,
     ) -> Result<SectorCipher, u32> {
         // SAFETY: contract of this function.
-        unsafe { self.area_cipher(passphrase, scratch) }
+        unsafe { self.area_cipher(job, passphrase, scratch) }
     }
 
     /// SEAL, second half: splits `key` into stripes drawn from `random`, encrypts them

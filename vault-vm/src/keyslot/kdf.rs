@@ -1,10 +1,12 @@
 //! The keyslot KDFs: PBKDF2-HMAC and Argon2i/Argon2id (version 0x13) over a
 //! caller-given memory region (the vault's scratch memslot).
 //!
-//! Argon2's lanes run one after the other on the calling vCPU (no threads in the
-//! vault yet): an Argon2 cost made for `p` host threads takes about `p` times as long.
+//! Argon2 is the vault's own core ([`crate::argon2`]): the calling vCPU owns the
+//! computation on the vault's [`Job`] board, and other vCPUs that the host sends a
+//! KDF_JOIN ([`crate::abi::keyslot::op::KDF_JOIN`]) compute lanes beside it. Alone (one
+//! vCPU, or no join) the owner computes every lane itself.
 
-use argon2::{Algorithm, Argon2, Block, Params, Version};
+use crate::argon2::{self as a2, Algorithm, Block, Job, Params};
 
 use super::hash::Hash;
 use crate::abi::keyslot::{kdf as kdf_id, status, SCRATCH_MAX};
@@ -101,15 +103,20 @@ impl Kdf {
 
     /// Derives `out` (4..=64 bytes for Argon2) from `password` and `salt` (Argon2: at
     /// least 8 bytes). Argon2 works in `scratch`, which must be 64-byte aligned and at
-    /// least [`Kdf::scratch_needed`] long; it is wiped (volatile writes) before this
-    /// returns, whatever the outcome. Errors are [`status::BAD_PARAMS`].
+    /// least [`Kdf::scratch_needed`] long, as the owner of `job` (vCPUs joining `job`
+    /// compute lanes beside this one); the blocks it used are zero when this returns,
+    /// and the whole region is wiped again (volatile writes) whatever the outcome.
+    /// Errors are [`status::BAD_PARAMS`], or [`status::KDF_LIMIT`] for a scratch region
+    /// that is missing, misaligned or too small.
     ///
     /// # Safety
     /// For Argon2, `scratch` must be valid for reads and writes of `scratch_len` bytes
     /// and nothing else may use it meanwhile (in the vault: the scratch memslot of this
-    /// request). Not used for PBKDF2.
+    /// request; helpers of `job` reach it only through the job, for this computation).
+    /// Not used for PBKDF2.
     pub unsafe fn derive(
         &self,
+        job: &Job,
         password: &[u8],
         salt: &[u8],
         scratch: *mut u8,
@@ -127,8 +134,17 @@ impl Kdf {
                 memory_kib,
                 lanes,
             } => {
-                let params = Params::new(memory_kib, time, lanes, Some(out.len()))
-                    .map_err(|_| status::BAD_PARAMS)?;
+                let params = Params {
+                    algorithm: if id {
+                        Algorithm::Argon2id
+                    } else {
+                        Algorithm::Argon2i
+                    },
+                    t_cost: time,
+                    m_cost: memory_kib,
+                    lanes,
+                };
+                params.check().map_err(|_| status::BAD_PARAMS)?;
                 let blocks = params.block_count();
                 let bytes = blocks as u64 * ARGON2_BLOCK as u64;
                 if scratch.is_null()
@@ -137,11 +153,6 @@ impl Kdf {
                 {
                     return Err(status::KDF_LIMIT);
                 }
-                let alg = if id {
-                    Algorithm::Argon2id
-                } else {
-                    Algorithm::Argon2i
-                };
                 let r = {
                     // SAFETY: `scratch` is aligned for `Block` (checked), valid and
                     // exclusively ours for `scratch_len >= blocks * 1024` bytes
@@ -149,10 +160,10 @@ impl Kdf {
                     // (`[u64; 128]`).
                     let mem =
                         unsafe { core::slice::from_raw_parts_mut(scratch.cast::<Block>(), blocks) };
-                    Argon2::new(alg, Version::V0x13, params)
-                        .hash_password_into_with_memory(password, salt, out, mem)
+                    a2::run_owner(job, &params, password, salt, mem, out)
                 };
-                // SAFETY: as above, `bytes <= scratch_len`.
+                // SAFETY: as above, `bytes <= scratch_len`. `run_owner` returned, so no
+                // helper touches the memory any more.
                 unsafe { wipe(scratch, bytes as usize) };
                 r.map_err(|_| status::BAD_PARAMS)
             }
@@ -190,91 +201,82 @@ mod tests {
     use crate::abi::keyslot::kdf as k;
 
     fn scratch(kib: usize) -> vec::Vec<Block> {
-        vec![Block::new(); kib]
+        vec![Block::ZERO; kib]
     }
 
-    /// RFC 9106 §5.1/§5.2 vectors: password 32 × 0x01, salt 16 × 0x02, secret
-    /// 8 × 0x03 and associated data 12 × 0x04. Secret and associated data are not part
-    /// of LUKS's use, so the full RFC vector goes through the crate directly over our
-    /// scratch, and our `derive` path is checked against the crate with the same
-    /// parameters without them.
-    #[test]
-    fn argon2_rfc9106() {
-        let pwd = [1u8; 32];
-        let salt = [2u8; 16];
-        let secret = [3u8; 8];
-        let ad = [4u8; 12];
-        for (alg, want) in [
-            (
-                Algorithm::Argon2i,
-                "c814d9d1dc7f37aa13f0d77f2494bda1c8de6b016dd388d29952a4c4672b6ce8",
-            ),
-            (
-                Algorithm::Argon2id,
-                "0d640df58d78766c08c037a34a8b53c9d01ef0452d75b65eb52520e96b01e659",
-            ),
-        ] {
-            let params = argon2::ParamsBuilder::new()
-                .m_cost(32)
-                .t_cost(3)
-                .p_cost(4)
-                .data(argon2::AssociatedData::new(&ad).unwrap())
-                .output_len(32)
-                .build()
-                .unwrap();
-            let a = Argon2::new_with_secret(&secret, alg, Version::V0x13, params).unwrap();
-            let mut mem = scratch(32);
-            let mut out = [0u8; 32];
-            a.hash_password_into_with_memory(&pwd, &salt, &mut out, &mut mem[..])
-                .unwrap();
-            let hex: std::string::String = out.iter().map(|b| std::format!("{b:02x}")).collect();
-            assert_eq!(hex, want, "{alg:?}");
-        }
+    /// RustCrypto's Argon2 (the reference, a dev-dependency) without secret or data.
+    fn reference(id: bool, time: u32, kib: u32, lanes: u32, out: &mut [u8]) {
+        let alg = if id {
+            ::argon2::Algorithm::Argon2id
+        } else {
+            ::argon2::Algorithm::Argon2i
+        };
+        let p = ::argon2::Params::new(kib, time, lanes, Some(out.len())).unwrap();
+        ::argon2::Argon2::new(alg, ::argon2::Version::V0x13, p)
+            .hash_password_into(b"pw", b"saltsaltsalt", out)
+            .unwrap();
     }
 
-    /// Our Argon2 path equals the crate's own with the same inputs, wipes the scratch,
-    /// and refuses a scratch that is too small.
+    /// Our Argon2 path equals RustCrypto's with the same inputs (alone and with a
+    /// helper joining the job), wipes the scratch, and refuses a scratch that is too
+    /// small or misaligned.
     #[test]
     fn argon2_derive_matches_and_wipes() {
-        for (kdf, alg) in [
-            (k::ARGON2I, Algorithm::Argon2i),
-            (k::ARGON2ID, Algorithm::Argon2id),
-        ] {
-            let d = Kdf::from_params(kdf, 0, 2, 64, 2, 64 * 1024).unwrap();
-            let mut mem = scratch(64);
-            let mut out = [0u8; 64];
-            // SAFETY: `mem` is 64 KiB of aligned blocks, ours.
-            unsafe {
-                d.derive(
-                    b"pw",
-                    b"saltsaltsalt",
-                    mem.as_mut_ptr().cast(),
-                    64 * 1024,
-                    &mut out,
-                )
+        for (kdf, id) in [(k::ARGON2I, false), (k::ARGON2ID, true)] {
+            for lanes in [1, 2, 4] {
+                let d = Kdf::from_params(kdf, 0, 2, 256, lanes, 256 * 1024).unwrap();
+                let mut want = [0u8; 64];
+                reference(id, 2, 256, lanes, &mut want);
+                let job = Job::new();
+                let mut mem = scratch(256);
+                let base = mem.as_mut_ptr().cast::<u8>() as usize;
+                let out = std::thread::scope(|s| {
+                    let helper = s.spawn(|| a2::join(&job, 50_000_000));
+                    let mut out = [0u8; 64];
+                    // SAFETY: `mem` is 256 KiB of aligned blocks, ours; the helper only
+                    // reaches it through the job.
+                    unsafe {
+                        d.derive(
+                            &job,
+                            b"pw",
+                            b"saltsaltsalt",
+                            base as *mut u8,
+                            256 * 1024,
+                            &mut out,
+                        )
+                    }
+                    .unwrap();
+                    helper.join().unwrap();
+                    out
+                });
+                assert_eq!(out, want, "kdf {kdf} lanes {lanes}");
+                assert!(mem.iter().all(|b| b.0.iter().all(|&w| w == 0)));
+                let mut out = [0u8; 64];
+                // SAFETY: as above; the length passed is below what the cost needs.
+                let r = unsafe {
+                    d.derive(
+                        &job,
+                        b"pw",
+                        b"saltsaltsalt",
+                        mem.as_mut_ptr().cast(),
+                        128 * 1024,
+                        &mut out,
+                    )
+                };
+                assert_eq!(r, Err(status::KDF_LIMIT));
+                // SAFETY: as above; misaligned by 8 (refused before any access).
+                let r = unsafe {
+                    d.derive(
+                        &job,
+                        b"pw",
+                        b"saltsaltsalt",
+                        mem.as_mut_ptr().cast::<u8>().add(8),
+                        255 * 1024,
+                        &mut out,
+                    )
+                };
+                assert_eq!(r, Err(status::KDF_LIMIT));
             }
-            .unwrap();
-            assert!(mem.iter().all(|b| b.as_ref().iter().all(|&w| w == 0)));
-            let mut want = [0u8; 64];
-            Argon2::new(
-                alg,
-                Version::V0x13,
-                Params::new(64, 2, 2, Some(64)).unwrap(),
-            )
-            .hash_password_into_with_memory(b"pw", b"saltsaltsalt", &mut want, scratch(64))
-            .unwrap();
-            assert_eq!(out, want);
-            // SAFETY: as above; the length passed is below what the cost needs.
-            let r = unsafe {
-                d.derive(
-                    b"pw",
-                    b"saltsaltsalt",
-                    mem.as_mut_ptr().cast(),
-                    32 * 1024,
-                    &mut out,
-                )
-            };
-            assert_eq!(r, Err(status::KDF_LIMIT));
         }
     }
 

@@ -42,7 +42,20 @@ impl Drop for ScratchGuard {
     }
 }
 
+/// Spins a KDF_JOIN waits for an Argon2 computation to be published (the owner's
+/// request is sent at the same time; it publishes after parsing its parameters and
+/// computing the first blocks). A spin is one `pause`: 10 to 150 cycles depending on the
+/// CPU, so this is about 0.5 to 8 ms.
+pub(crate) const KDF_JOIN_WAIT_SPINS: u64 = 200_000;
+
 impl Service<'_> {
+    /// KDF_JOIN: helps the Argon2 computation on this vault's job board, if one is
+    /// published within [`KDF_JOIN_WAIT_SPINS`]; returns the lane-segments computed.
+    /// Touches no slot and no key.
+    pub(super) fn kdf_join(&self) -> u64 {
+        u64::from(crate::argon2::join(self.job, KDF_JOIN_WAIT_SPINS))
+    }
+
     /// A window segment as a slice (host data: it may change while read).
     ///
     /// # Safety
@@ -179,6 +192,7 @@ impl Service<'_> {
             // runs and held exclusively (contract of `new`, the guard).
             unsafe {
                 s.unlock(
+                    self.job,
                     digest,
                     self.window_slice(passphrase),
                     self.window.add(area.offset as usize),
@@ -219,7 +233,7 @@ impl Service<'_> {
         let area_cipher = {
             let _scratch = (s.kdf.scratch_needed() > 0).then(ScratchGuard::take);
             // SAFETY: as in `unlock`.
-            unsafe { s.seal_cipher(self.window_slice(passphrase), self.scratch) }
+            unsafe { s.seal_cipher(self.job, self.window_slice(passphrase), self.scratch) }
         }
         .map_err(|st| (st, 0))?;
         let mut stream =
@@ -317,6 +331,7 @@ mod tests {
     use super::*;
     use crate::abi::keyslot::{hash, kdf, op as kop, KeyslotParams, PARAMS_LEN};
     use crate::abi::{cipher_id, op, Request, MAX_SLOTS};
+    use crate::argon2::Job;
     use crate::engine::CipherSpec;
     use crate::service::{Counters, SlotCell};
 
@@ -326,6 +341,7 @@ mod tests {
 
     struct Fx {
         slots: Box<[SlotCell; MAX_SLOTS]>,
+        job: Job,
         window: Vec<u8>,
         transfer: Vec<u8>,
     }
@@ -334,6 +350,7 @@ mod tests {
         fn new() -> Fx {
             Fx {
                 slots: Box::new([const { SlotCell::EMPTY }; MAX_SLOTS]),
+                job: Job::new(),
                 window: vec![0u8; 1 << 19],
                 transfer: vec![0u8; crate::abi::TRANSFER_SIZE as usize],
             }
@@ -345,6 +362,7 @@ mod tests {
             let svc = unsafe {
                 Service::new(
                     &self.slots,
+                    &self.job,
                     self.window.as_mut_ptr(),
                     self.window.len() as u64,
                     self.transfer.as_mut_ptr(),

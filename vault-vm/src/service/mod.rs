@@ -14,6 +14,7 @@ use zeroize::Zeroize;
 use crate::abi::{
     self, stats, status, validate, Request, Response, Validated, MAX_KEY_LEN, MAX_SLOTS,
 };
+use crate::argon2::Job;
 use crate::engine::{CipherSpec, Geometry, SectorCipher};
 
 mod keyslot;
@@ -95,10 +96,13 @@ pub mod selftest_aux {
     pub const VAES256: u64 = 3;
 }
 
-/// The request handler over a slot table, a data window, a transfer page and the Argon2
-/// scratch region.
+/// The request handler over a slot table, a data window, a transfer page, the Argon2
+/// scratch region and the vault's Argon2 job board.
 pub struct Service<'a> {
     slots: &'a [SlotCell; MAX_SLOTS],
+    /// The Argon2 job board shared by every vCPU (every service) of this vault: UNLOCK
+    /// and SEAL own it while their KDF runs, KDF_JOIN helps.
+    job: &'a Job,
     window: *mut u8,
     window_len: u64,
     transfer: *mut u8,
@@ -134,8 +138,13 @@ impl<'a> Service<'a> {
     /// `scratch_len` bytes that each Argon2 keyslot request names while that request
     /// runs, must not overlap the slots, the window or the transfer page, and is used by
     /// one keyslot request at a time (all services of a process share one lock for it).
+    ///
+    /// `job` is the vault's Argon2 job board: the services of all vCPUs of one vault
+    /// must share it (KDF_JOIN helps the computation published there), and services of
+    /// different vaults must not (a join would lend one vault's vCPU to another).
     pub unsafe fn new(
         slots: &'a [SlotCell; MAX_SLOTS],
+        job: &'a Job,
         window: *mut u8,
         window_len: u64,
         transfer: *mut u8,
@@ -143,6 +152,7 @@ impl<'a> Service<'a> {
     ) -> Self {
         Service {
             slots,
+            job,
             window,
             window_len,
             transfer,
@@ -192,6 +202,7 @@ impl<'a> Service<'a> {
             Validated::Keyslot { .. }
             | Validated::KeyDigest { .. }
             | Validated::GenerateKey { .. } => self.keyslot(v, resp),
+            Validated::KdfJoin => resp.aux[0] = self.kdf_join(),
             Validated::Selftest => {
                 let (st, backend) = selftest();
                 resp.status = st;
@@ -581,6 +592,7 @@ mod tests {
 
     struct Fixture {
         slots: Box<[SlotCell; MAX_SLOTS]>,
+        job: Job,
         window: vec::Vec<u8>,
         transfer: vec::Vec<u8>,
     }
@@ -589,6 +601,7 @@ mod tests {
         fn new() -> Fixture {
             Fixture {
                 slots: Box::new([SlotCell::EMPTY; MAX_SLOTS]),
+                job: Job::new(),
                 window: vec![0u8; 4096],
                 transfer: vec![0u8; abi::TRANSFER_SIZE as usize],
             }
@@ -600,6 +613,7 @@ mod tests {
             unsafe {
                 Service::new(
                     &self.slots,
+                    &self.job,
                     self.window.as_mut_ptr(),
                     self.window.len() as u64,
                     self.transfer.as_mut_ptr(),

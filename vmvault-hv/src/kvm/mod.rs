@@ -21,7 +21,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vault_vm::abi::{self, Request, Response};
 
-use crate::backend::{Backend, Ticket};
+use crate::backend::{with_joins, Backend, Ticket};
 use crate::config::{BackendKind, RunMode, Tuning};
 use crate::error::{HvError, Result, VaultFailure};
 use crate::layout;
@@ -346,15 +346,22 @@ impl Backend for KvmBackend {
         self.wait(ticket, crate::test_api::Racing(racer))
     }
 
-    fn call_keyslot(&self, lane: usize, req: &Request, scratch_len: u64) -> Result<Response> {
+    fn call_keyslot(
+        &self,
+        lane: usize,
+        req: &Request,
+        scratch_len: u64,
+        joins: &[(usize, Request)],
+    ) -> Result<(Response, u64)> {
         let len = scratch_size(scratch_len)?;
         let _one_at_a_time = self.keyslot_lock.lock().unwrap_or_else(|e| e.into_inner());
         if len == 0 {
-            return self.call(lane, req);
+            return self.call(lane, req).map(|r| (r, 0));
         }
         let scratch = Scratch::anonymous(len)?;
         self.scratch_memslot(Some(&scratch))?;
-        let r = self.call(lane, req);
+        // The joins are answered before the memslot goes (`with_joins` waits for them).
+        let r = with_joins(joins, |l, j| self.call(l, j), || self.call(lane, req));
         if let Err(e) = self.scratch_memslot(None) {
             // The VM may still reach the memory: wipe it but never unmap it, and stop
             // the vault (its address space is no longer what this backend says).
