@@ -696,6 +696,15 @@ fn vault_keyslot(
     plan.kdf
         .check(limits)
         .map_err(|source| UnlockError::Kdf { slot, source })?;
+    // The digest's PBKDF2 runs in the vault too: its cost is refused here as the host
+    // unlock refuses it (a LUKS1 digest was checked once for all keyslots already).
+    Kdf::Pbkdf2 {
+        hash: digest.hash,
+        iterations: digest.iterations,
+        salt: digest.salt.clone(),
+    }
+    .check(limits)
+    .map_err(|source| UnlockError::Kdf { slot, source })?;
     let (kdf, salt) = match &plan.kdf {
         Kdf::Pbkdf2 {
             hash,
