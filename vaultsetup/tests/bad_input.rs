@@ -598,16 +598,15 @@ fn argon2_memory_above_the_cap() {
     let (peak0, hwm0) = vm_peak_hwm(d.pid());
     let msg = format!("Keyslot 0: Argon2 memory cost {HUGE_KIB} KiB is above the limit of");
     expect(&c.img, PASS, 3, &msg);
-    let (rc, _, err) = w.vs_env(
-        &["open", c.img.to_str().unwrap(), "capped"],
-        Some(&input),
-    );
+    let (rc, _, err) = w.vs_env(&["open", c.img.to_str().unwrap(), "capped"], Some(&input));
     assert_eq!(rc, 3, "{err}");
-    assert!(err.contains(&msg) && err.contains("KiB (4 GiB or half"), "{err}");
+    assert!(
+        err.contains(&msg) && err.contains("KiB (4 GiB or half"),
+        "{err}"
+    );
     assert!(w.volumes().is_empty(), "{:?}", w.volumes());
     // Past vaultsetup: the daemon (and the vault) refuse it themselves.
-    if let vmvault_proto::keyslot::KdfSpec::Argon2id { memory_kib, .. } =
-        &mut k.candidate.spec.kdf
+    if let vmvault_proto::keyslot::KdfSpec::Argon2id { memory_kib, .. } = &mut k.candidate.spec.kdf
     {
         *memory_kib = HUGE_KIB;
     } else {
