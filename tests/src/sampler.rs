@@ -422,3 +422,61 @@ pub fn write_fifo_when_read(
         }
     }
 }
+
+/// What [`Background`] found in the process it sampled.
+#[derive(Clone, Debug, Default)]
+pub struct BackgroundSamples {
+    /// Completed scans.
+    pub samples: usize,
+    /// Bytes searched by the largest scan.
+    pub max_bytes: u64,
+    /// Each scan that found something (the scanner's report).
+    pub hits: Vec<String>,
+    /// Scans that failed.
+    pub errors: Vec<String>,
+}
+
+/// Samples a *running* process (not stopped: e.g. vmvaultd while a vaultsetup talks to
+/// it) from a thread of its own: [`scan_process`] with `opts`, over and over, until
+/// [`Background::finish`]; one more complete scan follows the call to `finish`, so
+/// the state after the awaited event is always sampled too.
+#[derive(Debug)]
+pub struct Background {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<BackgroundSamples>,
+}
+
+impl Background {
+    /// Starts sampling `pid` for `needles`.
+    pub fn start(pid: u32, needles: Needles, opts: ScanOptions) -> Background {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut out = BackgroundSamples::default();
+            loop {
+                let last = flag.load(Ordering::Acquire);
+                match scan_process(pid, &needles, &opts) {
+                    Ok(r) => {
+                        out.samples += 1;
+                        out.max_bytes = out.max_bytes.max(r.bytes_scanned);
+                        if !r.is_clean() {
+                            out.hits.push(r.to_string());
+                        }
+                    }
+                    Err(e) => out.errors.push(format!("scan of pid {pid}: {e}")),
+                }
+                if last {
+                    return out;
+                }
+            }
+        });
+        Background { stop, thread }
+    }
+
+    /// Stops after one more complete scan; returns everything sampled.
+    pub fn finish(self) -> BackgroundSamples {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.join().expect("background sampler panicked")
+    }
+}

@@ -653,10 +653,10 @@ struct DigestPlan {
 /// of the keyslots area).
 fn keyslots_range(vol: &Volume) -> (u64, u64) {
     match vol {
-        // The LUKS1 header is 592 bytes; key material starts in a later sector and
-        // ends before the payload (when the payload is on this device).
+        // The LUKS1 header is 592 bytes; key material starts after it and ends before
+        // the payload (when the payload is on this device).
         Volume::Luks1(h) => (
-            512,
+            crate::luks1::PHDR_SIZE as u64,
             match h.payload_offset {
                 0 => u64::MAX,
                 p => u64::from(p) * 512,
@@ -696,6 +696,15 @@ fn vault_keyslot(
     plan.kdf
         .check(limits)
         .map_err(|source| UnlockError::Kdf { slot, source })?;
+    // The digest's PBKDF2 runs in the vault too: its cost is refused here as the host
+    // unlock refuses it (a LUKS1 digest was checked once for all keyslots already).
+    Kdf::Pbkdf2 {
+        hash: digest.hash,
+        iterations: digest.iterations,
+        salt: digest.salt.clone(),
+    }
+    .check(limits)
+    .map_err(|source| UnlockError::Kdf { slot, source })?;
     let (kdf, salt) = match &plan.kdf {
         Kdf::Pbkdf2 {
             hash,

@@ -161,7 +161,9 @@ impl Luks1Header {
                 });
             }
             let end = ks.key_material_offset as u64 + area_sectors(ks.stripes);
-            if ks.key_material_offset == 0 || (payload_offset != 0 && end > payload_offset as u64) {
+            // The first sector holds the header (592 bytes, into the second sector).
+            let in_header = (ks.key_material_offset as u64) * SECTOR < PHDR_SIZE as u64;
+            if in_header || (payload_offset != 0 && end > payload_offset as u64) {
                 return Err(Luks1Error::BadKeyslot {
                     slot: i,
                     why: format!(
@@ -176,6 +178,23 @@ impl Luks1Header {
                     slot: i,
                     why: "iteration count is 0".into(),
                 });
+            }
+        }
+        // No two keyslots' key material may overlap (cryptsetup refuses such a header).
+        for (i, a) in keyslots.iter().enumerate() {
+            for (j, b) in keyslots.iter().enumerate().skip(i + 1) {
+                let (a0, b0) = (a.key_material_offset as u64, b.key_material_offset as u64);
+                let (a1, b1) = (a0 + area_sectors(a.stripes), b0 + area_sectors(b.stripes));
+                if a0 < b1 && b0 < a1 {
+                    return Err(Luks1Error::BadKeyslot {
+                        slot: j,
+                        why: format!(
+                            "key material at sector {b0} (+{} sectors) overlaps keyslot {i}'s at sector {a0} (+{} sectors)",
+                            b1 - b0,
+                            a1 - a0
+                        ),
+                    });
+                }
             }
         }
         Ok(Self {

@@ -491,3 +491,149 @@ fn absurd_kdf_costs() {
         );
     }
 }
+
+/// `open --test-passphrase` of `img` answers `code` with `msg`, the image unchanged; so
+/// does cryptsetup (exit code only), when installed.
+fn expect_like_cryptsetup(img: &Path, code: i32, msg: &str) {
+    expect(img, PASS, code, msg);
+    let mut input = PASS.to_vec();
+    input.push(b'\n');
+    let o = run_with_input(
+        std::process::Command::new("cryptsetup").args([
+            "open",
+            "--test-passphrase",
+            img.to_str().unwrap(),
+        ]),
+        Some(&input),
+    );
+    assert_eq!(o.status.code(), Some(code), "cryptsetup's exit code");
+}
+
+#[test]
+fn keyslot_areas_overlapping_header_or_each_other() {
+    // LUKS1: key material in the header's second sector (the header is 592 bytes).
+    if let Some(c) = luks1("luks1 area in header") {
+        // Keyslot 0's key material offset (big endian) at 208 + 40.
+        patch(&c.img, 248, &1u32.to_be_bytes());
+        expect_like_cryptsetup(
+            &c.img,
+            1,
+            "LUKS keyslot 0 is invalid: key material at sector 1 (+500 sectors) overlaps the header",
+        );
+    }
+    // LUKS1: keyslot 1's key material on keyslot 0's.
+    if let Some(c) = luks1("luks1 areas overlap") {
+        let data = std::fs::read(&c.img).unwrap();
+        patch(&c.img, 208 + 48 + 40, &data[248..252]);
+        let at = u32::from_be_bytes(data[248..252].try_into().unwrap());
+        expect_like_cryptsetup(
+            &c.img,
+            1,
+            &format!("LUKS keyslot 1 is invalid: key material at sector {at} (+500 sectors) overlaps keyslot 0's at sector {at}"),
+        );
+    }
+    // LUKS2: a second keyslot on the first one's area.
+    json_case(
+        "luks2 areas overlap",
+        "pbkdf2",
+        |v| {
+            let mut ks = v["keyslots"]["0"].clone();
+            ks["area"]["offset"] = "33280".into();
+            v["keyslots"]["1"] = ks;
+        },
+        id,
+        1,
+        "keyslot 1: area [33280, +258048) overlaps keyslot 0's area [32768, +258048)",
+    );
+}
+
+/// `VmPeak` and `VmHWM` of `pid`, in KiB.
+fn vm_peak_hwm(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmPeak:"), field("VmHWM:"))
+}
+
+/// A header asking for 8 GiB of Argon2 memory: vaultsetup refuses it naming the cost
+/// and the limit (exit 3, cryptsetup's -ENOMEM), for `open` and `--test-passphrase`;
+/// the same keyslot sent to vmvaultd directly is refused by the daemon; vmvaultd's
+/// VmPeak/VmHWM grow by nothing near the request; the image is unchanged.
+#[test]
+fn argon2_memory_above_the_cap() {
+    if !require_for("argon2 memory cap", &[]) {
+        return;
+    }
+    let Some(c) = luks2("argon2 memory cap", "argon2id") else {
+        return;
+    };
+    let w = World::new();
+    let d = start_daemon(&w.run);
+    // The vault is started (and its Argon2 scratch used once) before the measurement.
+    let mut input = PASS.to_vec();
+    input.push(b'\n');
+    let (rc, _, err) = w.vs_env(
+        &["open", "--test-passphrase", c.img.to_str().unwrap()],
+        Some(&input),
+    );
+    assert_eq!(rc, 0, "{err}\n{}", w.log());
+    // The same keyslot, as the vault would get it, before the header is edited.
+    let dev = vaultsetup::device::Device::open(&c.img).unwrap();
+    let vol = vaultsetup::Volume::read(&dev).unwrap();
+    let plans = vaultsetup::keyslot::vault_plans(&dev, &vol, &Default::default()).unwrap();
+    let mut k = plans.bound.into_iter().next().unwrap().unwrap();
+    drop(dev);
+    const HUGE_KIB: u32 = 8 << 20;
+    rewrite_luks2_json(
+        &c.img,
+        |v| v["keyslots"]["0"]["kdf"]["memory"] = HUGE_KIB.into(),
+        id,
+    );
+    let before = sha256_file(&c.img);
+    let (peak0, hwm0) = vm_peak_hwm(d.pid());
+    let msg = format!("Keyslot 0: Argon2 memory cost {HUGE_KIB} KiB is above the limit of");
+    expect(&c.img, PASS, 3, &msg);
+    let (rc, _, err) = w.vs_env(&["open", c.img.to_str().unwrap(), "capped"], Some(&input));
+    assert_eq!(rc, 3, "{err}");
+    assert!(
+        err.contains(&msg) && err.contains("KiB (4 GiB or half"),
+        "{err}"
+    );
+    assert!(w.volumes().is_empty(), "{:?}", w.volumes());
+    // Past vaultsetup: the daemon (and the vault) refuse it themselves.
+    if let vmvault_proto::keyslot::KdfSpec::Argon2id { memory_kib, .. } = &mut k.candidate.spec.kdf
+    {
+        *memory_kib = HUGE_KIB;
+    } else {
+        panic!("not an argon2id keyslot: {:?}", k.candidate.spec.kdf);
+    }
+    let mut client = vmvault_proto::client::Client::connect(&w.run).unwrap();
+    let r = client.unlock_keyslot(
+        vmvault_proto::CipherSpec::parse("aes-xts-plain64").unwrap(),
+        vmvault_proto::protocol::BackendChoice::Auto,
+        k.candidate.clone(),
+        &k.area,
+        &vaultsetup::Passphrase::from_slice(PASS),
+    );
+    match &r {
+        Err(vmvault_proto::client::ClientError::Remote { code, message }) => {
+            eprintln!("vmvaultd refuses the keyslot sent directly: exit {code:?}: {message}");
+        }
+        other => panic!("vmvaultd accepted an 8 GiB Argon2 keyslot: {other:?}"),
+    }
+    drop(client);
+    let (peak1, hwm1) = vm_peak_hwm(d.pid());
+    eprintln!("vmvaultd VmPeak {peak0} -> {peak1} KiB, VmHWM {hwm0} -> {hwm1} KiB");
+    let slack = 256 << 10;
+    assert!(
+        peak1 < peak0 + slack && hwm1 < hwm0 + slack,
+        "vmvaultd grew: VmPeak {peak0} -> {peak1} KiB, VmHWM {hwm0} -> {hwm1} KiB \
+         (the request was {HUGE_KIB} KiB)"
+    );
+    assert_eq!(sha256_file(&c.img), before, "image changed");
+}

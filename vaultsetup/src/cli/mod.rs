@@ -13,11 +13,10 @@ pub mod confirm;
 pub mod format;
 pub mod keyslots;
 pub mod newkey;
+pub mod test_passphrase;
 
 use crate::device::Device;
 use crate::exit::{ExitCode, HasExitCode};
-use crate::keyslot::{unlock, UnlockOptions, Unlocked};
-use crate::passphrase::{read_passphrase, KeyInput};
 use crate::volume::{Volume, VolumeError};
 
 /// vaultsetup: open LUKS1/LUKS2 volumes with the volume key kept in the vmvault vault VM.
@@ -395,68 +394,7 @@ fn run_inner(cli: &Cli, out: &mut Output) -> Result<(), Failure> {
         Command::LuksChangeKey(a) => keyslots::run_change_key(cli, a, out),
         Command::LuksRemoveKey(a) => keyslots::run_remove_key(cli, a, out),
         Command::LuksKillSlot(a) => keyslots::run_kill_slot(cli, a, out),
-        Command::Open(a) => {
-            if !a.test_passphrase {
-                return activate::open(cli, a, out);
-            }
-            // The keyslots are in the detached header when there is one.
-            let hdr = match &a.header {
-                Some(h) => resolve_device(h)?,
-                None => resolve_device(&a.device)?,
-            };
-            let (dev, vol) = read_volume(&hdr, out)?;
-            if !a.device_type.accepts(vol.version()) {
-                return Err(fail(
-                    ExitCode::WrongParameters,
-                    format!("Device {} is not a valid LUKS device.", hdr.display()),
-                ));
-            }
-            // As cryptsetup: testing the passphrase of one named keyslot (or with
-            // --unbound) may open a keyslot not bound to the data segment.
-            let allow_unbound = a.unbound || a.key.key_slot.is_some();
-            unlock_with_passphrase(
-                &dev,
-                &vol,
-                &a.device,
-                &a.key,
-                allow_unbound,
-                cli.verbose,
-                out,
-            )?;
-            Ok(())
-        }
+        Command::Open(a) if a.test_passphrase => test_passphrase::run(cli, a, out),
+        Command::Open(a) => activate::open(cli, a, out),
     }
-}
-
-/// Reads the passphrase the way `key` asks (key file, pipe, or a tty prompt naming
-/// `device`) and unlocks a keyslot of `vol`; the passphrase is zeroized on return.
-/// `allow_unbound` also accepts LUKS2 keyslots not bound to the data segment (`open
-/// --test-passphrase` only: their key is not the volume key).
-pub(crate) fn unlock_with_passphrase(
-    dev: &Device,
-    vol: &Volume,
-    device: &std::path::Path,
-    key: &KeyArgs,
-    allow_unbound: bool,
-    verbose: bool,
-    out: &mut Output,
-) -> Result<Unlocked, Failure> {
-    let input = KeyInput {
-        key_file: key.key_file.clone(),
-        keyfile_offset: key.keyfile_offset,
-        keyfile_size: key.keyfile_size,
-    };
-    let prompt = format!("Enter passphrase for {}: ", device.display());
-    let pass = read_passphrase(&input, &prompt)?;
-    let opts = UnlockOptions {
-        keyslot: key.key_slot,
-        allow_unbound,
-        ..Default::default()
-    };
-    let unlocked = unlock(dev, vol, &pass, &opts)?;
-    if verbose {
-        out.stdout
-            .push_str(&format!("Key slot {} unlocked.\n", unlocked.keyslot));
-    }
-    Ok(unlocked)
 }

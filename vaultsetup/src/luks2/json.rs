@@ -336,6 +336,23 @@ impl Metadata {
                 }
             }
         }
+        // No two keyslot areas may overlap (cryptsetup's interval check).
+        let areas: Vec<(&String, u64, u64)> = self
+            .keyslots
+            .iter()
+            .map(|(id, ks)| (id, ks.area.offset.0, ks.area.offset.0 + ks.area.size.0))
+            .collect();
+        for (i, &(a, a0, a1)) in areas.iter().enumerate() {
+            for &(b, b0, b1) in &areas[i + 1..] {
+                if a0 < b1 && b0 < a1 {
+                    return bad(format!(
+                        "keyslot {b}: area [{b0}, +{}) overlaps keyslot {a}'s area [{a0}, +{})",
+                        b1 - b0,
+                        a1 - a0
+                    ));
+                }
+            }
+        }
         for (id, d) in &self.digests {
             if d.keyslots.len() > MAX_LIST || d.segments.len() > MAX_LIST {
                 return bad(format!("digest {id}: too many keyslots/segments"));

@@ -116,7 +116,14 @@ pub fn vaultsetup() -> Command {
 }
 
 /// Runs `vaultsetup args` with stdin; returns (exit code, stdout, stderr).
+///
+/// `open --test-passphrase` has the vault test the passphrase, so it may need vmvaultd:
+/// such a run gets a private daemon (a [`World`] of its own, through
+/// `$VMVAULT_RUN_DIR`), shut down when it returns; never the system's run directory.
 pub fn vs(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+    if args.contains(&"--test-passphrase") {
+        return World::new().vs_env(args, stdin);
+    }
     let o = run_with_input(vaultsetup().args(args), stdin);
     (
         o.status.code().unwrap_or(-1),
@@ -194,6 +201,24 @@ impl World {
         let mut c = vaultsetup();
         c.args(&full).env("VMVAULTD", vmvaultd());
         c
+    }
+    /// The vaultsetup command with the run dir in `$VMVAULT_RUN_DIR` (so `args` may
+    /// start with global options such as `-v`).
+    pub fn cmd_env(&self, args: &[&str]) -> Command {
+        let mut c = vaultsetup();
+        c.args(args)
+            .env("VMVAULT_RUN_DIR", &self.run)
+            .env("VMVAULTD", vmvaultd());
+        c
+    }
+    /// Runs vaultsetup ([`World::cmd_env`]): exit code, stdout, stderr.
+    pub fn vs_env(&self, args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+        let o = run_with_input(&mut self.cmd_env(args), stdin);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     }
     /// Runs vaultsetup ([`World::cmd`]): exit code, stdout, stderr.
     pub fn vs(&self, args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
