@@ -106,6 +106,8 @@ pub enum Validated {
         /// Generation to tag the slot with.
         generation: u32,
     },
+    /// A generic operation (PKCS#11 token keys, contexts, XTS, key wrap).
+    Generic(super::generic::GenericRequest),
     /// Run the self test.
     Selftest,
     /// Report counters.
@@ -127,6 +129,10 @@ fn check_slot(slot: u32) -> Result<usize, Refusal> {
 ///
 /// Pure and total: it never panics, whatever the request holds.
 pub fn validate(req: &Request, window_len: u64) -> Result<Validated, Refusal> {
+    // Generic ops have flags of their own and their own field rules.
+    if super::generic::op::is_generic(req.op) {
+        return super::generic::validate_generic(req, window_len).map(Validated::Generic);
+    }
     if req.reserved2 != 0 || req.flags & !KNOWN_FLAGS != 0 {
         return Err((status::BAD_FLAGS, 0));
     }
