@@ -24,7 +24,7 @@ use vault_vm::abi::{
     self, op, Request, Ring, RingEntry, ENTRY_DONE, ENTRY_SUBMITTED, RING_ENTRIES,
 };
 use vault_vm::argon2::{CompressPath, Job};
-use vault_vm::service::{Counters, Service, SlotCell};
+use vault_vm::service::{ContextTable, Counters, Service, SlotCell};
 
 /// The key slots. `.bss` of the image: vault-private memory.
 static SLOTS: [SlotCell; abi::MAX_SLOTS] = [SlotCell::EMPTY; abi::MAX_SLOTS];
@@ -32,6 +32,9 @@ static SLOTS: [SlotCell; abi::MAX_SLOTS] = [SlotCell::EMPTY; abi::MAX_SLOTS];
 /// The Argon2 job board every vCPU shares (UNLOCK/SEAL own it, KDF_JOIN helps). `.bss`
 /// too: only atomics and the scratch address, never a password-derived byte.
 static JOB: Job = Job::new();
+/// The operation contexts of the generic modes (`.bss`: vault-private), shared by all
+/// vCPUs.
+static CONTEXTS: ContextTable = ContextTable::EMPTY;
 
 /// Test builds only: the host asked to keep the vector registers (positive control of
 /// the register residency test, [`abi::BOOT_KEEP_VECTOR_REGS`]).
@@ -176,6 +179,7 @@ pub unsafe extern "C" fn _start(
             abi::TRANSFER_GPA as *mut u8,
             abi::keyslot::SCRATCH_GPA as *mut u8,
         )
+        .with_contexts(&CONTEXTS)
     };
     // SAFETY: ring `vcpu` is mapped shared memory laid out as `Ring`; all fields the host
     // may change concurrently are atomics or read with volatile copies.

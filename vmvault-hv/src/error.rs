@@ -108,11 +108,39 @@ pub enum HvError {
     /// sees them); the text says which check failed.
     #[error("invalid keyslot request: {0}")]
     BadKeyslot(&'static str),
+    /// GCM decryption: the tag does not verify (the vault's TAG_MISMATCH; the context
+    /// has ended, the plaintext must be wiped).
+    #[error("the GCM tag does not match")]
+    TagMismatch,
+    /// Key unwrap: the integrity check failed (the vault's UNWRAP_FAILED; no key was
+    /// installed).
+    #[error("the wrapped key does not unwrap with this key (integrity check failed)")]
+    UnwrapFailed,
+    /// Key wrap of a key not marked extractable (the vault's NOT_EXTRACTABLE).
+    #[error("the key is not extractable")]
+    NotExtractable,
+    /// The owner tag is not the one the operation context was started with (the vault's
+    /// BAD_OWNER).
+    #[error("the operation context belongs to another owner")]
+    ContextOwner,
+    /// The operation context does not exist (any more): finished, aborted, or its key
+    /// was dropped (the vault's BAD_CONTEXT).
+    #[error("no such operation context (finished, aborted or its key dropped)")]
+    ContextGone,
+    /// Every operation context of the vault is in use (the payload: how many there are).
+    #[error("all {0} operation contexts of the vault are in use")]
+    NoFreeContext(usize),
+    /// The key is of another kind than the operation needs (a LUKS volume key for a
+    /// generic operation, an XTS key for GCM, ...; the vault's KEY_KIND).
+    #[error("the key is of the wrong kind for this operation")]
+    KeyKind,
 }
 
 /// Name of a vault status code, keyslot statuses included.
 pub(crate) fn status_name(s: u32) -> &'static str {
-    vault_vm::abi::keyslot::status::name(s).unwrap_or_else(|| status::name(s))
+    vault_vm::abi::keyslot::status::name(s)
+        .or_else(|| vault_vm::abi::generic::status::name(s))
+        .unwrap_or_else(|| status::name(s))
 }
 
 /// Why a `kvm` vault stopped working ([`HvError::VaultFailed`]). The first cause is

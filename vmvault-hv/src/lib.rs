@@ -44,6 +44,7 @@
 mod backend;
 mod config;
 mod error;
+mod generic;
 mod keys;
 mod keyslot;
 pub mod kvm;
@@ -67,6 +68,7 @@ use vault_vm::abi::{self, op, status, Request, Response};
 use backend::{Backend, Ticket};
 pub use config::{BackendKind, CpuPinning, ParseTuningError, RunMode, Tuning, VaultConfig};
 pub use error::{HvError, Result, VaultFailure};
+pub use generic::{ContextId, Direction, GenericKey, KeyKind, Mechanism, WrapMechanism};
 pub use keys::SlotId;
 use keys::Slots;
 pub use keyslot::{EntropySource, KeyslotParams};

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use vault_vm::abi::{self, keyslot, op, status, Request, Response, MAX_SLOTS};
 use vault_vm::argon2::Job;
-use vault_vm::service::{Counters, Service, SlotCell};
+use vault_vm::service::{ContextTable, Counters, Service, SlotCell};
 
 use crate::backend::{with_joins, Backend};
 use crate::error::{HvError, Result};
@@ -31,6 +31,8 @@ const WINDOW_MEMFD_NAME: &CStr = c"vmvault-window";
 /// The soft backend.
 pub(crate) struct SoftBackend {
     slots: SharedMem,
+    /// The generic operation contexts (secret pages too: they hold GCM and CTR state).
+    contexts: SharedMem,
     transfer: SharedMem,
     window: Arc<Window>,
     lanes: Vec<Mutex<Counters>>,
@@ -47,13 +49,17 @@ impl SoftBackend {
     pub fn open(vcpus: usize, window_len: u64) -> Result<Self> {
         let bytes = (std::mem::size_of::<[SlotCell; MAX_SLOTS]>()).div_ceil(4096) * 4096;
         let slots = SharedMem::secret(bytes)?;
+        let cbytes = std::mem::size_of::<ContextTable>().div_ceil(4096) * 4096;
+        let contexts = SharedMem::secret(cbytes)?;
         let transfer = SharedMem::secret(abi::TRANSFER_SIZE as usize)?;
         slots.touch();
+        contexts.touch();
         transfer.touch();
         let wmem = SharedMem::memfd(WINDOW_MEMFD_NAME, window_len as usize)?;
         wmem.touch();
         Ok(SoftBackend {
             slots,
+            contexts,
             transfer,
             window: Window::new(wmem),
             lanes: (0..vcpus)
@@ -68,13 +74,14 @@ impl SoftBackend {
     /// The in-process service; `scratch` is the Argon2 scratch memory of the keyslot
     /// request being served (null when there is none).
     fn service(&self, scratch: *mut u8) -> Service<'_> {
-        // SAFETY: the secret mapping is page aligned, at least as large as the slot table
-        // and zero-initialized, which is a valid table of empty slots; it lives as long as
-        // `self`. Window and transfer page are live mappings of the stated sizes and do not
+        // SAFETY: the secret mappings are page aligned, at least as large as the slot
+        // table and the context table and zero-initialized, which are valid empty tables;
+        // they live as long as `self`. Window and transfer page are live mappings of the stated sizes and do not
         // overlap the slots. `scratch` is null or a live mapping of the request's
         // `scratch_len` bytes (see `call_keyslot`), distinct from all of them.
         unsafe {
             let slots = &*self.slots.ptr().cast::<[SlotCell; MAX_SLOTS]>();
+            let contexts = &*self.contexts.ptr().cast::<ContextTable>();
             Service::new(
                 slots,
                 &self.job,
@@ -83,6 +90,7 @@ impl SoftBackend {
                 self.transfer.ptr(),
                 scratch,
             )
+            .with_contexts(contexts)
         }
     }
 }
@@ -182,6 +190,7 @@ impl Backend for SoftBackend {
         clear_vector_registers();
         self.service(ptr::null_mut()).wipe_transfer();
         self.slots.wipe();
+        self.contexts.wipe();
         self.window.wipe();
         burn_stack::<{ 32 * 1024 }>();
         Ok(())
@@ -227,7 +236,10 @@ impl SoftBackend {
             // Key copies, KDF output and AF stripes (a join: Argon2 blocks) may have
             // passed through the stack.
             burn_stack::<{ 64 * 1024 }>();
-        } else if matches!(copy.op, op::IMPORT_KEY | op::DROP_KEY) {
+        } else if matches!(copy.op, op::IMPORT_KEY | op::DROP_KEY)
+            || abi::generic::op::is_generic(copy.op)
+        {
+            // Generic ops copy keys (import, wrap) and GCM state through the stack.
             burn_stack::<{ 32 * 1024 }>();
         } else {
             burn_stack::<{ 16 * 1024 }>();

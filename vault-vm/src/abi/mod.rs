@@ -21,6 +21,7 @@
 //! thread itself). The length of the idle spin is the host's [`RingHeader::idle_spins`]
 //! hint, clamped by the vault.
 
+pub mod generic;
 pub mod keyslot;
 mod validate;
 

@@ -108,6 +108,8 @@ pub enum Validated {
     },
     /// KDF_JOIN: help the Argon2 computation of another vCPU.
     KdfJoin,
+    /// A generic operation (PKCS#11 token keys, contexts, XTS, key wrap).
+    Generic(super::generic::GenericRequest),
     /// Run the self test.
     Selftest,
     /// Report counters.
@@ -129,6 +131,10 @@ fn check_slot(slot: u32) -> Result<usize, Refusal> {
 ///
 /// Pure and total: it never panics, whatever the request holds.
 pub fn validate(req: &Request, window_len: u64) -> Result<Validated, Refusal> {
+    // Generic ops have flags of their own and their own field rules.
+    if super::generic::op::is_generic(req.op) {
+        return super::generic::validate_generic(req, window_len).map(Validated::Generic);
+    }
     if req.reserved2 != 0 || req.flags & !KNOWN_FLAGS != 0 {
         return Err((status::BAD_FLAGS, 0));
     }

@@ -15,16 +15,22 @@ use crate::abi::{
     self, stats, status, validate, Request, Response, Validated, MAX_KEY_LEN, MAX_SLOTS,
 };
 use crate::argon2::Job;
-use crate::engine::{CipherSpec, Geometry, SectorCipher};
+use crate::engine::generic::{Aes, GcmKey};
+use crate::engine::{CipherSpec, Geometry, IvMode, Mode, SectorCipher};
 
+mod generic;
 mod keyslot;
+
+pub use generic::{ContextCell, ContextTable};
 
 const WRITER: u32 = 1 << 31;
 const FULL: u32 = 1 << 30;
 const READERS: u32 = FULL - 1;
 
 /// One key slot: a reader/writer spin lock word, the cipher id, the keyed cipher and the
-/// raw key (for SEAL_KEYSLOT and KEY_DIGEST, which need the key itself).
+/// raw key (for SEAL_KEYSLOT and KEY_DIGEST, which need the key itself). A generic AES
+/// key ([`abi::generic::kind::AES`]) also has its [`GcmKey`] (AES round keys, H and its
+/// powers) for the generic modes.
 ///
 /// An all-zero `SlotCell` is a valid empty slot, so slot tables can live in zeroed
 /// memory (`.bss`, fresh `memfd_secret` pages).
@@ -33,10 +39,60 @@ pub struct SlotCell {
     state: AtomicU32,
     cipher: AtomicU32,
     generation: AtomicU32,
+    /// `SLOT_*` flags of the key (written under WRITER, zero when empty).
+    flags: AtomicU32,
+    /// Installs so far (vault-private, never reset): names one key of this slot whatever
+    /// generation the host gave it, so operation contexts notice a replaced key.
+    epoch: AtomicU64,
     value: UnsafeCell<MaybeUninit<SectorCipher>>,
     /// The key the cipher was keyed with (its first `key_len()` bytes), under the same
     /// lock as `value`; zero when the slot is empty.
     key: UnsafeCell<[u8; MAX_KEY_LEN]>,
+    /// Initialized iff `cipher` is [`abi::generic::kind::AES`]; same lock as `value`.
+    gcm: UnsafeCell<MaybeUninit<GcmKey>>,
+}
+
+/// Slot flag: the key may leave the vault wrapped (generic keys created with
+/// [`abi::generic::FLAG_EXTRACTABLE`]; never a sector key).
+const SLOT_EXTRACTABLE: u32 = 1;
+
+/// What a slot is filled with: a sector cipher, or a generic kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyKind {
+    /// A dm-crypt sector cipher (LUKS volume key).
+    Sector(CipherSpec),
+    /// [`abi::generic::kind::AES`].
+    GenericAes,
+    /// [`abi::generic::kind::XTS`].
+    GenericXts,
+}
+
+impl KeyKind {
+    /// The cipher id the slot records.
+    fn id(self) -> u32 {
+        match self {
+            KeyKind::Sector(spec) => abi::cipher_id(spec),
+            KeyKind::GenericAes => abi::generic::kind::AES,
+            KeyKind::GenericXts => abi::generic::kind::XTS,
+        }
+    }
+
+    /// The sector cipher the slot's `value` holds (a generic AES key keeps an ECB one so
+    /// that every full slot has a keyed `value`; sector requests never reach it, its id
+    /// is no sector cipher's).
+    fn spec(self) -> CipherSpec {
+        match self {
+            KeyKind::Sector(spec) => spec,
+            KeyKind::GenericAes => CipherSpec {
+                mode: Mode::Ecb,
+                iv: IvMode::Null,
+            },
+            KeyKind::GenericXts => CipherSpec {
+                mode: Mode::Xts,
+                iv: IvMode::Plain64,
+            },
+        }
+    }
 }
 
 // SAFETY: `value` is only written by the holder of the WRITER bit (no readers present)
@@ -50,8 +106,11 @@ impl SlotCell {
         state: AtomicU32::new(0),
         cipher: AtomicU32::new(0),
         generation: AtomicU32::new(0),
+        flags: AtomicU32::new(0),
+        epoch: AtomicU64::new(0),
         value: UnsafeCell::new(MaybeUninit::uninit()),
         key: UnsafeCell::new([0; MAX_KEY_LEN]),
+        gcm: UnsafeCell::new(MaybeUninit::uninit()),
     };
 
     fn is_full(&self) -> bool {
@@ -69,6 +128,21 @@ impl core::fmt::Debug for SlotCell {
             .field("generation", &self.generation.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
+}
+
+/// What a slot holds, seen under its read lock ([`Service::with_slot_view`]).
+struct SlotView<'s> {
+    cipher: &'s SectorCipher,
+    key: &'s [u8],
+    /// Cipher id (a sector cipher's or a generic kind).
+    id: u32,
+    generation: u32,
+    /// `SLOT_*` flags.
+    flags: u32,
+    /// Install counter of the slot.
+    epoch: u64,
+    /// The GCM key of a generic AES key.
+    gcm: Option<&'s GcmKey>,
 }
 
 /// Per-vCPU counters reported by STATS.
@@ -109,6 +183,9 @@ pub struct Service<'a> {
     scratch: *mut u8,
     /// Mixed into every random draw of this service (GENERATE_KEY, SEAL's stripes).
     draws: AtomicU64,
+    /// Operation contexts of the generic modes (`None`: generic context ops answer
+    /// BAD_OP).
+    contexts: Option<&'a ContextTable>,
 }
 
 // SAFETY: the raw pointers designate shared memory that outlives the service (contract of
@@ -158,7 +235,16 @@ impl<'a> Service<'a> {
             transfer,
             scratch,
             draws: AtomicU64::new(0),
+            contexts: None,
         }
+    }
+
+    /// Gives the service the vault's table of generic operation contexts (one table
+    /// shared by every service of a vault; in vault-private memory). Without it the
+    /// context operations (INIT, UPDATE, FINAL, ABORT) answer BAD_OP.
+    pub fn with_contexts(mut self, contexts: &'a ContextTable) -> Self {
+        self.contexts = Some(contexts);
+        self
     }
 
     /// Number of occupied slots.
@@ -203,6 +289,7 @@ impl<'a> Service<'a> {
             | Validated::KeyDigest { .. }
             | Validated::GenerateKey { .. } => self.keyslot(v, resp),
             Validated::KdfJoin => resp.aux[0] = self.kdf_join(),
+            Validated::Generic(g) => self.generic(g, counters, resp),
             Validated::Selftest => {
                 let (st, backend) = selftest();
                 resp.status = st;
@@ -284,6 +371,11 @@ impl<'a> Service<'a> {
         slot: usize,
         f: impl FnOnce(&SectorCipher, &[u8], u32, u32) -> R,
     ) -> Result<R, u32> {
+        self.with_slot_view(slot, |v| f(v.cipher, v.key, v.id, v.generation))
+    }
+
+    /// Runs `f` on everything `slot` holds under a read lock.
+    fn with_slot_view<R>(&self, slot: usize, f: impl FnOnce(&SlotView<'_>) -> R) -> Result<R, u32> {
         let cell = &self.slots[slot];
         let mut s = cell.state.load(Ordering::Acquire);
         loop {
@@ -311,18 +403,42 @@ impl<'a> Service<'a> {
         let cipher = unsafe { (*cell.value.get()).assume_init_ref() };
         // SAFETY: as above; `key` is written only under WRITER.
         let key = unsafe { &(&*cell.key.get())[..cipher.key_len()] };
-        let r = f(
+        let id = cell.cipher.load(Ordering::Relaxed);
+        let gcm = if id == abi::generic::kind::AES {
+            // SAFETY: as above; `gcm` is initialized for generic AES keys.
+            Some(unsafe { (*cell.gcm.get()).assume_init_ref() })
+        } else {
+            None
+        };
+        let view = SlotView {
             cipher,
             key,
-            cell.cipher.load(Ordering::Relaxed),
-            cell.generation.load(Ordering::Relaxed),
-        );
+            id,
+            generation: cell.generation.load(Ordering::Relaxed),
+            flags: cell.flags.load(Ordering::Relaxed),
+            epoch: cell.epoch.load(Ordering::Relaxed),
+            gcm,
+        };
+        let r = f(&view);
         cell.state.fetch_sub(1, Ordering::Release);
         Ok(r)
     }
 
     fn import(&self, slot: usize, spec: CipherSpec, key_len: usize, generation: u32) -> u32 {
-        self.install(slot, spec, key_len, generation, |key| {
+        self.import_kind(slot, KeyKind::Sector(spec), key_len, generation, 0)
+    }
+
+    /// Copies a key of `kind` from the transfer page into the empty `slot` and wipes the
+    /// page.
+    fn import_kind(
+        &self,
+        slot: usize,
+        kind: KeyKind,
+        key_len: usize,
+        generation: u32,
+        flags: u32,
+    ) -> u32 {
+        self.install_kind(slot, kind, key_len, generation, flags, |key| {
             for (i, k) in key.iter_mut().enumerate() {
                 // SAFETY: key_len <= MAX_KEY_LEN < TRANSFER_SIZE; transfer page valid (new).
                 *k = unsafe { ptr::read_volatile(self.transfer.add(i)) };
@@ -345,6 +461,20 @@ impl<'a> Service<'a> {
         generation: u32,
         fill: impl FnOnce(&mut [u8]) -> u32,
     ) -> u32 {
+        self.install_kind(slot, KeyKind::Sector(spec), key_len, generation, 0, fill)
+    }
+
+    /// [`Service::install`] for any [`KeyKind`], with the slot's `SLOT_*` flags. A
+    /// generic AES key gets its [`GcmKey`] too.
+    fn install_kind(
+        &self,
+        slot: usize,
+        kind: KeyKind,
+        key_len: usize,
+        generation: u32,
+        flags: u32,
+        fill: impl FnOnce(&mut [u8]) -> u32,
+    ) -> u32 {
         let cell = &self.slots[slot];
         if key_len > MAX_KEY_LEN
             || cell
@@ -358,16 +488,29 @@ impl<'a> Service<'a> {
         let key = unsafe { &mut *cell.key.get() };
         let mut st = fill(&mut key[..key_len]);
         if st == status::OK {
-            match SectorCipher::new(spec, &key[..key_len]) {
-                Ok(c) => {
+            let gcm = match kind {
+                KeyKind::GenericAes => match Aes::new(&key[..key_len]) {
+                    Ok(a) => Some(GcmKey::new(a)),
+                    Err(_) => None,
+                },
+                _ => None,
+            };
+            match SectorCipher::new(kind.spec(), &key[..key_len]) {
+                Ok(c) if gcm.is_some() || kind != KeyKind::GenericAes => {
                     // SAFETY: as above.
                     unsafe { (*cell.value.get()).write(c) };
-                    cell.cipher.store(abi::cipher_id(spec), Ordering::Relaxed);
+                    if let Some(g) = gcm {
+                        // SAFETY: as above.
+                        unsafe { (*cell.gcm.get()).write(g) };
+                    }
+                    cell.cipher.store(kind.id(), Ordering::Relaxed);
                     cell.generation.store(generation, Ordering::Relaxed);
+                    cell.flags.store(flags, Ordering::Relaxed);
+                    cell.epoch.fetch_add(1, Ordering::Relaxed);
                     cell.state.store(FULL, Ordering::Release);
                     return status::OK;
                 }
-                Err(_) => st = status::BAD_KEY_LEN,
+                _ => st = status::BAD_KEY_LEN,
             }
         }
         key.zeroize();
@@ -429,11 +572,16 @@ impl<'a> Service<'a> {
         while cell.state.load(Ordering::Acquire) & READERS != 0 {
             core::hint::spin_loop();
         }
+        let epoch = cell.epoch.load(Ordering::Relaxed);
         // SAFETY: WRITER held, no readers, FULL: the value is initialized and ours.
         unsafe { wipe_slot_value(cell) };
         cell.cipher.store(0, Ordering::Relaxed);
         cell.generation.store(0, Ordering::Relaxed);
+        cell.flags.store(0, Ordering::Relaxed);
         cell.state.store(0, Ordering::Release);
+        // The key's operation contexts die with it (a new key in this slot has another
+        // epoch, so none of its contexts is touched).
+        self.kill_contexts(slot, epoch);
         status::OK
     }
 
@@ -450,6 +598,16 @@ impl<'a> Service<'a> {
 /// # Safety
 /// The slot must hold an initialized value and the caller must own it exclusively.
 unsafe fn wipe_slot_value(cell: &SlotCell) {
+    if cell.cipher.load(Ordering::Relaxed) == abi::generic::kind::AES {
+        let g = cell.gcm.get();
+        // SAFETY: contract of this function; `gcm` is initialized for generic AES keys.
+        unsafe { (*g).assume_init_drop() };
+        let bytes = g.cast::<u8>();
+        for i in 0..core::mem::size_of::<MaybeUninit<GcmKey>>() {
+            // SAFETY: within the slot's GCM key; exclusive access.
+            unsafe { ptr::write_volatile(bytes.add(i), 0) };
+        }
+    }
     let p = cell.value.get();
     // SAFETY: contract of this function.
     unsafe { (*p).assume_init_drop() };

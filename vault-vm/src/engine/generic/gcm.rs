@@ -217,6 +217,54 @@ impl Drop for Gcm<'_> {
     }
 }
 
+/// A [`Gcm`] message in progress without its key ([`Gcm::suspend`]): lets a caller keep
+/// many messages between calls (the vault's operation contexts) without borrowing the
+/// [`GcmKey`]. Holds E_K(J0), the GHASH state and pending keystream: zeroized on drop,
+/// never shown by `Debug`.
+pub struct GcmState {
+    ek_j0: [u8; 16],
+    ctr: [u8; 16],
+    acc: u128,
+    aad_len: u64,
+    data_len: u64,
+    part: [u8; 16],
+    part_len: usize,
+    ks: [u8; 16],
+    in_data: bool,
+    tag_len: usize,
+}
+
+impl fmt::Debug for GcmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GcmState")
+            .field("tag_len", &self.tag_len)
+            .field("aad_len", &self.aad_len)
+            .field("data_len", &self.data_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for GcmState {
+    fn drop(&mut self) {
+        self.ek_j0.zeroize();
+        self.acc.zeroize();
+        self.part.zeroize();
+        self.ks.zeroize();
+    }
+}
+
+impl GcmState {
+    /// Tag length in bytes of the suspended message.
+    pub fn tag_len(&self) -> usize {
+        self.tag_len
+    }
+
+    /// Bytes of data (not additional data) processed so far.
+    pub fn data_len(&self) -> u64 {
+        self.data_len
+    }
+}
+
 impl<'k> Gcm<'k> {
     /// Starts a message with `iv` (any non-empty length; 12 bytes is the fast, standard
     /// case) and a tag of `tag_len` bytes (4..=16; PKCS#11 `ulTagBits / 8`).
@@ -264,6 +312,42 @@ impl<'k> Gcm<'k> {
             in_data: false,
             tag_len,
         })
+    }
+
+    /// Detaches the message from its key; [`Gcm::resume`] continues it.
+    pub fn suspend(self) -> GcmState {
+        GcmState {
+            ek_j0: self.ek_j0,
+            ctr: self.ctr,
+            acc: self.acc,
+            aad_len: self.aad_len,
+            data_len: self.data_len,
+            part: self.part,
+            part_len: self.part_len,
+            ks: self.ks,
+            in_data: self.in_data,
+            tag_len: self.tag_len,
+        }
+        // `self` drops here and wipes its copies.
+    }
+
+    /// Continues a suspended message. `key` must be the key the message started with
+    /// (another key gives wrong output and a wrong tag, nothing worse).
+    pub fn resume(key: &'k GcmKey, s: GcmState) -> Self {
+        Gcm {
+            key,
+            ek_j0: s.ek_j0,
+            ctr: s.ctr,
+            acc: s.acc,
+            aad_len: s.aad_len,
+            data_len: s.data_len,
+            part: s.part,
+            part_len: s.part_len,
+            ks: s.ks,
+            in_data: s.in_data,
+            tag_len: s.tag_len,
+        }
+        // `s` drops here and wipes its copies.
     }
 
     /// Adds additional authenticated data; only before the first data update.

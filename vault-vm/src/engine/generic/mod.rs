@@ -54,7 +54,7 @@ pub mod kw;
 mod simd;
 
 pub use ctr::Ctr;
-pub use gcm::{Gcm, GcmKey, Tag};
+pub use gcm::{Gcm, GcmKey, GcmState, Tag};
 
 /// Errors of the generic modes. Messages never contain key material.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -120,3 +120,34 @@ fn gcm_blocks_wrap_the_32_bit_counter_like_the_portable_path() {
     }
     clear_vector_registers();
 }
+
+#[test]
+fn gcm_suspend_resume_continues_the_message() {
+    let key = [7u8; 32];
+    let gk = GcmKey::new(Aes::new(&key).unwrap());
+    let iv = [3u8; 12];
+    let aad: Vec<u8> = (0..37u8).collect();
+    let data: Vec<u8> = (0..200u32).map(|i| (i * 31) as u8).collect();
+    let mut whole = data.clone();
+    let mut g = Gcm::new(&gk, &iv, 16).unwrap();
+    g.aad(&aad).unwrap();
+    g.encrypt_update(&mut whole).unwrap();
+    let tag = g.finish();
+    let mut parts = data.clone();
+    let mut g = Gcm::new(&gk, &iv, 16).unwrap();
+    g.aad(&aad[..5]).unwrap();
+    let mut s = g.suspend();
+    let mut g = Gcm::resume(&gk, s);
+    g.aad(&aad[5..]).unwrap();
+    s = g.suspend();
+    for (a, b) in [(0usize, 7usize), (7, 40), (40, 41), (41, 200)] {
+        let mut g = Gcm::resume(&gk, s);
+        g.encrypt_update(&mut parts[a..b]).unwrap();
+        s = g.suspend();
+    }
+    assert_eq!(s.data_len(), 200);
+    assert_eq!(s.tag_len(), 16);
+    assert_eq!(Gcm::resume(&gk, s).finish(), tag);
+    assert_eq!(parts, whole);
+    clear_vector_registers();
+}
