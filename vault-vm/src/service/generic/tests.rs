@@ -22,6 +22,7 @@ const OUT: u64 = 16384;
 struct Fx {
     slots: Box<[SlotCell; MAX_SLOTS]>,
     contexts: Box<ContextTable>,
+    job: Box<crate::argon2::Job>,
     window: Vec<u8>,
     transfer: Vec<u8>,
 }
@@ -44,6 +45,7 @@ impl Fx {
         Fx {
             slots: Box::new([const { SlotCell::EMPTY }; MAX_SLOTS]),
             contexts: Box::new(ContextTable::EMPTY),
+            job: Box::new(crate::argon2::Job::new()),
             window: vec![0u8; 1 << 16],
             transfer: vec![0u8; abi::TRANSFER_SIZE as usize],
         }
@@ -54,6 +56,7 @@ impl Fx {
         let svc = unsafe {
             Service::new(
                 &self.slots,
+                &self.job,
                 self.window.as_mut_ptr(),
                 self.window.len() as u64,
                 self.transfer.as_mut_ptr(),
