@@ -48,7 +48,7 @@ impl HasExitCode for KeyringError {
     }
 }
 
-fn client_fail(e: ClientError) -> Failure {
+pub(crate) fn client_fail(e: ClientError) -> Failure {
     fail(e.exit_code(), e.to_string())
 }
 
@@ -451,7 +451,7 @@ struct VaultAsk<'a> {
 }
 
 /// The daemon's refusal for a passphrase that opens no keyslot.
-fn is_no_key(e: &ClientError) -> bool {
+pub(crate) fn is_no_key(e: &ClientError) -> bool {
     matches!(e, ClientError::Remote { code: ExitCode::NoPermission, message }
         if *message == UnlockError::NoKey.to_string())
 }
