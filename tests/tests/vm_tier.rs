@@ -418,6 +418,13 @@ fn vm_busy() {
     suite("busy");
 }
 
+/// Issue 14: volumes `vaultsetup luksFormat` makes in the vault are read and written by
+/// dm-crypt alike, keyslots vaultsetup adds open under dm-crypt, removed ones do not.
+#[test]
+fn vm_keys() {
+    suite("keys");
+}
+
 // ---------------------------------------------------------------------------------------
 // The boot suites (issue 13, tests/vm/boot/): a Debian userspace built with mmdebstrap, its
 // root on a LUKS2 volume, booted from the initramfs of Debian's own mkinitramfs with the

@@ -195,6 +195,29 @@ impl CryptParams {
     }
 }
 
+/// The data cipher and volume key size of `vol` (LUKS1 header; LUKS2 its only data
+/// segment and the key size of a keyslot its digest covers), checked against what the
+/// vault serves: the cipher and key the vault unlocks a keyslot's key for.
+pub fn volume_cipher(vol: &Volume) -> Result<(CipherSpec, KeySize), ActivationError> {
+    match vol {
+        Volume::Luks1(h) => typed_cipher(&h.cipher_spec(), h.key_bytes),
+        Volume::Luks2(h) => {
+            let Some((id, seg)) = h.meta.segments.iter().next() else {
+                return Err(ActivationError::Unsupported(
+                    "LUKS2 device has no data segment.".into(),
+                ));
+            };
+            let cipher = seg.encryption.clone().unwrap_or_default();
+            let Some(key_bytes) = luks2_segment_key_bytes(h, id) else {
+                return Err(ActivationError::Unsupported(format!(
+                    "LUKS2 segment {id} has no keyslot bound to it."
+                )));
+            };
+            typed_cipher(&cipher, key_bytes)
+        }
+    }
+}
+
 /// Volume key size of LUKS2 segment `seg`: the key size of a keyslot that the segment's
 /// digest covers.
 fn luks2_segment_key_bytes(h: &crate::luks2::Luks2Header, seg: &str) -> Option<u32> {

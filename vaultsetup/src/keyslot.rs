@@ -629,7 +629,7 @@ pub struct VaultPlans {
     pub unbound: Vec<Result<VaultKeyslot, UnlockError>>,
 }
 
-fn hash_alg(h: Hash) -> HashAlg {
+pub(crate) fn hash_alg(h: Hash) -> HashAlg {
     match h {
         Hash::Sha1 => HashAlg::Sha1,
         Hash::Sha224 => HashAlg::Sha224,

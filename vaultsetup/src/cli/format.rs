@@ -5,19 +5,29 @@
 //! validate`]), the device is opened exclusively and measured ([`prepare_target`]), the
 //! overwrite is confirmed ([`confirm`]), the passphrase is read and verified
 //! ([`read_passphrase`]), and the keyslot's PBKDF cost is benchmarked on the host
-//! ([`crate::pbkdf_bench::choose_cost`]). The header write through the vault is not
-//! wired yet: [`run`] ends in [`super::keyslots::not_wired`].
+//! ([`crate::pbkdf_bench::choose_cost`]). Then [`run`] has the vault generate the
+//! volume key, seal the first keyslot and compute the digest ([`super::vault_keys`]),
+//! and the header writer ([`crate::format::write_new`]) writes the volume: the key never
+//! exists in this process or in vmvaultd.
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use vmvault_proto::{CipherSpec, KeySize, SectorSize};
 
+use super::activate::{backend_choice, client_fail};
 use super::confirm::{overwrite_message, yes_dialog};
 use super::newkey::{check_key_slot, parse_size, LuksVersion, OptionError, PbkdfArgs};
-use super::{resolve_device, Cli, DeviceType, Failure, Output};
+use super::vault_keys::{
+    connect, new_digest_iterations, random_bytes, DigestSpec, SlotParams, LUKS1_DIGEST_LEN,
+    SALT_LEN,
+};
+use super::{fail, resolve_device, Cli, DeviceType, Failure, Output, VaultArgs};
 use crate::exit::ExitCode;
+use crate::format::material::DigestParams;
+use crate::format::plan::{DeviceGeometry, KdfKind, PlanOptions};
 use crate::kdf::Hash;
+use crate::keyslot::hash_alg;
 use crate::passphrase::{read_new_passphrase, KeyInput};
 use crate::pbkdf_bench::{choose_cost, PbkdfCost, PbkdfRequest};
 use crate::secret::Passphrase;
@@ -106,6 +116,9 @@ pub struct LuksFormatArgs {
     /// passphrase on a terminal unless -q).
     #[arg(short = 'y', long = "verify-passphrase")]
     pub verify_passphrase: bool,
+    /// The vault and its daemon.
+    #[command(flatten)]
+    pub vault: VaultArgs,
     /// The device or image to format (a path, UUID=, LABEL=, ...).
     pub device: PathBuf,
     /// Key file for the new key (as `--key-file`, which wins when both are given).
@@ -493,13 +506,128 @@ pub fn prepare(cli: &Cli, args: &LuksFormatArgs, out: &mut Output) -> Result<For
     })
 }
 
-/// `luksFormat`. Not wired to the vault yet: after [`prepare`] it fails with
-/// [`super::keyslots::not_wired`].
+/// Refuses the layout options the header writer does not place yet (exit 1):
+/// `--header`, `--offset`, `--align-payload`, `--luks2-metadata-size`,
+/// `--luks2-keyslots-size`.
+fn refuse_custom_layout(args: &LuksFormatArgs) -> Result<(), Failure> {
+    let given = [
+        ("--header", args.header.is_some()),
+        ("--offset", args.offset.is_some()),
+        (
+            "--align-payload",
+            args.align_payload.is_some_and(|a| a != 0),
+        ),
+        ("--luks2-metadata-size", args.luks2_metadata_size.is_some()),
+        ("--luks2-keyslots-size", args.luks2_keyslots_size.is_some()),
+    ];
+    match given.iter().find(|(_, g)| *g) {
+        Some((opt, _)) => Err(fail(
+            ExitCode::WrongParameters,
+            format!("Option {opt} is not supported by vaultsetup luksFormat yet."),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The header plan of `plan` (cryptsetup's layout; the sector size as
+/// [`prepare_target`] chose it).
+fn volume_plan(plan: &FormatPlan) -> Result<crate::format::VolumePlan, Failure> {
+    let o = &plan.opts;
+    let luks2 = o.version == LuksVersion::Luks2;
+    let opts = PlanOptions {
+        version: match o.version {
+            LuksVersion::Luks1 => crate::format::LuksVersion::Luks1,
+            LuksVersion::Luks2 => crate::format::LuksVersion::Luks2,
+        },
+        cipher: Some(o.cipher.as_str().to_string()),
+        key_bits: Some(o.key_size.bytes() as u32 * 8),
+        hash: Some(super::vault_keys::hash_name(o.hash).to_string()),
+        pbkdf: Some(match plan.cost {
+            PbkdfCost::Pbkdf2 { .. } => KdfKind::Pbkdf2,
+            PbkdfCost::Argon2 {
+                variant: crate::kdf::Argon2Variant::Argon2i,
+                ..
+            } => KdfKind::Argon2i,
+            PbkdfCost::Argon2 { .. } => KdfKind::Argon2id,
+        }),
+        uuid: o.uuid.as_ref().map(|u| u.as_str().to_string()),
+        label: o.label.clone(),
+        subsystem: o.subsystem.clone(),
+        sector_size: luks2.then(|| plan.targets.sector_size.bytes()),
+    };
+    let geometry = DeviceGeometry {
+        size: plan.targets.header.size,
+        optimal_sector_size: plan.targets.sector_size.bytes(),
+    };
+    Ok(crate::format::plan(&opts, &geometry)?)
+}
+
+/// `luksFormat`: [`prepare`], then through vmvaultd (started on demand): the vault
+/// generates the volume key, seals keyslot `-S` (default 0) under the passphrase and
+/// computes the digest; the header is written ([`crate::format::write_new`]) unless the
+/// device backs an open vmvault volume; the key is dropped from the vault.
 pub fn run(cli: &Cli, args: &LuksFormatArgs, out: &mut Output) -> Result<(), Failure> {
-    let _plan = prepare(cli, args, out)?;
-    // NOT WIRED: the vault generates the volume key, seals keyslot `plan.cost` with
-    // `plan.passphrase`, and the header writer writes to `plan.targets.header.file`.
-    Err(super::keyslots::not_wired("luksFormat"))
+    args.validate()?;
+    refuse_custom_layout(args)?;
+    let plan = prepare(cli, args, out)?;
+    let o = &plan.opts;
+    let luks2 = o.version == LuksVersion::Luks2;
+    let slot = o.key_slot.unwrap_or(0);
+    let digest_hash = o.hash;
+    let digest = DigestSpec {
+        hash: hash_alg(digest_hash),
+        iterations: new_digest_iterations(&o.pbkdf, digest_hash, o.key_size.bytes())?,
+        salt: vmvault_proto::keyslot::HexBytes::new(&random_bytes(SALT_LEN)?)
+            .map_err(|e| fail(ExitCode::WrongParameters, e.to_string()))?,
+        digest: vmvault_proto::keyslot::HexBytes::new(&vec![
+            0u8;
+            if luks2 {
+                digest_hash.output_len()
+            } else {
+                LUKS1_DIGEST_LEN
+            }
+        ])
+        .map_err(|e| fail(ExitCode::WrongParameters, e.to_string()))?,
+    };
+    let params = SlotParams::new(plan.cost, o.hash, o.cipher.clone(), o.key_size)?;
+    let spec = params.spec(&digest)?;
+    let vplan = volume_plan(&plan)?;
+
+    let mut client = connect(cli, &args.vault)?;
+    let key = client
+        .generate_key(
+            o.cipher.clone(),
+            o.key_size,
+            backend_choice(args.vault.backend),
+        )
+        .map_err(client_fail)?;
+    let area = client
+        .seal_keyslot(key.handle, spec.clone(), &plan.passphrase)
+        .map_err(client_fail)?;
+    let value = client.key_digest(key.handle, spec).map_err(client_fail)?;
+    let volumes = client.list().map_err(client_fail)?;
+    plan.targets.header.check_not_backing(
+        volumes
+            .iter()
+            .map(|v| (v.name.as_str(), v.backing.as_path())),
+    )?;
+    let digest = DigestParams {
+        hash: super::vault_keys::hash_name(digest_hash).to_string(),
+        iterations: digest.iterations,
+        salt: digest.salt.as_bytes().to_vec(),
+        digest: value,
+    };
+    crate::format::write_new(
+        &plan.targets.header.file,
+        &vplan,
+        &[(slot, params.material(area))],
+        &digest,
+    )?;
+    client.drop_key(key.handle).map_err(client_fail)?;
+    if cli.verbose {
+        out.stdout.push_str(&format!("Key slot {slot} created.\n"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,32 +1,30 @@
 //! `luksAddKey`, `luksChangeKey`, `luksRemoveKey`, `luksKillSlot`: cryptsetup 2.6's
-//! options, prompts and confirmations, up to the point where the vault checks a
-//! passphrase or seals a keyslot.
+//! options, prompts and confirmations, and the keyslot edits through the vault.
 //!
-//! The passphrase check is a [`KeyCheck`] the caller passes (the vault unlocks the
-//! keyslot; the volume key never comes to the host). [`run_add_key`] and friends pass
-//! [`unwired_check`], which fails with [`not_wired`]: the integration replaces it.
+//! The passphrase check is a [`KeyCheck`] the caller passes: [`run_add_key`] and friends
+//! pass [`super::vault_keys::Unlocker::check`], which unlocks the keyslot in the vault
+//! and keeps the key there under a handle; the vault then seals new keyslots from that
+//! handle and the header writer ([`crate::format::edit`]) writes them. The volume key
+//! never comes to this process.
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use super::activate::client_fail;
 use super::confirm::{yes_dialog, LAST_KEYSLOT_MESSAGE};
 use super::format::verify_wanted;
 use super::newkey::{check_key_slot, LuksVersion, OptionError, PbkdfArgs};
-use super::{fail, read_volume, resolve_device, Cli, Failure, Output};
+use super::vault_keys::{DigestSpec, SlotParams, Unlocker};
+use super::{fail, read_volume, resolve_device, Cli, Failure, Output, VaultArgs};
 use crate::exit::ExitCode;
+use crate::format::edit::Placement;
+use crate::format::{add_keyslot, change_keyslot, remove_keyslot};
+use crate::kdf::Hash;
 use crate::passphrase::{read_new_passphrase, read_passphrase, KeyInput, PassphraseError};
 use crate::pbkdf_bench::{choose_cost, PbkdfCost};
 use crate::secret::Passphrase;
 use crate::volume::Volume;
-
-/// The failure of a verb whose vault part is not written yet (exit 1).
-pub fn not_wired(verb: &str) -> Failure {
-    fail(
-        ExitCode::WrongParameters,
-        format!("{verb}: not yet wired to the vault."),
-    )
-}
 
 /// Which keyslots a passphrase check may open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -40,13 +38,6 @@ pub struct SlotQuery {
 /// Checks a passphrase against the header's keyslots (in the vault): the keyslot it
 /// opens, or a failure (exit 2 "No key available with this passphrase.").
 pub type KeyCheck<'a> = dyn FnMut(&Passphrase, SlotQuery) -> Result<u32, Failure> + 'a;
-
-/// The [`KeyCheck`] until the vault does it: always [`not_wired`].
-pub fn unwired_check(
-    verb: &'static str,
-) -> impl FnMut(&Passphrase, SlotQuery) -> Result<u32, Failure> {
-    move |_, _| Err(not_wired(verb))
-}
 
 /// The existing key of a device (`-d`, offsets).
 #[derive(Debug, Args, Clone, Default)]
@@ -107,6 +98,9 @@ pub struct LuksAddKeyArgs {
     /// Verifies the passphrase by asking for it twice.
     #[arg(short = 'y', long = "verify-passphrase")]
     pub verify_passphrase: bool,
+    /// The vault and its daemon.
+    #[command(flatten)]
+    pub vault: VaultArgs,
     /// The LUKS device.
     pub device: PathBuf,
     /// Key file for the new key.
@@ -141,6 +135,9 @@ pub struct LuksChangeKeyArgs {
     /// Verifies the passphrase by asking for it twice.
     #[arg(short = 'y', long = "verify-passphrase")]
     pub verify_passphrase: bool,
+    /// The vault and its daemon.
+    #[command(flatten)]
+    pub vault: VaultArgs,
     /// The LUKS device.
     pub device: PathBuf,
     /// Key file for the new key.
@@ -156,6 +153,9 @@ pub struct LuksRemoveKeyArgs {
     /// Device or file with separated LUKS header.
     #[arg(long = "header", value_name = "STRING")]
     pub header: Option<PathBuf>,
+    /// The vault and its daemon.
+    #[command(flatten)]
+    pub vault: VaultArgs,
     /// The LUKS device.
     pub device: PathBuf,
     /// Key file with the key to remove (as --key-file, which wins).
@@ -171,6 +171,9 @@ pub struct LuksKillSlotArgs {
     /// Device or file with separated LUKS header.
     #[arg(long = "header", value_name = "STRING")]
     pub header: Option<PathBuf>,
+    /// The vault and its daemon.
+    #[command(flatten)]
+    pub vault: VaultArgs,
     /// The LUKS device.
     pub device: PathBuf,
     /// The keyslot to wipe.
@@ -408,12 +411,71 @@ pub fn prepare_add_key(
     })
 }
 
-/// `luksAddKey`; not wired: the existing passphrase check fails with [`not_wired`].
+/// Seals the key [`Unlocker::check`] unlocked under `pass` as a new keyslot of cost
+/// `cost` (LUKS1: PBKDF2 and AF with the header hash; LUKS2: AF with `hash`), in the
+/// volume's cipher; returns the keyslot for the header writer. The key stays unlocked.
+fn seal_new(
+    u: &mut Unlocker<'_>,
+    cost: PbkdfCost,
+    hash: Hash,
+    pass: &Passphrase,
+) -> Result<crate::format::KeyslotMaterial, Failure> {
+    let target = u.target()?;
+    let (cipher, key) = crate::activation::volume_cipher(&target.vol)?;
+    let (cost, af_hash) = match &target.vol {
+        Volume::Luks1(h) => match cost {
+            PbkdfCost::Pbkdf2 { iterations, .. } => (
+                PbkdfCost::Pbkdf2 {
+                    hash: h.hash,
+                    iterations,
+                },
+                h.hash,
+            ),
+            other => (other, h.hash),
+        },
+        Volume::Luks2(_) => (cost, hash),
+    };
+    let Some(unlocked) = u.unlocked.as_ref() else {
+        return Err(fail(
+            ExitCode::WrongParameters,
+            "No keyslot was unlocked in the vault.",
+        ));
+    };
+    let handle = unlocked.handle;
+    let params = SlotParams::new(cost, af_hash, cipher, key)?;
+    let spec = params.spec(&DigestSpec::of(&unlocked.spec))?;
+    let area = u
+        .client()?
+        .seal_keyslot(handle, spec, pass)
+        .map_err(client_fail)?;
+    Ok(params.material(area))
+}
+
+/// `luksAddKey`: the existing passphrase unlocks a keyslot in the vault, the vault seals
+/// the same key under the new passphrase, the header writer adds the keyslot, the key
+/// is dropped from the vault.
 pub fn run_add_key(cli: &Cli, args: &LuksAddKeyArgs, out: &mut Output) -> Result<(), Failure> {
-    let mut check = unwired_check("luksAddKey");
-    let _plan = prepare_add_key(cli, args, &mut check, out)?;
-    // NOT WIRED: the vault seals `plan.passphrases.new` into keyslot `plan.slots.new`.
-    Err(not_wired("luksAddKey"))
+    let mut u = Unlocker::new(cli, &args.vault, &args.device, args.header.as_deref());
+    let plan = {
+        let mut check = |p: &Passphrase, q: SlotQuery| u.check(p, q);
+        prepare_add_key(cli, args, &mut check, out)?
+    };
+    let hash = args.pbkdf.hash()?;
+    let m = seal_new(&mut u, plan.cost, hash, &plan.passphrases.new)?;
+    drop(plan.passphrases);
+    let target = u.target()?;
+    let at = Placement {
+        slot: Some(plan.slots.new),
+        area_offset: None,
+    };
+    let edit = add_keyslot(&target.vol, at, &m)?;
+    edit.plan.apply(&target.file)?;
+    u.drop_key()?;
+    if cli.verbose {
+        out.stdout
+            .push_str(&format!("Key slot {} created.\n", plan.slots.new));
+    }
+    Ok(())
 }
 
 /// What `luksChangeKey` needs before the vault reseals the keyslot.
@@ -461,16 +523,45 @@ pub fn prepare_change_key(
     Ok(ChangeKeyPlan { passphrases, cost })
 }
 
-/// `luksChangeKey`; not wired: the passphrase check fails with [`not_wired`].
+/// `luksChangeKey`: the passphrase unlocks its keyslot in the vault, the vault seals
+/// the key under the new passphrase, the header writer replaces the keyslot (new area
+/// first, then the header, then the old area is wiped); the key is dropped.
 pub fn run_change_key(
     cli: &Cli,
     args: &LuksChangeKeyArgs,
     out: &mut Output,
 ) -> Result<(), Failure> {
-    let mut check = unwired_check("luksChangeKey");
-    let _plan = prepare_change_key(cli, args, &mut check, out)?;
-    // NOT WIRED: the vault reseals keyslot `plan.passphrases.opened`.
-    Err(not_wired("luksChangeKey"))
+    let mut u = Unlocker::new(cli, &args.vault, &args.device, args.header.as_deref());
+    let plan = {
+        let mut check = |p: &Passphrase, q: SlotQuery| u.check(p, q);
+        prepare_change_key(cli, args, &mut check, out)?
+    };
+    let hash = args.pbkdf.hash()?;
+    let m = seal_new(&mut u, plan.cost, hash, &plan.passphrases.new)?;
+    let old = plan.passphrases.opened;
+    drop(plan.passphrases);
+    let target = u.target()?;
+    // -S keeps the keyslot number (LUKS2, as cryptsetup); else the lowest free one.
+    let at = Placement {
+        slot: match &target.vol {
+            Volume::Luks2(_) => args.key_slot,
+            Volume::Luks1(_) => None,
+        },
+        area_offset: None,
+    };
+    let edit = change_keyslot(&target.vol, old, at, &m)?;
+    edit.plan.apply(&target.file)?;
+    u.drop_key()?;
+    if cli.verbose {
+        let new = edit
+            .after
+            .iter()
+            .find(|s| !edit.before.contains(s))
+            .copied()
+            .unwrap_or(old);
+        out.stdout.push_str(&format!("Key slot {new} created.\n"));
+    }
+    Ok(())
 }
 
 /// luksRemoveKey's and luksKillSlot's answer to anything but YES (exit 2), with
@@ -515,16 +606,28 @@ pub fn prepare_remove_key(
     Ok(slot)
 }
 
-/// `luksRemoveKey`; not wired: the passphrase check fails with [`not_wired`].
+/// Wipes keyslot `slot` of the header `u` opened (opening it now if no check did).
+fn wipe(u: &mut Unlocker<'_>, slot: u32) -> Result<(), Failure> {
+    u.drop_key()?;
+    let target = u.target()?;
+    let edit = remove_keyslot(&target.vol, slot)?;
+    edit.plan.apply(&target.file)?;
+    Ok(())
+}
+
+/// `luksRemoveKey`: the passphrase unlocks a keyslot in the vault (the key is dropped
+/// at once); that keyslot is wiped.
 pub fn run_remove_key(
     cli: &Cli,
     args: &LuksRemoveKeyArgs,
     out: &mut Output,
 ) -> Result<(), Failure> {
-    let mut check = unwired_check("luksRemoveKey");
-    let _slot = prepare_remove_key(cli, args, &mut check, out)?;
-    // NOT WIRED: the header writer wipes keyslot `slot`.
-    Err(not_wired("luksRemoveKey"))
+    let mut u = Unlocker::new(cli, &args.vault, &args.device, args.header.as_deref());
+    let slot = {
+        let mut check = |p: &Passphrase, q: SlotQuery| u.check(p, q);
+        prepare_remove_key(cli, args, &mut check, out)?
+    };
+    wipe(&mut u, slot)
 }
 
 /// `luksKillSlot` on the host, as cryptsetup's `action_luksKillSlot`/`verify_keyslot`:
@@ -585,11 +688,13 @@ pub fn prepare_kill_slot(
     Ok(slot)
 }
 
-/// `luksKillSlot`; not wired: the passphrase check (or the wipe) fails with
-/// [`not_wired`].
+/// `luksKillSlot`: unless skipped, "any remaining passphrase" must unlock another
+/// keyslot in the vault (the key is dropped at once); then keyslot SLOT is wiped.
 pub fn run_kill_slot(cli: &Cli, args: &LuksKillSlotArgs, out: &mut Output) -> Result<(), Failure> {
-    let mut check = unwired_check("luksKillSlot");
-    let _slot = prepare_kill_slot(cli, args, &mut check, out)?;
-    // NOT WIRED: the header writer wipes keyslot `slot`.
-    Err(not_wired("luksKillSlot"))
+    let mut u = Unlocker::new(cli, &args.vault, &args.device, args.header.as_deref());
+    let slot = {
+        let mut check = |p: &Passphrase, q: SlotQuery| u.check(p, q);
+        prepare_kill_slot(cli, args, &mut check, out)?
+    };
+    wipe(&mut u, slot)
 }

@@ -14,6 +14,7 @@ pub mod format;
 pub mod keyslots;
 pub mod newkey;
 pub mod test_passphrase;
+pub mod vault_keys;
 
 use crate::device::Device;
 use crate::exit::{ExitCode, HasExitCode};
@@ -169,6 +170,18 @@ impl DaemonArgs {
             .clone()
             .unwrap_or_else(|| PathBuf::from(vmvault_proto::sock::DEFAULT_RUN_DIR))
     }
+}
+
+/// The vault that generates, unlocks and seals volume keys for `luksFormat` and the
+/// keyslot verbs.
+#[derive(Debug, Args, Clone)]
+pub struct VaultArgs {
+    /// Vault backend.
+    #[arg(long = "backend", value_enum, default_value = "auto")]
+    pub backend: BackendArg,
+    /// Daemon options.
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
 }
 
 /// `open` arguments.

@@ -18,7 +18,7 @@ pub mod luks1;
 pub mod luks2;
 pub mod material;
 pub mod plan;
-mod random;
+pub(crate) mod random;
 pub mod steps;
 
 pub use edit::{add_keyslot, change_keyslot, remove_keyslot};
@@ -134,6 +134,21 @@ pub enum FormatError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl crate::exit::HasExitCode for FormatError {
+    /// cryptsetup's `translate_errno`: out of memory 3, anything else (bad layout,
+    /// write errors) 1.
+    fn exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            Self::Io { source, .. } | Self::Random(source)
+                if source.raw_os_error() == Some(libc::ENOMEM) =>
+            {
+                crate::exit::ExitCode::OutOfMemory
+            }
+            _ => crate::exit::ExitCode::WrongParameters,
+        }
+    }
 }
 
 /// Standard base64 with `=` padding, as json-c writes LUKS2 salts and digests.
