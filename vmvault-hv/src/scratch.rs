@@ -45,8 +45,6 @@ enum Kind {
     /// Private anonymous memory: `MADV_DONTNEED` discards the pages (the kernel hands
     /// out zeroed pages next time), then `munmap`.
     Anonymous,
-    /// A `memfd_secret` mapping, every page faulted in by `mlock`: zeroed explicitly.
-    Secret,
 }
 
 /// A scratch mapping; wiped and unmapped on drop.
@@ -117,7 +115,20 @@ impl Scratch {
             return Err(e);
         }
         // SAFETY: as above.
-        unsafe { libc::madvise(p, len, libc::MADV_POPULATE_WRITE) };
+        if unsafe { libc::madvise(p, len, libc::MADV_POPULATE_WRITE) } != 0 {
+            let e = std::io::Error::last_os_error();
+            // EINVAL: a kernel before 5.14, the vault faults the pages in itself. Any
+            // other failure (ENOMEM, EFAULT) would end in the OOM killer or a SIGBUS
+            // in the middle of Argon2: refuse now.
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                // SAFETY: our own mapping, unused.
+                unsafe { libc::munmap(p, len) };
+                return Err(HvError::Os {
+                    what: "faulting in the Argon2 scratch memory",
+                    err: e,
+                });
+            }
+        }
         Ok(Scratch {
             ptr: p.cast(),
             len,
@@ -125,63 +136,18 @@ impl Scratch {
         })
     }
 
-    /// Scratch memory for the in-process (`soft`) service: `memfd_secret` pages if the
-    /// kernel has them and lets us lock `len` bytes of them, else anonymous memory,
-    /// locked in RAM when the limits allow it.
+    /// Scratch memory for the in-process (`soft`) service: anonymous memory as for the
+    /// kvm backend, locked in RAM when the limits allow it. Not `memfd_secret`: Argon2's
+    /// blocks derive from the passphrase only (never from a key), and a secret-memory
+    /// mapping that cannot be faulted in ends in a `SIGBUS` in the middle of Argon2
+    /// (seen in the VM tier with an 8 MiB `RLIMIT_MEMLOCK`), where anonymous memory
+    /// gives an error before the vault runs.
     pub fn for_process(len: u64) -> Result<Self> {
-        if let Some(s) = Self::secret(len as usize) {
-            return Ok(s);
-        }
         let s = Self::anonymous(len)?;
         // Best effort: no swap for passphrase-derived blocks.
         // SAFETY: our own mapping.
         unsafe { libc::mlock(s.ptr.cast(), s.len) };
         Ok(s)
-    }
-
-    /// A `memfd_secret` mapping with every page locked (faulted) in, or `None`.
-    /// Locking first means a failed allocation is an error here, not a `SIGBUS` in the
-    /// middle of Argon2.
-    fn secret(len: usize) -> Option<Self> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        // SAFETY: memfd_secret(2) takes one flags argument.
-        let fd = unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: fresh descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        // SAFETY: ftruncate on an owned descriptor.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return None;
-        }
-        // SAFETY: new shared mapping of the whole file; the kernel picks the address.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return None;
-        }
-        // SAFETY: our own mapping of `len` bytes.
-        if unsafe { libc::mlock(p, len) } != 0 {
-            // SAFETY: unmapping what we just mapped; nothing was written.
-            unsafe { libc::munmap(p, len) };
-            return None;
-        }
-        // The mapping keeps the memory alive; the descriptor is not needed any more.
-        drop(fd);
-        Some(Scratch {
-            ptr: p.cast(),
-            len,
-            kind: Kind::Secret,
-        })
     }
 
     /// Host address of the scratch memory.
@@ -199,11 +165,6 @@ impl Scratch {
     /// Wipes the contents without unmapping (what `Drop` does before `munmap`).
     pub fn discard(&self) {
         match self.kind {
-            Kind::Secret => {
-                // SAFETY: the mapping is valid for len bytes and nobody uses it any more.
-                unsafe { ptr::write_bytes(self.ptr, 0, self.len) };
-                std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
-            }
             Kind::Anonymous => {
                 // SAFETY: our own private anonymous mapping; the pages are discarded
                 // (freed and later handed out zeroed), which is the wipe.

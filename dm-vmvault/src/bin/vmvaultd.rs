@@ -63,7 +63,7 @@ struct Cli {
     /// FUSE serving threads per volume [default: 16]
     #[arg(long, value_name = "N")]
     fuse_threads: Option<NonZeroUsize>,
-    /// vCPUs of each vault [default: half the CPUs]
+    /// vCPUs of each vault [default: half the CPUs, at least 2 where there are 2]
     #[arg(long, value_name = "N")]
     vault_vcpus: Option<NonZeroUsize>,
     /// Do not mlockall the daemon

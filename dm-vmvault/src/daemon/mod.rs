@@ -62,8 +62,17 @@ pub struct DaemonConfig {
     pub initrd: bool,
 }
 
+/// Vault vCPUs for a machine with `cpus` CPUs: half of them, so that vCPU threads that
+/// poll their rings leave cores for FUSE and backing I/O, but at least two where the
+/// machine has two: Argon2 keyslot lanes run in parallel on the vault's vCPUs (a single
+/// vCPU runs 4 lanes one after the other, ~1.5x cryptsetup's unlock time), and on a
+/// machine that small the vault runs in caller mode, where an idle vCPU has no thread.
+pub fn default_vault_vcpus(cpus: usize) -> usize {
+    (cpus / 2).max(cpus.min(2)).max(1)
+}
+
 impl Default for DaemonConfig {
-    /// `/run/vmvault`, 16 FUSE threads, mlock, half the CPUs as vault vCPUs, the
+    /// `/run/vmvault`, 16 FUSE threads, mlock, [`default_vault_vcpus`] vault vCPUs, the
     /// default window ([`crate::vault::WINDOW_SIZE`]).
     fn default() -> Self {
         DaemonConfig {
@@ -73,9 +82,9 @@ impl Default for DaemonConfig {
             // per episode, 16 threads ~3.5, ~1.2x the throughput).
             fuse_threads: 16,
             mlock: true,
-            // Each vCPU polls its ring before sleeping: leave cores for FUSE and backing
-            // I/O.
-            vault_vcpus: (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1),
+            vault_vcpus: default_vault_vcpus(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
             window_size: crate::vault::WINDOW_SIZE,
             vault_run: vmvault_hv::RunMode::Auto,
             vault_tuning: vmvault_hv::Tuning::default(),
@@ -1053,4 +1062,18 @@ fn encode<T: Serialize>(r: &Response<T>) -> String {
             e.to_string().replace(['"', '\\'], "'")
         )
     })
+}
+
+#[cfg(test)]
+mod vcpu_default_tests {
+    use super::default_vault_vcpus;
+
+    #[test]
+    fn half_the_cpus_but_two_on_two() {
+        assert_eq!(default_vault_vcpus(1), 1);
+        assert_eq!(default_vault_vcpus(2), 2);
+        assert_eq!(default_vault_vcpus(3), 2);
+        assert_eq!(default_vault_vcpus(4), 2);
+        assert_eq!(default_vault_vcpus(16), 8);
+    }
 }

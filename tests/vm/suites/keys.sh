@@ -22,11 +22,6 @@ for c in luks2-argon2id-4k luks2-pbkdf2-512 luks1-xts512; do
     luks2-pbkdf2-512) A="--type luks2 --sector-size 512 -s 256 $FKDF";;
     luks1-xts512) A="--type luks1 $FKDF";;
   esac
-  # KNOWN DAEMON BUG (vmvault-hv soft backend): with memfd_secret available (this kernel)
-  # and the default RLIMIT_MEMLOCK of 8 MiB, an 8 MiB Argon2 scratch kills the spawned
-  # vmvaultd without a word (the client sees "closed the connection without an answer").
-  # The daemon inherits this shell's limit; lift it for the Argon2 case until it is fixed.
-  [ "$c" = luks2-argon2id-4k ] && ulimit -l unlimited
   # shellcheck disable=SC2086
   check "$N/vaultsetup-luksFormat" vaultsetup luksFormat -q --backend "$VB" $A --key-file /tmp/pass "$LOOP" || { run tail -n 20 /run/vmvault/vmvaultd.log; losetup -d "$LOOP"; continue; }
   run cryptsetup luksDump "$LOOP"
