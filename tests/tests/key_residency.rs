@@ -879,14 +879,18 @@ fn sampled_vaultsetup(
     key: &[u8],
     key_may_be_locked: bool,
 ) -> SampledRun {
-    let mut cmd = Command::new(&bins().vaultsetup);
-    cmd.args(args)
+    // Nothing would make vaultsetup wait for the seize below (with key files not at all,
+    // with a FIFO or stdin only from the read of the key on), so its first system calls
+    // would go unsampled, a few or a few hundred depending on the scheduler: a shell
+    // holds it until the tracer is attached, then execs it (same pid, still traced).
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("read -r _ && exec \"$0\" \"$@\"")
+        .arg(&bins().vaultsetup)
+        .args(args)
         .env("VMVAULT_RUN_DIR", run_dir)
         .env("VMVAULTD", &bins().vmvaultd)
-        .stdin(match via {
-            KeyVia::Stdin => Stdio::piped(),
-            KeyVia::Fifo | KeyVia::Files => Stdio::null(),
-        })
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn vaultsetup");
@@ -899,9 +903,12 @@ fn sampled_vaultsetup(
             panic!("cannot ptrace vaultsetup (pid {pid}): {e} (kernel.yama.ptrace_scope?)");
         }
     };
+    // Traced now: let the shell exec vaultsetup (`read` takes exactly one line off the
+    // pipe, the rest is vaultsetup's stdin).
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
     let writer = match via {
         KeyVia::Stdin => {
-            let mut stdin = child.stdin.take().unwrap();
             let mut line = SAMPLER_PASS.to_vec();
             line.push(b'\n');
             stdin.write_all(&line).unwrap();
@@ -915,6 +922,7 @@ fn sampled_vaultsetup(
         }
         KeyVia::Files => None,
     };
+    drop(stdin);
     let mut run = SampledRun {
         findings: Vec::new(),
         samples: 0,
