@@ -475,45 +475,16 @@ fn luks2_check(
     limits: &KdfLimits,
     segment: Option<&str>,
 ) -> Result<bool, UnlockError> {
-    let id = slot.to_string();
-    let unsupported = |why: String| UnlockError::Unsupported { slot, why };
-    let Some(d) = h.meta.digests.values().find(|d| {
-        d.keyslots.contains(&id) && segment.is_none_or(|s| d.segments.iter().any(|x| x == s))
-    }) else {
-        return Err(unsupported(match segment {
-            Some(s) => format!("no digest binds this keyslot to data segment {s}"),
-            None => "no digest is assigned to this keyslot".into(),
-        }));
-    };
-    if d.kind != "pbkdf2" {
-        return Err(unsupported(format!(
-            "digest type {:?} is not supported",
-            d.kind
-        )));
-    }
-    let (Some(hash), Some(iterations), Some(salt), Some(digest)) =
-        (&d.hash, d.iterations, &d.salt, &d.digest)
-    else {
-        return Err(unsupported(
-            "digest is missing hash, iterations, salt or digest".into(),
-        ));
-    };
-    let digest = b64(slot, "digest", digest)?;
-    if digest.is_empty() || digest.len() > 64 {
-        return Err(unsupported(format!(
-            "digest length {} outside 1..=64",
-            digest.len()
-        )));
-    }
+    let d = luks2_digest(h, slot, segment)?;
     let kdf = Kdf::Pbkdf2 {
-        hash: Hash::from_name(hash).map_err(|source| UnlockError::Kdf { slot, source })?,
-        iterations,
-        salt: b64(slot, "digest salt", salt)?,
+        hash: d.hash,
+        iterations: d.iterations,
+        salt: d.salt,
     };
     let calc = kdf
-        .derive(key, digest.len(), limits)
+        .derive(key, d.value.len(), limits)
         .map_err(|source| UnlockError::Kdf { slot, source })?;
-    Ok(ct_eq(calc.as_slice(), &digest))
+    Ok(ct_eq(calc.as_slice(), &d.value))
 }
 
 /// Recovers the volume key of `vol` (read from `dev`) with `passphrase`.
